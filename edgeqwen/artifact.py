@@ -1,0 +1,149 @@
+"""The artifact folder and its manifest, ``edgeqwen.json``.
+
+Stdlib only: the runtime imports this on devices without the compiler. The manifest is the single
+source of truth for the runtime (backend, model file, session settings, context length); nothing
+is inferred from file names.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from edgeqwen.errors import ArtifactError
+
+MANIFEST_NAME = "edgeqwen.json"
+FORMAT_VERSION = 1
+_TMP_MARKER = ".edgeqwen-partial-"
+_CHUNK = 1 << 22
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def file_table(folder: Path) -> dict[str, dict[str, Any]]:
+    """sha256 and size of every file below ``folder`` except the manifest, by relative path."""
+    table = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        rel = path.relative_to(folder).as_posix()
+        if rel == MANIFEST_NAME:
+            continue
+        table[rel] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+    return table
+
+
+def write_manifest(folder: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Add format version and file hashes, then write the manifest (last file of a build)."""
+    manifest = {"format_version": FORMAT_VERSION, **manifest, "files": file_table(folder)}
+    tmp = folder / (MANIFEST_NAME + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False, sort_keys=False) + "\n", encoding="utf-8")
+    os.replace(tmp, folder / MANIFEST_NAME)
+    return manifest
+
+
+def read_manifest(folder: Path) -> dict[str, Any]:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ArtifactError(f"{folder} is not an artifact folder (it does not exist or is not a folder)")
+    path = folder / MANIFEST_NAME
+    if not path.is_file():
+        hint = " (an interrupted build leaves no manifest)" if _TMP_MARKER in folder.name else ""
+        raise ArtifactError(f"{folder} is not a complete edgeqwen artifact: {MANIFEST_NAME} is missing{hint}")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ArtifactError(f"{path}: manifest is corrupt ({e})") from None
+    version = manifest.get("format_version") if isinstance(manifest, dict) else None
+    if version != FORMAT_VERSION:
+        raise ArtifactError(
+            f"{path}: format_version {version!r} is not supported by this edgeqwen (reads {FORMAT_VERSION})"
+        )
+    for key in ("files", "runtime", "profile"):
+        if key not in manifest:
+            raise ArtifactError(f"{path}: manifest has no '{key}' section")
+    return manifest
+
+
+def verify_files(folder: Path, manifest: dict[str, Any], full: bool = True) -> None:
+    """Raise ArtifactError naming the first file that is missing, resized or (if ``full``) altered."""
+    folder = Path(folder)
+    for rel, info in manifest["files"].items():
+        path = folder / rel
+        if not path.is_file():
+            raise ArtifactError(f"artifact {folder}: file {rel} listed in the manifest is missing")
+        size = path.stat().st_size
+        if size != info["bytes"]:
+            raise ArtifactError(
+                f"artifact {folder}: file {rel} has {size} bytes, the manifest says {info['bytes']} (truncated or replaced)"
+            )
+        if full and sha256_file(path) != info["sha256"]:
+            raise ArtifactError(f"artifact {folder}: file {rel} does not match its sha256 in the manifest (corrupt or tampered)")
+
+
+def load_verified(folder: Path, full: bool = True) -> dict[str, Any]:
+    manifest = read_manifest(folder)
+    verify_files(folder, manifest, full=full)
+    return manifest
+
+
+@contextmanager
+def staged_folder(final: Path, force: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder beside ``final``; rename it to ``final`` only if the block succeeds.
+
+    A crash or kill leaves only a ``.<name>.edgeqwen-partial-<pid>`` folder without a manifest, which
+    no loader accepts. With ``force``, an existing ``final`` is swapped out only after the new one
+    is complete.
+    """
+    final = Path(final).resolve()
+    if final.exists() and not force:
+        raise ArtifactError(f"{final} already exists; choose another -o or pass --force to replace it")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    _sweep_stale(final)
+    tmp = final.parent / f".{final.name}{_TMP_MARKER}{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if final.exists():
+        old = final.parent / f".{final.name}.old-{os.getpid()}-{int(time.time())}"
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+
+
+def _sweep_stale(final: Path) -> None:
+    """Remove partial folders left by builds whose process no longer exists."""
+    for p in final.parent.glob(f".{final.name}{_TMP_MARKER}*"):
+        try:
+            pid = int(p.name.rsplit("-", 1)[1])
+        except ValueError:
+            continue
+        if not _pid_alive(pid):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

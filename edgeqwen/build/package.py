@@ -1,0 +1,95 @@
+"""Assemble the artifact folder from Olive's output: graph (after our passes), configs, tokenizer."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from edgeqwen.build.checkpoint import Checkpoint
+
+MODEL_FILE = "model.onnx"
+DATA_FILE = "model.onnx.data"
+COPIED = ("tokenizer.json", "tokenizer_config.json", "generation_config.json", "config.json")
+
+
+def save_graph(model, folder: Path) -> None:
+    import onnx
+
+    # Weights always in one external file next to the graph: genai memory-maps it, and the proto
+    # stays far below protobuf's 2 GB limit whatever the model size.
+    onnx.save_model(model, str(folder / MODEL_FILE), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=DATA_FILE, size_threshold=1024)
+    # No onnx.checker here: it rejects onnxruntime's own ops (SimplifiedLayerNormalization); loading the
+    # graph in onnxruntime during validation is the real check.
+
+
+def copy_side_files(src: Path, dst: Path, ckpt: Checkpoint) -> str:
+    """Copy tokenizer and configs; write the chat template as its own file. Returns its file name."""
+    for name in COPIED:
+        if (src / name).is_file():
+            shutil.copy2(src / name, dst / name)
+        elif (ckpt.path / name).is_file():
+            shutil.copy2(ckpt.path / name, dst / name)
+    template = _chat_template(src) or _chat_template(ckpt.path)
+    if template is None:
+        raise RuntimeError(f"{ckpt.path} has no chat template (tokenizer_config.json or chat_template.jinja)")
+    (dst / "chat_template.jinja").write_text(template, encoding="utf-8")
+    return "chat_template.jinja"
+
+
+def _chat_template(folder: Path) -> str | None:
+    jinja = folder / "chat_template.jinja"
+    if jinja.is_file():
+        return jinja.read_text(encoding="utf-8")
+    cfg = folder / "tokenizer_config.json"
+    if cfg.is_file():
+        t = json.loads(cfg.read_text(encoding="utf-8")).get("chat_template")
+        if isinstance(t, str):
+            return t
+    return None
+
+
+def write_genai_config(src: Path, dst: Path, session_options: dict[str, Any]) -> dict[str, Any]:
+    """genai_config.json with the profile's session options; threads are left to the runtime."""
+    cfg = json.loads((src / "genai_config.json").read_text())
+    decoder = cfg["model"]["decoder"]
+    opts = {k: v for k, v in session_options.items() if k not in ("intra_op_num_threads",)}
+    decoder.setdefault("session_options", {}).update(opts)
+    decoder["filename"] = MODEL_FILE
+    (dst / "genai_config.json").write_text(json.dumps(cfg, indent=4))
+    return cfg
+
+
+def special_tokens(folder: Path) -> dict[str, int]:
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    names = {"endoftext": "<|endoftext|>", "im_start": "<|im_start|>", "im_end": "<|im_end|>",
+             "think_start": "<think>", "think_end": "</think>"}
+    return {k: tid for k, t in names.items() if (tid := tok.token_to_id(t)) is not None}
+
+
+def runtime_section(cfg: dict[str, Any], ckpt: Checkpoint, profile, template: str, specials: dict[str, int],
+                    quant: dict[str, Any]) -> dict[str, Any]:
+    model = cfg["model"]
+    eos = model["eos_token_id"]
+    return {
+        "backend": profile.backend,
+        "execution_provider": profile.execution_provider,
+        "model_file": MODEL_FILE,
+        "genai_config": "genai_config.json",
+        "tokenizer": "tokenizer.json",
+        "chat_template": template,
+        "family": ckpt.family,
+        "thinking": ckpt.family == "qwen3" and "think_start" in specials,
+        "context_length": model["context_length"],
+        "vocab_size": model["vocab_size"],
+        "eos_token_ids": eos if isinstance(eos, list) else [eos],
+        "pad_token_id": model.get("pad_token_id"),
+        "special_tokens": specials,
+        "logits": "last_position" if quant["lm_head_last_position_only"] else "all_positions",
+        "session_options": {k: v for k, v in profile.session_options.items() if k != "intra_op_num_threads"},
+        "threads": profile.session_options.get("intra_op_num_threads", "auto"),
+    }

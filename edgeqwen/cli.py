@@ -1,0 +1,119 @@
+"""The ``edgeqwen`` console script. Each subcommand imports its heavy modules only when it runs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from edgeqwen.errors import EdgeQwenError
+
+
+def _cmd_targets(args: argparse.Namespace) -> int:
+    from edgeqwen.targets import list_profiles
+
+    profiles = list_profiles()
+    width = max(len(p.name) for p in profiles)
+    for p in profiles:
+        mark = " (default)" if p.default else ""
+        print(f"{p.name:<{width}}  {p.precision:<9} {p.description}{mark}")
+    return 0
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    from edgeqwen.build.pipeline import build
+    from edgeqwen.inspect import format_manifest
+    from edgeqwen.targets import default_profile_name
+
+    target = args.target or default_profile_name()
+    result = build(args.model, target, Path(args.output) if args.output else None, validate=not args.no_validate,
+                   force=args.force, revision=args.revision, quiet=args.quiet)
+    print(format_manifest(result.manifest, str(result.folder)))
+    return 0
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from edgeqwen.runtime.engine import Engine
+    from edgeqwen.targets import TargetProfile
+    from edgeqwen.validate import Reference, validate
+
+    engine = Engine(args.artifact)
+    profile = TargetProfile.from_dict(engine.manifest["profile"], f"{args.artifact} manifest")
+    log = (lambda s: print(s, file=sys.stderr)) if args.json else print
+    result = validate(engine, Reference(args.reference), profile.validation, log=log)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        from edgeqwen.inspect import validation_lines
+
+        print("\n".join(validation_lines(result)))
+    return 0 if result["passed"] else 3
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from edgeqwen.artifact import load_verified, read_manifest
+    from edgeqwen.inspect import format_manifest
+
+    manifest = load_verified(Path(args.artifact)) if args.verify else read_manifest(Path(args.artifact))
+    print(json.dumps(manifest, indent=2) if args.json else format_manifest(manifest, args.artifact))
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from edgeqwen.demo import run_demo
+
+    return run_demo(Path(args.workdir), args.target, force=args.force)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="edgeqwen", description="Build, verify and run Qwen models on edge devices.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("targets", help="list the target profiles")
+    s.set_defaults(func=_cmd_targets)
+
+    s = sub.add_parser("build", help="checkpoint -> verified ONNX artifact")
+    s.add_argument("model", help="local Hugging Face checkpoint folder or Hub id (e.g. Qwen/Qwen2.5-0.5B-Instruct)")
+    s.add_argument("--target", "-t", help="profile name or .toml path (default: the default profile)")
+    s.add_argument("-o", "--output", help="artifact folder (default: <model>-<target>)")
+    s.add_argument("--revision", help="Hub revision")
+    s.add_argument("--no-validate", action="store_true", help="skip the comparison with transformers")
+    s.add_argument("--force", action="store_true", help="replace an existing artifact folder")
+    s.add_argument("--quiet", "-q", action="store_true", help="no progress lines")
+    s.set_defaults(func=_cmd_build)
+
+    s = sub.add_parser("validate", help="compare an artifact with its transformers reference")
+    s.add_argument("artifact")
+    s.add_argument("--reference", required=True, help="the checkpoint the artifact was built from")
+    s.add_argument("--json", action="store_true", help="machine-readable result on stdout")
+    s.set_defaults(func=_cmd_validate)
+
+    s = sub.add_parser("inspect", help="print an artifact's manifest readably")
+    s.add_argument("artifact")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--verify", action="store_true", help="also check every file's sha256")
+    s.set_defaults(func=_cmd_inspect)
+
+    s = sub.add_parser("demo", help="end to end on the embedded default model: make it, build, validate, generate")
+    s.add_argument("--workdir", default="edgeqwen-demo")
+    s.add_argument("--target", default="cpu-int4")
+    s.add_argument("--force", action="store_true", help="rebuild even if the demo artifact exists")
+    s.set_defaults(func=_cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except EdgeQwenError as e:
+        print(f"edgeqwen: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("edgeqwen: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

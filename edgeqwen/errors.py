@@ -1,0 +1,29 @@
+"""Errors the CLI reports as one clear line (no traceback), each with its own exit code."""
+
+
+class EdgeQwenError(Exception):
+    """Base class: a user-facing problem with the input, not a bug."""
+
+    exit_code = 2
+
+
+class ProfileError(EdgeQwenError):
+    """A target profile is unknown or malformed."""
+
+
+class CheckpointError(EdgeQwenError):
+    """A checkpoint is missing, incomplete, corrupt or of an unsupported architecture."""
+
+
+class ArtifactError(EdgeQwenError):
+    """An artifact is missing, half-written, tampered with or of an unknown format version."""
+
+
+class ValidationFailed(EdgeQwenError):
+    """The built graph does not match the reference within the profile's bounds."""
+
+    exit_code = 3
+
+
+class ContextOverflow(EdgeQwenError):
+    """Prompt plus requested output would pass the model's context length."""

@@ -1,0 +1,1 @@
+"""Backends execute an artifact's graph; the manifest's runtime.backend picks one."""

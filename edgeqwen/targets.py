@@ -1,0 +1,187 @@
+"""Target profiles: one small TOML file per hardware profile in ``targets/``.
+
+A profile says which Olive passes build the graph, which of our own graph passes follow, the
+session settings the runtime applies, and the bounds validation must meet. One frozen dataclass
+validates a file; unknown keys are errors, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from edgeqwen.errors import ProfileError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+PRECISIONS = ("fp32", "fp16", "int8", "int4", "uint8-qdq")
+BACKENDS = ("genai", "static")
+
+
+def targets_dir() -> Path:
+    """``$EDGEQWEN_TARGETS`` or the ``targets/`` folder shipped next to the package."""
+    env = os.environ.get("EDGEQWEN_TARGETS")
+    if env:
+        return Path(env)
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent / "targets", here / "targets"):
+        if candidate.is_dir():
+            return candidate
+    raise ProfileError("cannot find the targets/ folder; set EDGEQWEN_TARGETS")
+
+
+@dataclass(frozen=True)
+class OlivePass:
+    """One Olive pass: its Olive type name and the options passed to it unchanged."""
+
+    type: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ValidationBounds:
+    """Acceptance bounds for ``edgeqwen validate``; None means "not checked"."""
+
+    max_abs_logit_diff: float | None = None
+    max_kl_mean: float | None = None
+    max_kl_p99: float | None = None
+    min_top1_agreement: float | None = None
+    min_greedy_match: int | None = None
+    greedy_tokens: int = 48
+
+
+@dataclass(frozen=True)
+class TargetProfile:
+    name: str
+    description: str
+    device: str
+    execution_provider: str
+    precision: str
+    backend: str
+    olive_passes: tuple[OlivePass, ...]
+    graph_passes: tuple[str, ...] = ()
+    session_options: dict[str, Any] = field(default_factory=dict)
+    validation: ValidationBounds = field(default_factory=ValidationBounds)
+    default: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["olive_passes"] = [{"type": p.type, **p.options} for p in self.olive_passes]
+        d["graph_passes"] = list(self.graph_passes)
+        return d
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], source: str) -> "TargetProfile":
+        def fail(msg: str) -> ProfileError:
+            return ProfileError(f"profile {source}: {msg}")
+
+        allowed = {f.name for f in fields(cls)}
+        unknown = sorted(set(raw) - allowed)
+        if unknown:
+            return_unknown = ", ".join(unknown)
+            raise fail(f"unknown key(s) {return_unknown}; allowed: {', '.join(sorted(allowed))}")
+        required = ("name", "description", "device", "execution_provider", "precision", "backend", "olive_passes")
+        missing = [k for k in required if k not in raw]
+        if missing:
+            raise fail(f"missing key(s) {', '.join(missing)}")
+        for key in ("name", "description", "device", "execution_provider", "precision", "backend"):
+            if not isinstance(raw[key], str) or not raw[key]:
+                raise fail(f"'{key}' must be a non-empty string")
+        if raw["precision"] not in PRECISIONS:
+            raise fail(f"precision '{raw['precision']}' is not one of {', '.join(PRECISIONS)}")
+        if raw["backend"] not in BACKENDS:
+            raise fail(f"backend '{raw['backend']}' is not one of {', '.join(BACKENDS)}")
+
+        passes_raw = raw["olive_passes"]
+        if not isinstance(passes_raw, list) or not passes_raw:
+            raise fail("'olive_passes' must be a non-empty list of tables")
+        passes = []
+        for i, p in enumerate(passes_raw):
+            if not isinstance(p, dict) or not isinstance(p.get("type"), str):
+                raise fail(f"olive_passes[{i}] needs a string 'type'")
+            passes.append(OlivePass(p["type"], {k: v for k, v in p.items() if k != "type"}))
+
+        graph_passes = raw.get("graph_passes", [])
+        if not isinstance(graph_passes, list) or not all(isinstance(g, str) for g in graph_passes):
+            raise fail("'graph_passes' must be a list of pass names")
+        from edgeqwen.build.passes import known_passes  # light: no onnx import at module load
+
+        bad = [g for g in graph_passes if g not in known_passes()]
+        if bad:
+            raise fail(f"unknown graph pass(es) {', '.join(bad)}; known: {', '.join(sorted(known_passes()))}")
+
+        session = raw.get("session_options", {})
+        if not isinstance(session, dict):
+            raise fail("'session_options' must be a table")
+
+        vraw = raw.get("validation", {})
+        if not isinstance(vraw, dict):
+            raise fail("'validation' must be a table")
+        vallowed = {f.name for f in fields(ValidationBounds)}
+        vunknown = sorted(set(vraw) - vallowed)
+        if vunknown:
+            raise fail(f"unknown validation key(s) {', '.join(vunknown)}; allowed: {', '.join(sorted(vallowed))}")
+        for k, v in vraw.items():
+            if not isinstance(v, (int, float)) or isinstance(v, bool):
+                raise fail(f"validation.{k} must be a number")
+
+        default = raw.get("default", False)
+        if not isinstance(default, bool):
+            raise fail("'default' must be true or false")
+        return cls(
+            name=raw["name"],
+            description=raw["description"],
+            device=raw["device"],
+            execution_provider=raw["execution_provider"],
+            precision=raw["precision"],
+            backend=raw["backend"],
+            olive_passes=tuple(passes),
+            graph_passes=tuple(graph_passes),
+            session_options=dict(session),
+            validation=ValidationBounds(**vraw),
+            default=default,
+        )
+
+
+def load_profile_file(path: Path) -> TargetProfile:
+    try:
+        raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as e:
+        raise ProfileError(f"profile {path}: not valid TOML ({e})") from None
+    profile = TargetProfile.from_dict(raw, str(path))
+    if profile.name != Path(path).stem:
+        raise ProfileError(f"profile {path}: name '{profile.name}' must match the file name '{Path(path).stem}'")
+    return profile
+
+
+def list_profiles(folder: Path | None = None) -> list[TargetProfile]:
+    folder = folder or targets_dir()
+    return [load_profile_file(p) for p in sorted(folder.glob("*.toml"))]
+
+
+def default_profile_name(folder: Path | None = None) -> str:
+    defaults = [p.name for p in list_profiles(folder) if p.default]
+    if len(defaults) != 1:
+        raise ProfileError(f"exactly one profile must have default = true, found {defaults or 'none'}")
+    return defaults[0]
+
+
+def load_profile(name_or_path: str, folder: Path | None = None) -> TargetProfile:
+    """A profile by name (``cpu-int4``) or by path to a ``.toml`` file."""
+    as_path = Path(name_or_path)
+    if as_path.suffix == ".toml":
+        if not as_path.is_file():
+            raise ProfileError(f"profile file {as_path} does not exist")
+        return load_profile_file(as_path)
+    folder = folder or targets_dir()
+    path = folder / f"{name_or_path}.toml"
+    if not path.is_file():
+        names = ", ".join(p.stem for p in sorted(folder.glob("*.toml")))
+        raise ProfileError(f"unknown target '{name_or_path}'; available: {names}")
+    return load_profile_file(path)
