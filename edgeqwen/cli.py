@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -104,6 +105,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Per-tensor progress bars from onnx-ir and transformers would bury our own progress lines;
+    # tqdm reads this when it is first imported, so it must be set before any heavy import.
+    os.environ.setdefault("TQDM_DISABLE", "1")
     args = parser().parse_args(argv)
     try:
         return args.func(args)

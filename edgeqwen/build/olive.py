@@ -42,12 +42,11 @@ def run_olive(profile: TargetProfile, checkpoint: Path, work_dir: Path, progress
     # No network here or on most build machines: Olive's telemetry would only time out.
     os.environ.setdefault("OLIVE_DISABLE_TELEMETRY", "1")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-    # Per-tensor tqdm bars from onnx-ir and transformers would bury our progress lines.
-    os.environ.setdefault("TQDM_DISABLE", "1")
     from olive.workflows import run as olive_run
 
     config = workflow_config(profile, checkpoint, work_dir)
     logging.getLogger("olive").setLevel(logging.WARNING)
+    logging.getLogger("olive.engine.engine").setLevel(logging.WARNING)
     keep = ("Reading layer", "Reading embedding", "Reading LM head", "Saving ONNX", "GroupQueryAttention")
     with contextlib.redirect_stdout(LineFilter(progress, keep)):
         olive_run(config)

@@ -1,0 +1,84 @@
+import json
+
+import pytest
+
+from edgeqwen.artifact import FORMAT_VERSION, MANIFEST_NAME, load_verified, read_manifest, staged_folder, write_manifest
+from edgeqwen.errors import ArtifactError
+
+MINIMAL = {"runtime": {"backend": "genai"}, "profile": {"name": "x"}}
+
+
+def make(folder):
+    folder.mkdir()
+    (folder / "model.onnx").write_bytes(b"graph" * 100)
+    (folder / "sub").mkdir()
+    (folder / "sub" / "tokenizer.json").write_text("{}")
+    return write_manifest(folder, dict(MINIMAL))
+
+
+def test_manifest_lists_every_file_with_hash(tmp_path):
+    m = make(tmp_path / "a")
+    assert m["format_version"] == FORMAT_VERSION
+    assert set(m["files"]) == {"model.onnx", "sub/tokenizer.json"}
+    assert load_verified(tmp_path / "a")["files"]["model.onnx"]["bytes"] == 500
+
+
+def test_one_changed_byte_is_refused_naming_the_file(tmp_path):
+    make(tmp_path / "a")
+    data = bytearray((tmp_path / "a" / "model.onnx").read_bytes())
+    data[17] ^= 1
+    (tmp_path / "a" / "model.onnx").write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="model.onnx does not match its sha256"):
+        load_verified(tmp_path / "a")
+
+
+def test_truncated_and_missing_files_are_refused(tmp_path):
+    make(tmp_path / "a")
+    (tmp_path / "a" / "model.onnx").write_bytes(b"graph")
+    with pytest.raises(ArtifactError, match="model.onnx has 5 bytes"):
+        load_verified(tmp_path / "a", full=False)
+    make(tmp_path / "b")
+    (tmp_path / "b" / "sub" / "tokenizer.json").unlink()
+    with pytest.raises(ArtifactError, match="sub/tokenizer.json listed in the manifest is missing"):
+        load_verified(tmp_path / "b", full=False)
+
+
+def test_missing_corrupt_or_future_manifest(tmp_path):
+    with pytest.raises(ArtifactError, match="does not exist"):
+        read_manifest(tmp_path / "nothing")
+    (tmp_path / "a").mkdir()
+    with pytest.raises(ArtifactError, match="edgeqwen.json is missing"):
+        read_manifest(tmp_path / "a")
+    (tmp_path / "a" / MANIFEST_NAME).write_text("{not json")
+    with pytest.raises(ArtifactError, match="manifest is corrupt"):
+        read_manifest(tmp_path / "a")
+    (tmp_path / "a" / MANIFEST_NAME).write_text(json.dumps({**MINIMAL, "files": {}, "format_version": 99}))
+    with pytest.raises(ArtifactError, match="format_version 99 is not supported"):
+        read_manifest(tmp_path / "a")
+
+
+def test_staged_folder_publishes_only_on_success(tmp_path):
+    final = tmp_path / "art"
+    with pytest.raises(RuntimeError):
+        with staged_folder(final) as stage:
+            (stage / "half.onnx").write_text("x")
+            raise RuntimeError("crash")
+    assert not final.exists()
+    assert list(tmp_path.iterdir()) == []
+    with staged_folder(final) as stage:
+        (stage / "whole").write_text("ok")
+    assert (final / "whole").read_text() == "ok"
+
+
+def test_existing_output_needs_force_and_is_replaced_whole(tmp_path):
+    final = tmp_path / "art"
+    final.mkdir()
+    (final / "old").write_text("old")
+    with pytest.raises(ArtifactError, match="already exists"):
+        with staged_folder(final):
+            pass
+    assert (final / "old").exists()
+    with staged_folder(final, force=True) as stage:
+        (stage / "new").write_text("new")
+    assert sorted(p.name for p in final.iterdir()) == ["new"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]
