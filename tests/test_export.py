@@ -1,0 +1,119 @@
+"""Export tier: tiny Qwen2 / Qwen2.5 / Qwen3 checkpoints built with cpu-fp32 and cpu-int4, checked
+against transformers (by the build's own validation) and by reading the graphs back."""
+
+from collections import Counter
+
+import numpy as np
+import onnx
+import pytest
+
+from edgeqwen.build.fixtures import FIXTURES
+from edgeqwen.targets import load_profile
+
+FAMILIES = ["tiny-qwen2", "tiny-qwen2.5", "tiny-qwen3", "tiny-qwen3-tied"]
+
+
+def graph(result) -> onnx.ModelProto:
+    return onnx.load(str(result.folder / "model.onnx"))
+
+
+def attrs(node):
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
+def tensors_of_size(model, n):
+    return [t.name for t in model.graph.initializer if int(np.prod(t.dims)) == n]
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_fp32_matches_transformers_exactly(artifacts, name):
+    v = artifacts(name, "cpu-fp32").manifest["validation"]
+    s = v["summary"]
+    assert v["passed"], v["failures"]
+    assert s["top1_agreement"] == 1.0
+    assert s["greedy_match_min"] >= 32
+    assert all(p["greedy_match"] == p["greedy_tokens"] == 48 for p in v["prompts"])
+    # measured 5e-6 .. 1e-5 on these fixtures; the profile allows 1e-3
+    assert s["max_abs_logit_diff"] < 1e-3
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_int4_within_profile_kl_bound(artifacts, name):
+    v = artifacts(name, "cpu-int4").manifest["validation"]
+    bounds = load_profile("cpu-int4").validation
+    assert v["passed"], v["failures"]
+    assert v["summary"]["kl_mean"] <= bounds.max_kl_mean
+    assert v["summary"]["kl_p99"] <= bounds.max_kl_p99
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_int4_graph_holds_matmulnbits_with_profile_bits_and_block(artifacts, name):
+    result = artifacts(name, "cpu-int4")
+    model = graph(result)
+    spec = FIXTURES[name]
+    quant = next(p for p in load_profile("cpu-int4").olive_passes if p.type == "OnnxBlockWiseRtnQuantization").options
+    mnb = [n for n in model.graph.node if n.op_type == "MatMulNBits"]
+    # per layer: qkv, o, gate, up, down (genai fuses q/k/v into one MatMul) + the lm_head
+    assert len(mnb) == 5 * spec.layers + 1
+    for n in mnb:
+        a = attrs(n)
+        assert (a["bits"], a["block_size"], a["accuracy_level"]) == (quant["bits"], quant["block_size"], quant["accuracy_level"])
+    float_matmuls = [n for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in {t.name for t in model.graph.initializer}]
+    assert float_matmuls == []
+    # what the manifest claims is what the graph holds
+    claimed = result.manifest["quantization"]["weight_ops"]
+    assert {"op": "MatMulNBits", "bits": 4, "block_size": 32, "accuracy_level": 4, "zero_points": False,
+            "count": len(mnb)} in claimed
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.parametrize("target", ["cpu-fp32", "cpu-int4"])
+def test_tied_embeddings_stored_once(artifacts, name, target):
+    spec = FIXTURES[name]
+    model = graph(artifacts(name, target))
+    vocab_by_hidden = 151_936 * spec.hidden
+    emb = next(n for n in model.graph.node if "input_ids" in n.input and n.op_type.startswith("Gather"))
+    if target == "cpu-fp32":
+        tables = tensors_of_size(model, vocab_by_hidden)  # float [V, H] or [H, V]
+    else:
+        tables = tensors_of_size(model, vocab_by_hidden // 2)  # packed int4 bytes
+    if spec.tied:
+        assert len(tables) == 1, tables
+        assert artifacts(name, target).manifest["quantization"]["embedding"]["shared_with_lm_head"]
+    else:
+        assert len(tables) == 2, tables
+        assert not artifacts(name, target).manifest["quantization"]["embedding"]["shared_with_lm_head"]
+    if target == "cpu-int4":
+        assert emb.op_type == "GatherBlockQuantized" and attrs(emb)["bits"] == 4
+
+
+def test_qwen_specific_graph_parts(artifacts):
+    ops2 = Counter(n.op_type for n in graph(artifacts("tiny-qwen2.5", "cpu-fp32")).graph.node)
+    ops3 = Counter(n.op_type for n in graph(artifacts("tiny-qwen3", "cpu-fp32")).graph.node)
+    m2 = graph(artifacts("tiny-qwen2.5", "cpu-fp32"))
+    assert any("qkv_proj.Add.bias" in t.name or "bias" in t.name for t in m2.graph.initializer)  # Qwen2 q/k/v bias
+    assert ops2["GroupQueryAttention"] == ops3["GroupQueryAttention"] == 2
+    # Qwen3's q_norm / k_norm: extra RMSNorms per layer that Qwen2 does not have
+    assert ops3["SimplifiedLayerNormalization"] > ops2["SimplifiedLayerNormalization"]
+    rt = artifacts("tiny-qwen3", "cpu-fp32").manifest["runtime"]
+    assert rt["family"] == "qwen3" and rt["thinking"] and rt["special_tokens"]["think_start"] == 151667
+
+
+@pytest.mark.parametrize("dtype, target", [("bfloat16", "cpu-fp32"), ("float16", "cpu-int8")])
+def test_half_precision_checkpoints_build(artifacts, dtype, target):
+    result = artifacts("tiny-qwen3", target, dtype=dtype)
+    assert result.manifest["source"]["dtype"] == dtype
+    assert result.manifest["validation"]["passed"], result.manifest["validation"]["failures"]
+
+
+def test_manifest_is_complete(artifacts):
+    m = artifacts("tiny-qwen2.5", "cpu-int4").manifest
+    assert m["format_version"] == 1
+    assert m["source"]["architecture"] == "Qwen2ForCausalLM" and len(m["source"]["config_sha256"]) == 64
+    assert len(m["source"]["weights_sha256"]) == 64
+    assert m["profile"]["name"] == "cpu-int4"
+    assert {"olive-ai", "onnxruntime", "onnxruntime-genai", "transformers", "torch"} <= set(m["tools"])
+    assert {"model.onnx", "model.onnx.data", "genai_config.json", "tokenizer.json", "chat_template.jinja"} <= set(m["files"])
+    assert all(len(f["sha256"]) == 64 for f in m["files"].values())
+    assert m["runtime"]["threads"] == "auto" and "intra_op_num_threads" not in m["runtime"]["session_options"]
+    assert m["validation"]["summary"]["positions"] > 100
