@@ -74,6 +74,7 @@ class TargetProfile:
         d = asdict(self)
         d["olive_passes"] = [{"type": p.type, **p.options} for p in self.olive_passes]
         d["graph_passes"] = list(self.graph_passes)
+        d["validation"] = {k: v for k, v in d["validation"].items() if v is not None}
         return d
 
     @classmethod

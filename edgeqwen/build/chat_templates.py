@@ -26,10 +26,11 @@ QWEN3_THINKING = """\
 {%- if messages[0].role == 'system' %}
 {{- '<|im_start|>system\\n' + messages[0].content + '<|im_end|>\\n' }}
 {%- endif %}
-{%- set ns = namespace(last_query_index=messages|length - 1) %}
+{%- set ns = namespace(found=false, last_query_index=messages|length - 1) %}
 {%- for message in messages[::-1] %}
 {%- set index = (messages|length - 1) - loop.index0 %}
-{%- if message.role == 'user' and ns.last_query_index == messages|length - 1 %}
+{%- if message.role == 'user' and not ns.found %}
+{%- set ns.found = true %}
 {%- set ns.last_query_index = index %}
 {%- endif %}
 {%- endfor %}

@@ -1,0 +1,44 @@
+"""edgeqwen.runtime must work on a device that has only the runtime dependencies."""
+
+import subprocess
+import sys
+import textwrap
+
+BLOCKED = ["torch", "transformers", "olive", "onnx", "onnxscript", "onnx_ir", "safetensors", "huggingface_hub"]
+
+SCRIPT = textwrap.dedent(
+    """
+    import importlib.abc, sys
+    BLOCKED = {blocked!r}
+
+    class Block(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in BLOCKED:
+                raise ImportError(f"{{name}} is blocked: not a runtime dependency")
+            return None
+
+    sys.meta_path.insert(0, Block())
+    import edgeqwen.runtime as rt
+    engine = rt.load({folder!r})
+    ids = engine.backend.greedy(engine.encode("Hello world!"), 6)
+    assert len(ids) == 6, ids
+    leaked = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
+    assert not leaked, leaked
+    print("OK", engine.threads, ids)
+    """
+)
+
+
+def test_runtime_imports_and_generates_without_compiler_packages(artifacts):
+    folder = str(artifacts("tiny-qwen2.5", "cpu-int4").folder)
+    r = subprocess.run([sys.executable, "-c", SCRIPT.format(blocked=BLOCKED, folder=folder)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("OK")
+
+
+def test_the_blocker_really_blocks():
+    head = SCRIPT.format(blocked=BLOCKED, folder="unused").split("import edgeqwen")[0]
+    r = subprocess.run([sys.executable, "-c", head + "import torch\n"],
+                       capture_output=True, text=True)
+    assert r.returncode != 0 and "torch is blocked" in r.stderr

@@ -1,0 +1,42 @@
+#!/usr/bin/env python3
+"""Build Qwen fixture checkpoints locally (no Hub): real Qwen vocabulary and chat templates, random weights.
+
+    python tools/make_tiny_qwen.py --list
+    python tools/make_tiny_qwen.py tiny-qwen3 -o /tmp/tiny-qwen3
+    python tools/make_tiny_qwen.py qwen2.5-0.5b-shape -o /tmp/q05 --dtype bfloat16
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def main() -> int:
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    from edgeqwen.build.fixtures import FIXTURES, make_checkpoint
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("name", nargs="?", choices=sorted(FIXTURES))
+    p.add_argument("-o", "--output", type=Path)
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    p.add_argument("--list", action="store_true", help="list the fixtures")
+    args = p.parse_args()
+    if args.list or not args.name:
+        for name, s in FIXTURES.items():
+            hd = s.head_dim or s.hidden // s.heads
+            print(f"{name:20s} {s.family}  hidden {s.hidden}, {s.layers} layers, {s.heads}/{s.kv_heads} heads, "
+                  f"head_dim {hd}, ffn {s.intermediate}, {'tied' if s.tied else 'untied'}")
+        return 0
+    out = args.output or Path(args.name)
+    make_checkpoint(args.name, out, dtype=args.dtype)
+    print(out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
