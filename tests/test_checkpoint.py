@@ -38,6 +38,12 @@ def test_non_qwen_architecture_lists_supported(tmp_path):
     assert "Qwen2ForCausalLM" in str(e.value) and "Qwen3ForCausalLM" in str(e.value)
 
 
+def test_length_dependent_rope_is_refused_up_front(tmp_path):
+    d = fake(tmp_path, {**CONFIG, "rope_scaling": {"type": "dynamic", "factor": 2.0}})
+    with pytest.raises(CheckpointError, match="rope type 'dynamic' is not supported"):
+        open_checkpoint(str(d))
+
+
 def test_missing_weights_file(tmp_path):
     d = fake(tmp_path)
     (d / "model.safetensors").unlink()

@@ -117,3 +117,21 @@ def test_manifest_is_complete(artifacts):
     assert all(len(f["sha256"]) == 64 for f in m["files"].values())
     assert m["runtime"]["threads"] == "auto" and "intra_op_num_threads" not in m["runtime"]["session_options"]
     assert m["validation"]["summary"]["positions"] > 100
+
+
+def test_yarn_rope_scaling_matches_transformers(artifacts):
+    """The builder gets YaRN wrong; the rope_caches pass must make it exact."""
+    m = artifacts("tiny-qwen2.5-yarn", "cpu-fp32").manifest
+    assert m["source"]["rope"]["rope_type"] == "yarn"
+    assert m["graph_passes"]["rope_caches"]["rope_type"] == "yarn"
+    assert m["graph_passes"]["rope_caches"]["max_change"] > 1.0  # the builder's tables were far off
+    assert m["validation"]["passed"] and m["validation"]["summary"]["top1_agreement"] == 1.0
+
+
+def test_length_dependent_rope_is_refused():
+    from edgeqwen.build.passes.rope_caches import reference_tables
+
+    config = {"model_type": "qwen2", "hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 1,
+              "rope_parameters": {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0}}
+    with pytest.raises(RuntimeError, match="changes with sequence length"):
+        reference_tables(config, "Qwen2ForCausalLM", 128)

@@ -21,6 +21,8 @@ SUPPORTED_ARCHITECTURES = {
     "Qwen2ForCausalLM": "qwen2",  # Qwen2, Qwen2.5, Qwen2.5-Coder, Qwen2.5-Math (q/k/v bias)
     "Qwen3ForCausalLM": "qwen3",  # Qwen3 dense (q_norm/k_norm, explicit head_dim, thinking)
 }
+# RoPE variants whose tables do not depend on the running sequence length
+STATIC_ROPE_TYPES = {"default", "linear", "yarn", "llama3"}
 SUPPORTED_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _HUB_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "merges.txt", "vocab.json", "tokenizer*"]
@@ -144,6 +146,13 @@ def _architecture(config: dict[str, Any], where: Path) -> str:
     for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size"):
         if not isinstance(config.get(key), int):
             raise CheckpointError(f"{where}: '{key}' is missing or not an integer")
+    rope = _rope_of(config)
+    kind = rope.get("rope_type", rope.get("type", "default"))
+    if kind not in STATIC_ROPE_TYPES:
+        raise CheckpointError(
+            f"{where}: rope type '{kind}' is not supported; the exported rotary tables are static "
+            f"({', '.join(sorted(STATIC_ROPE_TYPES))})"
+        )
     return arch
 
 

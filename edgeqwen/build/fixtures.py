@@ -31,6 +31,7 @@ class FixtureSpec:
     max_positions: int = 2048
     rope_theta: float = 1_000_000.0
     seed: int = 0
+    rope_scaling: tuple[tuple[str, float], ...] = ()  # extra rope_parameters, e.g. YaRN
     embed_std: float = 0.1  # embeddings / lm_head
     block_gain: float = 2.0  # projection std = gain / sqrt(fan_in)
 
@@ -45,6 +46,9 @@ FIXTURES: dict[str, FixtureSpec] = {
         # Qwen3: head_dim 32 != 64 / 4, untied (as Qwen3-4B+), q_norm/k_norm.
         FixtureSpec("tiny-qwen3", "qwen3", 64, 2, 4, 2, 128, head_dim=32, tied=False, seed=3),
         FixtureSpec("tiny-qwen3-tied", "qwen3", 64, 2, 4, 2, 128, head_dim=32, tied=True, seed=4),
+        # Qwen2.5's long-context setting: YaRN factor 4 (scaled down to a 512-token original context).
+        FixtureSpec("tiny-qwen2.5-yarn", "qwen2", 64, 2, 4, 2, 192, tied=True, seed=6,
+                    rope_scaling=(("factor", 4.0), ("original_max_position_embeddings", 512))),
         # Qwen2.5-0.5B shape, for benchmarks (494M parameters).
         FixtureSpec("qwen2.5-0.5b-shape", "qwen2", 896, 24, 14, 2, 4864, tied=True,
                     max_positions=32768, seed=5),
@@ -76,7 +80,10 @@ def _config(spec: FixtureSpec):
     else:
         cfg = Qwen2Config(**common)
         cfg.architectures = ["Qwen2ForCausalLM"]
-    cfg.rope_parameters = {"rope_type": "default", "rope_theta": spec.rope_theta}
+    if spec.rope_scaling:
+        cfg.rope_parameters = {"rope_type": "yarn", "rope_theta": spec.rope_theta, **dict(spec.rope_scaling)}
+    else:
+        cfg.rope_parameters = {"rope_type": "default", "rope_theta": spec.rope_theta}
     return cfg
 
 

@@ -78,7 +78,8 @@ def _package(olive_out: Path, art: Path, ckpt: Checkpoint, profile: TargetProfil
 
     genai_cfg = json.loads((olive_out / "genai_config.json").read_text())
     model = onnx.load(str(olive_out / package.MODEL_FILE))
-    ctx = PassContext(tied_embeddings=ckpt.tied_embeddings, genai_config=genai_cfg)
+    ctx = PassContext(tied_embeddings=ckpt.tied_embeddings, genai_config=genai_cfg,
+                      checkpoint_config=ckpt.config, architecture=ckpt.architecture)
     applied = {}
     for name in profile.graph_passes:
         applied[name] = get_pass(name)(model, ctx)

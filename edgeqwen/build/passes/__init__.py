@@ -14,6 +14,7 @@ from typing import Any, Callable
 _PASSES = {
     "restore_io_names": "edgeqwen.build.passes.restore_io_names",
     "share_tied_embeddings": "edgeqwen.build.passes.share_tied_embeddings",
+    "rope_caches": "edgeqwen.build.passes.rope_caches",
 }
 
 
@@ -21,7 +22,9 @@ _PASSES = {
 class PassContext:
     tied_embeddings: bool
     genai_config: dict[str, Any]
-    notes: list[str] = field(default_factory=list)
+    checkpoint_config: dict[str, Any] = field(default_factory=dict)
+    architecture: str = ""
+
 
 
 def known_passes() -> set[str]:
