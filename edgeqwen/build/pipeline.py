@@ -54,6 +54,7 @@ def build(model: str, target: str, out: Path | None = None, *, validate: bool = 
             manifest["validation"] = {"skipped": True}
         manifest["build"]["seconds"] = round(time.perf_counter() - t0, 1)
         manifest["build"]["step_seconds"] = progress.timings
+        manifest["build"]["peak_rss_mb_after_step"] = progress.peak_rss_mb
         manifest = write_manifest(art, manifest)
         for p in art.iterdir():
             os.replace(p, stage / p.name)

@@ -16,6 +16,7 @@ class Progress:
         self.stream = stream or sys.stderr
         self.quiet = quiet
         self.timings: dict[str, float] = {}
+        self.peak_rss_mb: dict[str, int] = {}  # process peak RSS after each step (monotonic)
 
     def say(self, text: str) -> None:
         if not self.quiet:
@@ -29,7 +30,19 @@ class Progress:
         yield
         dt = time.perf_counter() - t0
         self.timings[title] = round(dt, 2)
-        self.say(f"[{self.n}/{self.total}] {title}: done in {dt:.1f}s")
+        rss = peak_rss_mb()
+        self.peak_rss_mb[title] = rss
+        self.say(f"[{self.n}/{self.total}] {title}: done in {dt:.1f}s (peak RSS so far {rss} MB)")
+
+
+def peak_rss_mb() -> int:
+    try:
+        import resource  # POSIX only; Windows builds report 0
+    except ImportError:
+        return 0
+    # ru_maxrss is in KiB on Linux, bytes on macOS
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(rss / 1024 / (1024 if sys.platform == "darwin" else 1))
 
 
 class LineFilter(io.TextIOBase):
