@@ -46,7 +46,9 @@ def validation_lines(v: dict[str, Any]) -> list[str]:
         f"  verdict: {verdict}",
         f"  {s['positions']} teacher-forced positions: max |dlogit| {s['max_abs_logit_diff']:.3g}, "
         f"KL mean {s['kl_mean']:.3g} / p99 {s['kl_p99']:.3g} nats, top-1 agreement {s['top1_agreement']:.1%}",
-        f"  greedy continuation identical to transformers for >= {s['greedy_match_min']} tokens on every prompt",
+        f"  greedy decoding: identical to transformers for the first {s['greedy_match_min']}"
+        f"/{v.get('bounds', {}).get('greedy_tokens', '?')} tokens on every prompt"
+        + ("" if v.get("bounds", {}).get("min_greedy_match") is not None else " (not bounded in this profile)"),
     ]
 
 
