@@ -96,6 +96,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--verify", action="store_true", help="also check every file's sha256")
     s.set_defaults(func=_cmd_inspect)
 
+    from edgeqwen.runtime.cli import register as register_runtime
+
+    register_runtime(sub)
+
     s = sub.add_parser("demo", help="end to end on the embedded default model: make it, build, validate, generate")
     s.add_argument("--workdir", default="edgeqwen-demo")
     s.add_argument("--target", default="cpu-int4")

@@ -1,12 +1,19 @@
-"""Load an artifact (manifest and hashes checked) and pick its backend from the manifest."""
+"""Load an artifact (manifest and hashes checked), pick its backend from the manifest, and generate:
+plain completions, chat with the checkpoint's template, multi-turn sessions, batches, asyncio."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, AsyncIterator, Sequence
 
 from edgeqwen.artifact import load_verified
-from edgeqwen.errors import ArtifactError
+from edgeqwen.errors import ArtifactError, ContextOverflow
+from edgeqwen.runtime.chat import ChatTemplate, ThinkingState
+from edgeqwen.runtime.generate import Delta, Request, Result, Stream, run
+from edgeqwen.runtime.sampling import SamplingParams
 from edgeqwen.runtime.threads import resolve_threads
 
 
@@ -25,8 +32,15 @@ class Engine:
             self.backend = GenaiBackend(self.folder, self.runtime, self.threads)
         else:
             raise ArtifactError(f"artifact {self.folder}: unknown runtime backend {backend!r}")
+        self.context_length = int(self.runtime["context_length"])
+        specials = self.runtime.get("special_tokens", {})
+        self.eos_ids = set(self.runtime.get("eos_token_ids", []))
+        self.im_end = specials.get("im_end")
+        self._think = (specials.get("think_start"), specials.get("think_end")) if self.runtime.get("thinking") else None
         self._tokenizer = None
+        self._template: ChatTemplate | None = None
 
+    # -- text <-> ids ---------------------------------------------------------------------------
     @property
     def tokenizer(self):
         if self._tokenizer is None:
@@ -38,8 +52,135 @@ class Engine:
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False).ids
 
-    def decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=False)
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=False)
+
+    @property
+    def template(self) -> ChatTemplate:
+        if self._template is None:
+            self._template = ChatTemplate((self.folder / self.runtime["chat_template"]).read_text(encoding="utf-8"))
+        return self._template
+
+    def render(self, messages: Sequence[dict[str, Any]], think: bool | None = None) -> str:
+        """The prompt text for ``messages``; ``think`` sets Qwen3's enable_thinking (None: template default)."""
+        return self.template.render(messages, add_generation_prompt=True, enable_thinking=think)
+
+    # -- generation ---------------------------------------------------------------------------------
+    def _request(self, max_new_tokens: int = 256, sampling: SamplingParams | None = None, stop: Sequence[str] = (),
+                 stop_tokens: Sequence[int] = (), thinking_budget: int | None = None,
+                 cancel: threading.Event | None = None, **sampling_kwargs: Any) -> Request:
+        if sampling is not None and sampling_kwargs:
+            raise TypeError("give either sampling=SamplingParams(...) or sampling keywords, not both")
+        if max_new_tokens < 1:
+            raise ValueError("max_new_tokens must be >= 1")
+        return Request(max_new_tokens=max_new_tokens, sampling=sampling or SamplingParams(**sampling_kwargs),
+                       stop=tuple(stop), stop_tokens=tuple(stop_tokens), thinking_budget=thinking_budget,
+                       cancel=cancel or threading.Event())
+
+    def _check_context(self, total_prompt: int, req: Request) -> None:
+        extra = len(self.encode(self._budget_text())) if req.thinking_budget is not None else 0
+        need = total_prompt + req.max_new_tokens + extra
+        if need > self.context_length:
+            raise ContextOverflow(
+                f"prompt ({total_prompt} tokens) + max_new_tokens ({req.max_new_tokens}) = {need} tokens "
+                f"exceeds the context length {self.context_length}; shorten the prompt or lower max_new_tokens"
+            )
+
+    @staticmethod
+    def _budget_text() -> str:
+        from edgeqwen.runtime.chat import BUDGET_CLOSE
+
+        return BUDGET_CLOSE
+
+    def _thinking(self, prompt_ids: Sequence[int]) -> ThinkingState | None:
+        if self._think is None:
+            return None
+        start, end = self._think
+        state = ThinkingState(start, end)
+        # Templates that open <think> in the prompt (Qwen3-2507 thinking models) start in reasoning.
+        last_start = max((i for i, t in enumerate(prompt_ids) if t == start), default=-1)
+        last_end = max((i for i, t in enumerate(prompt_ids) if t == end), default=-1)
+        last_turn = max((i for i, t in enumerate(prompt_ids) if t == self.runtime["special_tokens"].get("im_start")), default=-1)
+        if last_start > max(last_end, last_turn):
+            state.in_reasoning = True
+        return state
+
+    def _stop_ids(self, req: Request, chat: bool) -> set[int]:
+        ids = set(self.eos_ids) | set(req.stop_tokens)
+        if chat and self.im_end is not None:
+            ids.add(self.im_end)
+        return ids
+
+    def stream(self, prompt: str | Sequence[int], **options: Any) -> Stream:
+        """Plain completion of ``prompt`` (no chat template), as a stream of text deltas."""
+        return self._stream(prompt, chat=False, **options)
+
+    def generate(self, prompt: str | Sequence[int], **options: Any) -> Result:
+        return self.stream(prompt, **options).finish()
+
+    def chat(self, messages: Sequence[dict[str, Any]], think: bool | None = None, **options: Any) -> Stream:
+        """One assistant turn for ``messages`` with the checkpoint's chat template."""
+        return self._stream(self.render(messages, think), chat=True, **options)
+
+    def _stream(self, prompt: str | Sequence[int], chat: bool, **options: Any) -> Stream:
+        req = self._request(**options)
+        ids = self.encode(prompt) if isinstance(prompt, str) else list(prompt)
+        if not ids:
+            raise ValueError("empty prompt")
+        self._check_context(len(ids), req)
+        state = self.backend.new_state(len(ids) + req.max_new_tokens + 64)
+        return Stream(run(self, state, ids, req, self._thinking(ids), self._stop_ids(req, chat)), req)
+
+    def session(self, system: str | None = None, think: bool | None = None) -> "ChatSession":
+        from edgeqwen.runtime.session import ChatSession
+
+        return ChatSession(self, system=system, think=think)
+
+    def generate_batch(self, prompts: Sequence[str | Sequence[int]], concurrency: int = 1,
+                       **options: Any) -> list[Result]:
+        """Several completions on this one loaded model. ``concurrency`` > 1 runs requests in threads
+        (each with its own KV cache); on a 2-core machine 1 is as fast, since each request already
+        uses every core."""
+        if concurrency <= 1:
+            return [self.generate(p, **options) for p in prompts]
+        with ThreadPoolExecutor(max_workers=concurrency) as pool:
+            return list(pool.map(lambda p: self.generate(p, **options), prompts))
+
+    async def astream(self, prompt: str | Sequence[int], chat_messages: Sequence[dict[str, Any]] | None = None,
+                      think: bool | None = None, **options: Any) -> AsyncIterator[Delta | Result]:
+        """asyncio view of a stream: deltas as they come, then the Result. The model runs in a worker
+        thread so the event loop stays free."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+        stream = self.chat(chat_messages, think, **options) if chat_messages is not None else self.stream(prompt, **options)
+        done = object()
+
+        def work() -> None:
+            try:
+                for d in stream:
+                    loop.call_soon_threadsafe(queue.put_nowait, d)
+                loop.call_soon_threadsafe(queue.put_nowait, stream.result)
+            except BaseException as e:  # surfaced in the awaiting task
+                loop.call_soon_threadsafe(queue.put_nowait, e)
+            loop.call_soon_threadsafe(queue.put_nowait, done)
+
+        worker = loop.run_in_executor(None, work)
+        try:
+            while (item := await queue.get()) is not done:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stream.cancel()
+            await worker
+
+    async def agenerate(self, prompt: str | Sequence[int], **options: Any) -> Result:
+        result = None
+        async for item in self.astream(prompt, **options):
+            if isinstance(item, Result):
+                result = item
+        assert result is not None
+        return result
 
 
 def load(folder: str | Path, **kwargs: Any) -> Engine:

@@ -28,6 +28,9 @@ class GenaiBackend:
         params.set_search_options(max_length=max_length, do_sample=False)
         return self._og.Generator(self.model, params)
 
+    def new_state(self, capacity: int) -> "GenaiState":
+        return GenaiState(self, capacity)
+
     def teacher_forced_logits(self, ids: Sequence[int], prefill: int) -> np.ndarray:
         """Logits [len(ids) - prefill + 1, V] predicting ids[prefill-1+1 ...]: the prompt ids[:prefill]
         goes in as one prefill step, then each following id one decode step at a time."""
@@ -47,3 +50,38 @@ class GenaiBackend:
             gen.generate_next_token()
             out.append(int(gen.get_next_tokens()[0]))
         return out
+
+
+class GenaiState:
+    """One sequence's KV cache inside a genai Generator; grows by re-prefilling when full."""
+
+    def __init__(self, backend: GenaiBackend, capacity: int) -> None:
+        self.backend = backend
+        self.capacity = min(capacity, backend.context_length)
+        self.gen = backend._generator(self.capacity)
+        self.tokens: list[int] = []
+
+    def append(self, ids: Sequence[int]) -> np.ndarray:
+        """Run the model over ``ids`` (KV kept); return the next-token logits [V] after the last one."""
+        ids = list(ids)
+        if len(self.tokens) + len(ids) > self.capacity:
+            self._grow(len(self.tokens) + len(ids))
+        self.gen.append_tokens(np.asarray(ids, dtype=np.int32))
+        self.tokens.extend(ids)
+        return np.asarray(self.gen.get_logits(), dtype=np.float32).reshape(-1, self.backend.vocab_size)[-1]
+
+    def rewind(self, n: int) -> None:
+        if n < len(self.tokens):
+            self.gen.rewind_to(n)
+            del self.tokens[n:]
+
+    def _grow(self, need: int) -> None:
+        # genai sizes the KV buffer at creation (past_present_share_buffer); a larger one means a new
+        # generator and one prefill of what was cached.
+        cached = self.tokens
+        self.capacity = min(self.backend.context_length, max(need, 2 * self.capacity))
+        self.gen = self.backend._generator(self.capacity)
+        self.tokens = []
+        if cached:
+            self.gen.append_tokens(np.asarray(cached, dtype=np.int32))
+            self.tokens = list(cached)

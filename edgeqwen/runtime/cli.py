@@ -1,0 +1,126 @@
+"""``edgeqwen run`` and ``edgeqwen chat``: the runtime from a terminal. Runtime dependencies only."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+from typing import Any
+
+from edgeqwen.runtime.generate import Result, Stream
+
+DIM, RESET = "\033[2m", "\033[0m"
+
+
+def add_generation_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--repetition-penalty", type=float, default=1.0)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    p.add_argument("--think", dest="think", action="store_true", default=None, help="Qwen3: thinking on")
+    p.add_argument("--no-think", dest="think", action="store_false", help="Qwen3: thinking off")
+    p.add_argument("--thinking-budget", type=int, help="close </think> after this many reasoning tokens")
+    p.add_argument("--threads", type=int, help="intra-op threads (default: the cores this process may use)")
+
+
+def options(args: argparse.Namespace) -> dict[str, Any]:
+    return dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                top_k=args.top_k, repetition_penalty=args.repetition_penalty, seed=args.seed, stop=args.stop,
+                thinking_budget=args.thinking_budget)
+
+
+def print_stream(stream: Stream, out=sys.stdout) -> Result:
+    color = out.isatty()
+    kind = None
+    for d in stream:
+        if d.kind != kind:
+            if d.kind == "reasoning":
+                out.write((DIM if color else "") + "[thinking] ")
+            elif kind == "reasoning":
+                out.write((RESET if color else "") + "\n[answer] ")
+            kind = d.kind
+        out.write(d.text)
+        out.flush()
+    if kind == "reasoning" and color:
+        out.write(RESET)
+    out.write("\n")
+    return stream.result
+
+
+def metrics_line(r: Result) -> str:
+    m = r.metrics
+    return (f"[{m.generated_tokens} tokens, {r.finish_reason}; TTFT {m.ttft_s * 1000:.0f} ms, prefill "
+            f"{m.prefill_tokens_per_s:.0f} tok/s, decode {m.decode_tokens_per_s:.1f} tok/s, peak RSS {m.peak_rss_mb} MB]")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from edgeqwen.runtime import load
+
+    engine = load(args.artifact, threads=args.threads)
+    opts = options(args)
+    if args.chat or args.think is not None:
+        stream = engine.chat([{"role": "user", "content": args.prompt}], think=args.think, **opts)
+    else:
+        stream = engine.stream(args.prompt, **opts)
+    if args.json:
+        result = stream.finish()
+        print(json.dumps({**result.to_dict(), "threads": engine.threads}, ensure_ascii=False, indent=2))
+    else:
+        result = print_stream(stream)
+        print(metrics_line(result), file=sys.stderr)
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from edgeqwen.runtime import load
+
+    engine = load(args.artifact, threads=args.threads)
+    session = engine.session(system=args.system, think=args.think)
+    print(f"edgeqwen chat: {engine.manifest['source'].get('model_id')} ({engine.manifest['profile']['name']}, "
+          f"{engine.threads} threads). /reset starts over, /exit quits.")
+    while True:
+        try:
+            line = input("you> ")
+        except (EOFError, KeyboardInterrupt):
+            print()
+            return 0
+        text = line.strip()
+        if not text:
+            continue
+        if text == "/exit":
+            return 0
+        if text == "/reset":
+            session.reset()
+            print("(conversation cleared)")
+            continue
+        sys.stdout.write("assistant> ")
+        stream = session.send(text, **options(args))
+        try:
+            result = print_stream(stream)
+        except KeyboardInterrupt:  # Ctrl-C stops this answer, not the chat
+            stream.cancel()
+            print("\n(stopped)")
+            continue
+        if args.verbose:
+            print(metrics_line(result))
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    s = sub.add_parser("run", help="stream a completion (or one chat turn) from an artifact")
+    s.add_argument("artifact")
+    s.add_argument("prompt")
+    s.add_argument("--chat", action="store_true", help="apply the chat template to the prompt")
+    s.add_argument("--json", action="store_true", help="print one JSON object: text, reasoning, tokens, metrics")
+    add_generation_args(s)
+    s.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("chat", help="interactive multi-turn chat (/reset, /exit)")
+    s.add_argument("artifact")
+    s.add_argument("--system", help="system message")
+    s.add_argument("--verbose", "-v", action="store_true", help="print timing after each answer")
+    add_generation_args(s)
+    s.set_defaults(func=cmd_chat)

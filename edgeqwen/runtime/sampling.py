@@ -1,0 +1,66 @@
+"""Next-token choice from one row of logits: greedy or sampled, in the order transformers applies them
+(repetition penalty, temperature, top-k, top-p)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 0.0  # 0 = greedy
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise ValueError("temperature must be >= 0")
+        if not 0 < self.top_p <= 1:
+            raise ValueError("top_p must be in (0, 1]")
+        if self.top_k < 0:
+            raise ValueError("top_k must be >= 0")
+        if self.repetition_penalty <= 0:
+            raise ValueError("repetition_penalty must be > 0")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+class Sampler:
+    def __init__(self, params: SamplingParams) -> None:
+        self.params = params
+        self.rng = np.random.default_rng(params.seed)
+
+    def __call__(self, logits: np.ndarray, history: Sequence[int]) -> int:
+        """logits [V] float32 for the next position; history = prompt + generated ids so far."""
+        p = self.params
+        x = logits.astype(np.float64, copy=True)
+        if p.repetition_penalty != 1.0 and len(history):
+            seen = np.unique(np.asarray(history, dtype=np.int64))
+            seen = seen[seen < x.shape[0]]
+            v = x[seen]
+            x[seen] = np.where(v > 0, v / p.repetition_penalty, v * p.repetition_penalty)
+        if p.greedy:
+            return int(np.argmax(x))
+        x /= p.temperature
+        if p.top_k and p.top_k < x.shape[0]:
+            kth = np.partition(x, -p.top_k)[-p.top_k]
+            x[x < kth] = -np.inf
+        probs = np.exp(x - x.max())
+        probs /= probs.sum()
+        if p.top_p < 1.0:
+            order = np.argsort(-probs, kind="stable")
+            cum = np.cumsum(probs[order])
+            # keep the smallest set whose mass reaches top_p (the token that crosses it included)
+            cut = int(np.searchsorted(cum, p.top_p)) + 1
+            keep = order[:cut]
+            mask = np.zeros_like(probs)
+            mask[keep] = probs[keep]
+            probs = mask / mask.sum()
+        return int(self.rng.choice(probs.shape[0], p=probs))

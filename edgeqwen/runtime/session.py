@@ -1,0 +1,70 @@
+"""Multi-turn chat that keeps the KV cache between turns.
+
+Each turn renders the whole conversation with the template, keeps the longest cached prefix that
+matches the new prompt's tokens and feeds only the rest. Where the template rewrites history
+(Qwen3 drops earlier reasoning), the cache is rewound to where the texts part, so a turn always
+computes exactly what a fresh run over the whole conversation computes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from edgeqwen.runtime.generate import Result, Stream, run
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+class ChatSession:
+    def __init__(self, engine, system: str | None = None, think: bool | None = None) -> None:
+        self.engine = engine
+        self.think = think
+        self.system = system
+        self.messages: list[dict[str, Any]] = []
+        self.state = None
+        self.reused_tokens = 0  # of the last turn: prompt tokens served from the cache
+        self.reset()
+
+    def reset(self) -> None:
+        self.messages = [{"role": "system", "content": self.system}] if self.system else []
+        self.state = None
+
+    def send(self, text: str, **options: Any) -> Stream:
+        engine = self.engine
+        req = engine._request(**options)
+        messages = self.messages + [{"role": "user", "content": text}]
+        ids = engine.encode(engine.render(messages, self.think))
+        engine._check_context(len(ids), req)
+        if self.state is None:
+            self.state = engine.backend.new_state(len(ids) + req.max_new_tokens + 256)
+        keep = min(common_prefix(self.state.tokens, ids), len(ids) - 1)  # feed >= 1 token to get logits
+        self.state.rewind(keep)
+        self.reused_tokens = keep
+        events = run(engine, self.state, ids[keep:], req, engine._thinking(ids), engine._stop_ids(req, chat=True))
+        inner = Stream(events, req)
+        return _TurnStream(inner, self, messages)
+
+
+class _TurnStream(Stream):
+    """A turn's stream that records the assistant reply in the session when it completes."""
+
+    def __init__(self, inner: Stream, session: ChatSession, messages: list[dict[str, Any]]) -> None:
+        super().__init__(iter(inner), inner._request)
+        self._inner, self._session, self._messages = inner, session, messages
+
+    def __iter__(self):
+        yield from self._inner
+        self.result = self._inner.result
+        r: Result = self.result
+        if r is not None and r.finish_reason != "cancelled":
+            reply: dict[str, Any] = {"role": "assistant", "content": r.text}
+            if r.reasoning:
+                reply["reasoning_content"] = r.reasoning
+            self._session.messages = self._messages + [reply]
