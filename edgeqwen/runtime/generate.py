@@ -164,4 +164,5 @@ def run(engine, state, new_ids: list[int], req: Request, thinking: ThinkingState
     m.decode_tokens_per_s = decode_steps / m.decode_s if decode_steps and m.decode_s > 0 else 0.0
     m.total_s = t_end - t0
     m.peak_rss_mb = peak_rss_mb()
-    yield Result("".join(texts["content"]), "".join(texts["reasoning"]), generated, finish, m, hit)
+    # Like Qwen's own parsing, the reasoning loses the newlines that precede </think>.
+    yield Result("".join(texts["content"]), "".join(texts["reasoning"]).rstrip("\n"), generated, finish, m, hit)
