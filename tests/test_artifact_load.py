@@ -102,7 +102,7 @@ def test_inspect_and_targets_cli(artifacts):
     folder = artifacts("tiny-qwen3", "cpu-int4").folder
     r = cli("inspect", folder)
     assert r.returncode == 0
-    for text in ("cpu-int4", "MatMulNBits: 4-bit, block 32, accuracy_level 4", "verdict: PASS", "Qwen3ForCausalLM"):
+    for text in ("cpu-int4", "MatMulNBits: 4-bit, block 64, accuracy_level 4", "verdict: PASS", "Qwen3ForCausalLM"):
         assert text in r.stdout
     r = cli("targets")
     lines = r.stdout.strip().splitlines()

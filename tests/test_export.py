@@ -62,8 +62,8 @@ def test_int4_graph_holds_matmulnbits_with_profile_bits_and_block(artifacts, nam
     assert float_matmuls == []
     # what the manifest claims is what the graph holds
     claimed = result.manifest["quantization"]["weight_ops"]
-    assert {"op": "MatMulNBits", "bits": 4, "block_size": 32, "accuracy_level": 4, "zero_points": False,
-            "count": len(mnb)} in claimed
+    assert {"op": "MatMulNBits", "bits": quant["bits"], "block_size": quant["block_size"],
+            "accuracy_level": quant["accuracy_level"], "zero_points": False, "count": len(mnb)} in claimed
 
 
 @pytest.mark.parametrize("name", FAMILIES)

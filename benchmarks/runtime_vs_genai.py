@@ -1,0 +1,168 @@
+#!/usr/bin/env python3
+"""Decode and prefill speed of the edgeqwen runtime next to onnxruntime-genai used as its README shows.
+
+Same machine, same run, same checkpoint, same prompt (128 tokens) and 128 new tokens, greedy:
+
+  edgeqwen          our artifact through edgeqwen.runtime (threads from the usable cores)
+  edgeqwen-1thread  the same, forced to one thread (separates the thread effect from the graph's)
+  genai-default     onnxruntime-genai's own model builder (-p int4 -e cpu) and its README loop:
+                    og.Model(path), GeneratorParams, append_tokens, generate_next_token
+
+Runs alternate (A B C A B C ...) so drift hits all alike; medians and ratios are reported.
+
+    python benchmarks/runtime_vs_genai.py --artifact ART --checkpoint CKPT [-o benchmarks/reports/NAME]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+PROMPT_TEXT = ("The history of the lighthouse is a story of fire, glass and patience. Long before electric "
+               "lamps, keepers tended open flames on towers along dangerous coasts, and ships steered by them. ") * 8
+
+
+def build_genai_default(checkpoint: Path, out: Path) -> Path:
+    if (out / "genai_config.json").is_file():
+        return out
+    print(f"== building the genai default model: python -m onnxruntime_genai.models.builder -i {checkpoint} "
+          f"-o {out} -p int4 -e cpu", file=sys.stderr)
+    subprocess.run([sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(checkpoint), "-o", str(out),
+                    "-p", "int4", "-e", "cpu", "-c", str(out.parent / "genai-cache")], check=True,
+                   stdout=subprocess.DEVNULL, env={**os.environ, "TQDM_DISABLE": "1"})
+    return out
+
+
+class GenaiReadme:
+    """onnxruntime-genai exactly as its README's example loop uses it (default options, default threads)."""
+
+    def __init__(self, folder: Path) -> None:
+        import onnxruntime_genai as og
+
+        self.og = og
+        self.model = og.Model(str(folder))
+
+    def run(self, ids: list[int], new_tokens: int) -> tuple[float, float, list[int]]:
+        og = self.og
+        params = og.GeneratorParams(self.model)
+        params.set_search_options(max_length=len(ids) + new_tokens, do_sample=False)
+        gen = og.Generator(self.model, params)
+        t0 = time.perf_counter()
+        gen.append_tokens(np.asarray(ids, dtype=np.int32))
+        t1 = time.perf_counter()
+        out = []
+        while not gen.is_done() and len(out) < new_tokens:
+            gen.generate_next_token()
+            out.append(int(gen.get_next_tokens()[0]))
+        t2 = time.perf_counter()
+        # genai computes the first token's logits in append_tokens; each generate_next_token after the
+        # first runs one decode step (the first only picks from the prefill's logits)
+        return len(ids) / (t1 - t0), (len(out) - 1) / (t2 - t1), out
+
+
+class EdgeQwen:
+    def __init__(self, folder: Path, threads: int | None) -> None:
+        from edgeqwen.runtime import load
+
+        self.engine = load(folder, threads=threads)
+
+    def run(self, ids: list[int], new_tokens: int) -> tuple[float, float, list[int]]:
+        r = self.engine.generate(ids, max_new_tokens=new_tokens, stop_tokens=[])
+        return r.metrics.prefill_tokens_per_s, r.metrics.decode_tokens_per_s, r.token_ids
+
+
+def device_facts() -> dict:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    from importlib import metadata
+
+    return {"cpu": cpu, "usable_cores": len(os.sched_getaffinity(0)), "os": platform.platform(),
+            "python": platform.python_version(),
+            "onnxruntime": metadata.version("onnxruntime"), "onnxruntime-genai": metadata.version("onnxruntime-genai")}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--artifact", type=Path, required=True, help="edgeqwen artifact (cpu-int4)")
+    p.add_argument("--checkpoint", type=Path, required=True, help="the checkpoint it was built from")
+    p.add_argument("--prompt-tokens", type=int, default=128)
+    p.add_argument("--new-tokens", type=int, default=128)
+    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("-o", "--output", type=Path, default=Path("benchmarks/reports/runtime_vs_genai"))
+    args = p.parse_args()
+
+    from edgeqwen.runtime import load
+
+    args.output.mkdir(parents=True, exist_ok=True)
+    genai_dir = build_genai_default(args.checkpoint, args.output.parent / ".genai-default-int4")
+    engine_probe = load(args.artifact, verify="size")
+    ids = engine_probe.encode(PROMPT_TEXT)[: args.prompt_tokens]
+    assert len(ids) == args.prompt_tokens, len(ids)
+    del engine_probe
+
+    runners = {"edgeqwen": EdgeQwen(args.artifact, None), "edgeqwen-1thread": EdgeQwen(args.artifact, 1),
+               "genai-default": GenaiReadme(genai_dir)}
+    samples: dict[str, dict[str, list[float]]] = {k: {"prefill": [], "decode": []} for k in runners}
+    for name, r in runners.items():  # warm-up: first-run allocations and kernel selection
+        r.run(ids, 8)
+    for rep in range(args.reps):
+        for name, r in runners.items():
+            pre, dec, out = r.run(ids, args.new_tokens)
+            samples[name]["prefill"].append(pre)
+            samples[name]["decode"].append(dec)
+            print(f"rep {rep + 1}/{args.reps} {name:17s} prefill {pre:7.1f} tok/s  decode {dec:6.1f} tok/s "
+                  f"({len(out)} tokens)", file=sys.stderr, flush=True)
+
+    med = {k: {m: statistics.median(v) for m, v in s.items()} for k, s in samples.items()}
+    spread = {k: {m: [min(v), max(v)] for m, v in s.items()} for k, s in samples.items()}
+    base = med["genai-default"]
+    report = {
+        "schema": "edgeqwen.bench.runtime_vs_genai/1",
+        "artifact": str(args.artifact), "checkpoint": str(args.checkpoint),
+        "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens, "reps": args.reps,
+        "threads": {"edgeqwen": runners["edgeqwen"].engine.threads, "edgeqwen-1thread": 1,
+                    "genai-default": "genai's own default"},
+        "device": device_facts(),
+        "median_tokens_per_s": med, "min_max_tokens_per_s": spread,
+        "ratio_vs_genai_default": {k: {m: v[m] / base[m] for m in v} for k, v in med.items()},
+        "samples": samples,
+    }
+    (args.output / "report.json").write_text(json.dumps(report, indent=2))
+    lines = [f"# edgeqwen runtime vs onnxruntime-genai (README usage)", "",
+             f"{report['device']['cpu']}, {report['device']['usable_cores']} usable cores; prompt "
+             f"{args.prompt_tokens} tokens, {args.new_tokens} new tokens, greedy, {args.reps} alternating reps "
+             f"(median, [min, max]).", "",
+             "| engine | threads | prefill tok/s | decode tok/s | prefill vs genai | decode vs genai |",
+             "|---|---|---|---|---|---|"]
+    for k in runners:
+        r = report["ratio_vs_genai_default"][k]
+        lines.append(f"| {k} | {report['threads'][k]} | {med[k]['prefill']:.1f} {_mm(spread[k]['prefill'])} | "
+                     f"{med[k]['decode']:.1f} {_mm(spread[k]['decode'])} | {r['prefill']:.2f}x | {r['decode']:.2f}x |")
+    (args.output / "report.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+def _mm(v: list[float]) -> str:
+    return f"[{v[0]:.0f}, {v[1]:.0f}]"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
