@@ -8,7 +8,6 @@ artifact with the runtime.
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 DEFAULT_FIXTURE = "tiny-qwen2.5"
@@ -31,12 +30,14 @@ def run_demo(workdir: Path, target: str, force: bool = False) -> int:
     print(format_manifest(result.manifest, str(result.folder)))
 
     engine = load(out)
-    prompt = "The quick brown fox"
-    t0 = time.perf_counter()
-    ids = engine.backend.greedy(engine.encode(prompt), 24)
-    dt = time.perf_counter() - t0
-    print(f"\n== generation from the artifact ({engine.threads} threads, {len(ids) / dt:.0f} tokens/s incl. prefill)")
-    print(f"prompt: {prompt!r}")
-    print(f"greedy: {engine.decode(ids)!r}")
-    print("(random weights: the text is noise; validation above is what proves the artifact right)")
+    question = "What is the capital of France?"
+    print(f"\n== chat turn streamed from the artifact by edgeqwen.runtime ({engine.threads} threads)")
+    print(f"user> {question}\nassistant> ", end="", flush=True)
+    stream = engine.chat([{"role": "user", "content": question}], max_new_tokens=32)
+    for delta in stream:
+        print(delta.text, end="", flush=True)
+    m = stream.result.metrics
+    print(f"\n[{m.generated_tokens} tokens; TTFT {m.ttft_s * 1000:.0f} ms, prefill {m.prefill_tokens_per_s:.0f} tok/s, "
+          f"decode {m.decode_tokens_per_s:.0f} tok/s]")
+    print("(random weights: the text is noise; the validation above is what proves the artifact right)")
     return 0

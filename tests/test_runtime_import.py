@@ -22,6 +22,8 @@ SCRIPT = textwrap.dedent(
     engine = rt.load({folder!r})
     ids = engine.backend.greedy(engine.encode("Hello world!"), 6)
     assert len(ids) == 6, ids
+    reply = engine.chat([{{"role": "user", "content": "Hi"}}], max_new_tokens=4, temperature=0.7, seed=1).finish()
+    assert reply.metrics.generated_tokens >= 1
     leaked = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
     assert not leaked, leaked
     print("OK", engine.threads, ids)

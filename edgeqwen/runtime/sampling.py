@@ -40,6 +40,8 @@ class Sampler:
     def __call__(self, logits: np.ndarray, history: Sequence[int]) -> int:
         """logits [V] float32 for the next position; history = prompt + generated ids so far."""
         p = self.params
+        if p.greedy and p.repetition_penalty == 1.0:
+            return int(np.argmax(logits))  # the hot path: no copy of the 151,936 logits
         x = logits.astype(np.float64, copy=True)
         if p.repetition_penalty != 1.0 and len(history):
             seen = np.unique(np.asarray(history, dtype=np.int64))
