@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from edgeqwen.runtime.session import common_prefix
 from edgeqwen.targets import ValidationBounds
 
 PROMPTS: list[tuple[str, str]] = [
@@ -53,15 +54,6 @@ def compare_logits(ref: np.ndarray, test: np.ndarray) -> dict[str, Any]:
         "top1_agreement": float((ref.argmax(-1) == test.argmax(-1)).mean()),
         "_kl": kl,
     }
-
-
-def common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 class Reference:
