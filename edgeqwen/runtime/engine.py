@@ -11,7 +11,7 @@ from typing import Any, AsyncIterator, Sequence
 
 from edgeqwen.artifact import load_verified
 from edgeqwen.errors import ArtifactError, ContextOverflow
-from edgeqwen.runtime.chat import ChatTemplate, ThinkingState
+from edgeqwen.runtime.chat import BUDGET_CLOSE, ChatTemplate, ThinkingState
 from edgeqwen.runtime.generate import Delta, Request, Result, Stream, run
 from edgeqwen.runtime.sampling import SamplingParams
 from edgeqwen.runtime.threads import resolve_threads
@@ -78,19 +78,13 @@ class Engine:
                        cancel=cancel or threading.Event())
 
     def _check_context(self, total_prompt: int, req: Request) -> None:
-        extra = len(self.encode(self._budget_text())) if req.thinking_budget is not None else 0
+        extra = len(self.encode(BUDGET_CLOSE)) if req.thinking_budget is not None else 0
         need = total_prompt + req.max_new_tokens + extra
         if need > self.context_length:
             raise ContextOverflow(
                 f"prompt ({total_prompt} tokens) + max_new_tokens ({req.max_new_tokens}) = {need} tokens "
                 f"exceeds the context length {self.context_length}; shorten the prompt or lower max_new_tokens"
             )
-
-    @staticmethod
-    def _budget_text() -> str:
-        from edgeqwen.runtime.chat import BUDGET_CLOSE
-
-        return BUDGET_CLOSE
 
     def _thinking(self, prompt_ids: Sequence[int]) -> ThinkingState | None:
         if self._think is None:
