@@ -61,6 +61,32 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from edgeqwen.bench.run import bench
+    from edgeqwen.bench.speed import SpeedPlan
+
+    if args.quality and not args.reference:
+        raise EdgeQwenError("--quality needs --reference MODEL (the checkpoint the artifact was built from)")
+    ints = lambda s: tuple(int(x) for x in s.split(","))  # noqa: E731
+    plan = SpeedPlan(prompt_lengths=ints(args.prompt_lengths), depths=ints(args.depths),
+                     decode_tokens=args.decode_tokens, reps=args.reps)
+    out = Path(args.output or f"bench-{Path(args.artifact).name}")
+    result = bench(Path(args.artifact), out, plan, threads=args.threads,
+                   reference=args.reference if args.quality else None,
+                   text=Path(args.text) if args.text else None, quality_tokens=args.quality_tokens, label=args.label)
+    from edgeqwen.bench.report import markdown
+
+    print(markdown(result))
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from edgeqwen.bench.report import compare
+
+    print(compare([Path(p) for p in args.reports], Path(args.output)))
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from edgeqwen.demo import run_demo
 
@@ -95,6 +121,28 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.add_argument("--verify", action="store_true", help="also check every file's sha256")
     s.set_defaults(func=_cmd_inspect)
+
+    s = sub.add_parser("bench", help="speed matrix (and quality) of an artifact: report.json, report.md, plots")
+    s.add_argument("artifact")
+    s.add_argument("-o", "--output", help="report folder (default: bench-<artifact>)")
+    s.add_argument("--prompt-lengths", default="128,512,2048")
+    s.add_argument("--depths", default="0,512,2048", help="KV depths for the decode runs")
+    s.add_argument("--decode-tokens", type=int, default=64)
+    s.add_argument("--reps", type=int, default=3)
+    s.add_argument("--threads", type=int)
+    s.add_argument("--label", help="name of this run in comparisons")
+    s.add_argument("--quality", action="store_true", help="also perplexity and KL against --reference")
+    s.add_argument("--reference", help="the checkpoint the artifact was built from")
+    s.add_argument("--text", help="text file for --quality (default: held-out CPython stdlib modules)")
+    s.add_argument("--quality-tokens", type=int, default=4096)
+    s.set_defaults(func=_cmd_bench)
+
+    s = sub.add_parser("report", help="reports across artifacts or devices")
+    rsub = s.add_subparsers(dest="report_command", required=True)
+    c = rsub.add_parser("compare", help="one table and plot from several report.json")
+    c.add_argument("reports", nargs="+")
+    c.add_argument("-o", "--output", default="bench-compare")
+    c.set_defaults(func=_cmd_compare)
 
     from edgeqwen.runtime.cli import register as register_runtime
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from edgeqwen.bench.metrics import kl_divergence
 from edgeqwen.runtime.session import common_prefix
 from edgeqwen.targets import ValidationBounds
 
@@ -29,18 +30,6 @@ PROMPTS: list[tuple[str, str]] = [
     ("chat", "CHAT"),
 ]
 CHAT_MESSAGES = [{"role": "user", "content": "Give me three tips for writing clear error messages."}]
-
-
-def log_softmax(x: np.ndarray) -> np.ndarray:
-    x = x.astype(np.float64)
-    m = x.max(axis=-1, keepdims=True)
-    return x - m - np.log(np.exp(x - m).sum(axis=-1, keepdims=True))
-
-
-def kl_divergence(ref_logits: np.ndarray, test_logits: np.ndarray) -> np.ndarray:
-    """KL(P_ref || P_test) per row, in nats. Shapes [N, V] -> [N]."""
-    lp, lq = log_softmax(ref_logits), log_softmax(test_logits)
-    return np.maximum((np.exp(lp) * (lp - lq)).sum(axis=-1), 0.0)
 
 
 def compare_logits(ref: np.ndarray, test: np.ndarray) -> dict[str, Any]:

@@ -1,0 +1,1 @@
+"""Benchmarks users read: speed matrix, quality against the fp32 reference, reports and comparisons."""

@@ -1,0 +1,57 @@
+"""``edgeqwen bench``: speed matrix (+ quality) for one artifact -> report.json, report.md, speed.png."""
+
+from __future__ import annotations
+
+import datetime as dt
+import sys
+from pathlib import Path
+from typing import Any
+
+from edgeqwen.bench import report as report_mod
+from edgeqwen.bench.device import device_facts
+from edgeqwen.bench.speed import SpeedPlan, measure_load, run_matrix
+from edgeqwen.inspect import artifact_bytes
+from edgeqwen.runtime.generate import peak_rss_mb
+
+
+def log(s: str) -> None:
+    print(s, file=sys.stderr, flush=True)
+
+
+def bench(artifact: Path, out: Path, plan: SpeedPlan, threads: int | None = None, reference: str | None = None,
+          text: Path | None = None, quality_tokens: int = 4096, label: str | None = None) -> dict[str, Any]:
+    from edgeqwen.runtime import load
+
+    log(f"== loading {artifact} ({plan.reps} times)")
+    load_s = measure_load(artifact, threads, plan.reps)
+    engine = load(artifact, threads=threads)
+    m = engine.manifest
+    log(f"== speed matrix: prefill {list(plan.prompt_lengths)}, decode {plan.decode_tokens} tokens at depths "
+        f"{list(plan.depths)}, {plan.reps} reps, {engine.threads} threads")
+    speed = run_matrix(engine, plan, log)
+    rss = peak_rss_mb()  # before the quality step, which loads the transformers reference
+    result: dict[str, Any] = {
+        "schema": report_mod.SCHEMA,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "label": label,
+        "artifact": {"path": str(artifact), "name": Path(m["source"].get("model_id", artifact)).name,
+                     "profile": m["profile"]["name"], "precision": m["profile"]["precision"],
+                     "parameters": m["source"].get("parameters")},
+        "device": device_facts(),
+        "threads": engine.threads,
+        "size_bytes": artifact_bytes(m),
+        "load_s": load_s,
+        "speed": speed,
+        "peak_rss_mb": rss,
+    }
+    if reference:
+        from edgeqwen.bench.quality import default_text, evaluate
+
+        body, name = (text.read_text(encoding="utf-8"), text.name) if text else default_text()
+        log(f"== quality on {name}: perplexity and KL against {reference}")
+        q = evaluate(engine, reference, body, max_tokens=quality_tokens, log=log)
+        q["text"] = name
+        result["quality"] = q
+    files = report_mod.write(result, out)
+    log("== wrote " + ", ".join(str(f) for f in files))
+    return result

@@ -1,0 +1,38 @@
+#!/usr/bin/env python3
+"""Train the small Qwen3 model whose perplexity and KL mean something (offline, fixed seeds).
+
+    python tools/train_small_qwen.py -o edgeqwen-demo/small-qwen3 [--steps 300]
+
+Corpus: the CPython standard library's top-level modules of the running Python (the last 5 % of the
+files, by name, are the held-out evaluation text, written to eval.txt). See edgeqwen/build/trained.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def main() -> int:
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    from edgeqwen.build.trained import TrainSpec, train
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-o", "--output", type=Path, required=True)
+    p.add_argument("--steps", type=int, default=TrainSpec.steps)
+    p.add_argument("--seed", type=int, default=TrainSpec.seed)
+    args = p.parse_args()
+    info = train(args.output, dataclasses.replace(TrainSpec(), steps=args.steps, seed=args.seed),
+                 log=lambda s: print(s, file=sys.stderr, flush=True))
+    print(json.dumps(info, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
