@@ -40,6 +40,7 @@ class TrainSpec:
     seed: int = 1234
     eval_fraction: float = 0.05
     max_positions: int = 1024
+    max_train_chars: int | None = None  # tests train on a slice; None = every training file
 
 
 def corpus_files() -> list[Path]:
@@ -53,6 +54,8 @@ def load_corpus(spec: TrainSpec) -> tuple[str, str, str]:
     n_eval = max(1, int(len(files) * spec.eval_fraction))
     texts = [p.read_text(encoding="utf-8", errors="replace") for p in files]
     train, held = "\n".join(texts[:-n_eval]), "\n".join(texts[-n_eval:])
+    if spec.max_train_chars is not None:
+        train, held = train[: spec.max_train_chars], held[: max(2000, spec.max_train_chars // 20)]
     digest = hashlib.sha256((train + "\0" + held).encode()).hexdigest()
     return train, held, digest
 
