@@ -17,58 +17,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent / "peers"))
+
+from genai_peer import GenaiReadme, build_default  # noqa: E402
 
 PROMPT_TEXT = ("The history of the lighthouse is a story of fire, glass and patience. Long before electric "
                "lamps, keepers tended open flames on towers along dangerous coasts, and ships steered by them. ") * 8
-
-
-def build_genai_default(checkpoint: Path, out: Path) -> Path:
-    if (out / "genai_config.json").is_file():
-        return out
-    print(f"== building the genai default model: python -m onnxruntime_genai.models.builder -i {checkpoint} "
-          f"-o {out} -p int4 -e cpu", file=sys.stderr)
-    subprocess.run([sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(checkpoint), "-o", str(out),
-                    "-p", "int4", "-e", "cpu", "-c", str(out.parent / "genai-cache")], check=True,
-                   stdout=subprocess.DEVNULL, env={**os.environ, "TQDM_DISABLE": "1"})
-    return out
-
-
-class GenaiReadme:
-    """onnxruntime-genai exactly as its README's example loop uses it (default options, default threads)."""
-
-    def __init__(self, folder: Path) -> None:
-        import onnxruntime_genai as og
-
-        self.og = og
-        self.model = og.Model(str(folder))
-
-    def run(self, ids: list[int], new_tokens: int) -> tuple[float, float, list[int]]:
-        og = self.og
-        params = og.GeneratorParams(self.model)
-        params.set_search_options(max_length=len(ids) + new_tokens, do_sample=False)
-        gen = og.Generator(self.model, params)
-        t0 = time.perf_counter()
-        gen.append_tokens(np.asarray(ids, dtype=np.int32))
-        t1 = time.perf_counter()
-        out = []
-        while not gen.is_done() and len(out) < new_tokens:
-            gen.generate_next_token()
-            out.append(int(gen.get_next_tokens()[0]))
-        t2 = time.perf_counter()
-        # genai computes the first token's logits in append_tokens; each generate_next_token after the
-        # first runs one decode step (the first only picks from the prefill's logits)
-        return len(ids) / (t1 - t0), (len(out) - 1) / (t2 - t1), out
 
 
 class EdgeQwen:
@@ -82,22 +42,6 @@ class EdgeQwen:
         return r.metrics.prefill_tokens_per_s, r.metrics.decode_tokens_per_s, r.token_ids
 
 
-def device_facts() -> dict:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    from importlib import metadata
-
-    return {"cpu": cpu, "usable_cores": len(os.sched_getaffinity(0)), "os": platform.platform(),
-            "python": platform.python_version(),
-            "onnxruntime": metadata.version("onnxruntime"), "onnxruntime-genai": metadata.version("onnxruntime-genai")}
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--artifact", type=Path, required=True, help="edgeqwen artifact (cpu-int4)")
@@ -108,10 +52,11 @@ def main() -> int:
     p.add_argument("-o", "--output", type=Path, default=Path("benchmarks/reports/runtime_vs_genai"))
     args = p.parse_args()
 
+    from edgeqwen.bench.device import device_facts
     from edgeqwen.runtime import load
 
     args.output.mkdir(parents=True, exist_ok=True)
-    genai_dir = build_genai_default(args.checkpoint, args.output.parent / ".genai-default-int4")
+    genai_dir = build_default(args.checkpoint, args.output.parent / ".genai-default-int4")
     engine_probe = load(args.artifact, verify="size")
     ids = engine_probe.encode(PROMPT_TEXT)[: args.prompt_tokens]
     assert len(ids) == args.prompt_tokens, len(ids)
@@ -139,7 +84,7 @@ def main() -> int:
         "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens, "reps": args.reps,
         "threads": {"edgeqwen": runners["edgeqwen"].engine.threads, "edgeqwen-1thread": 1,
                     "genai-default": "genai's own default"},
-        "device": device_facts(),
+        "device": device_facts(),  # edgeqwen.bench.device
         "median_tokens_per_s": med, "min_max_tokens_per_s": spread,
         "ratio_vs_genai_default": {k: {m: v[m] / base[m] for m in v} for k, v in med.items()},
         "samples": samples,

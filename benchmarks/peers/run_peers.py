@@ -1,0 +1,186 @@
+#!/usr/bin/env python3
+"""One run, one machine, same prompt and threads: edgeqwen next to onnxruntime-genai's builder default
+and llama.cpp (GGUF Q4_0 and Q4_K_M from llama.cpp's own converter). Optionally the KL divergence of
+each against the fp32 transformers reference on the same tokens.
+
+    python benchmarks/peers/run_peers.py --checkpoint CKPT --artifact ART [--artifact ART2 ...] \
+        [--quality] [-o benchmarks/reports/peers-NAME]
+
+A peer that cannot be installed or built is reported as skipped with the reason, never estimated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE.parent.parent)]
+
+import genai_peer  # noqa: E402
+import llamacpp_peer  # noqa: E402
+
+SCHEMA = "edgeqwen.bench.peers/1"
+
+
+class EdgeQwenPeer:
+    def __init__(self, folder: Path, threads: int) -> None:
+        from edgeqwen.runtime import load
+
+        self.engine = load(folder, threads=threads)
+        self.threads = threads
+        self.name = f"edgeqwen {self.engine.manifest['profile']['name']}"
+
+    def run(self, ids, new_tokens):
+        r = self.engine.generate(ids, max_new_tokens=new_tokens, stop_tokens=[])
+        return r.metrics.prefill_tokens_per_s, r.metrics.decode_tokens_per_s, r.token_ids
+
+    def logits(self, ids):
+        return self.engine.backend.teacher_forced_logits(ids, prefill=1)  # [len(ids), V]
+
+
+def make_peers(args, cache: Path, log) -> tuple[list, dict[str, str]]:
+    peers, skipped = [EdgeQwenPeer(a, args.threads) for a in args.artifact], {}
+    try:
+        peers.append(genai_peer.GenaiReadme(genai_peer.build_default(args.checkpoint, cache / "genai-default-int4")))
+    except Exception as e:
+        skipped["onnxruntime-genai default"] = f"{type(e).__name__}: {e}"
+    why = llamacpp_peer.available()
+    if why:
+        skipped["llama.cpp"] = why
+        return peers, skipped
+    try:
+        src = llamacpp_peer.converter_source(cache)
+        f32 = llamacpp_peer.convert(args.checkpoint, cache / "model-f32.gguf", src)
+        for kind in ("Q4_0", "Q4_K_M"):
+            gguf = llamacpp_peer.quantize(f32, cache / f"model-{kind}.gguf", kind, args.threads)
+            peers.append(llamacpp_peer.LlamaCpp(gguf, kind, args.threads, logits_all=args.quality))
+    except Exception as e:
+        skipped["llama.cpp"] = f"{type(e).__name__}: {e}"
+    return peers, skipped
+
+
+def quality(peers, args, log) -> dict[str, dict]:
+    from edgeqwen.bench.metrics import per_token, summarize
+    from edgeqwen.bench.quality import default_text
+    from edgeqwen.validate import Reference
+
+    ref = Reference(args.checkpoint)
+    text, name = (args.text.read_text(encoding="utf-8"), args.text.name) if args.text else default_text()
+    ids = ref.tokenizer(text, add_special_tokens=False).input_ids[: args.quality_tokens + 1]
+    windows = [ids[s:s + args.window] for s in range(0, len(ids) - 1, args.window)]
+    windows = [w for w in windows if len(w) > 1]
+    out = {}
+    ref_logits = [ref.logits(w)[:-1] for w in windows]
+    for p in peers:
+        parts = []
+        for w, r in zip(windows, ref_logits):
+            if isinstance(p, genai_peer.GenaiReadme):
+                test = genai_peer.teacher_forced(p, w)[:-1]
+            else:
+                test = p.logits(w)[:-1]
+            parts.append(per_token(r, test[:, : r.shape[1]], np.asarray(w[1:])))
+        out[p.name] = {**summarize(parts), "text": name}
+        log(f"== quality {p.name}: KL mean {out[p.name]['kl_mean']:.5f}, ppl {out[p.name]['perplexity']:.3f}")
+    return out
+
+
+def main() -> int:
+    from edgeqwen.bench.device import device_facts
+    from edgeqwen.bench.speed import filler_ids
+    from edgeqwen.runtime.threads import usable_cores
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--artifact", type=Path, action="append", required=True, help="edgeqwen artifact(s)")
+    p.add_argument("--threads", type=int, default=usable_cores())
+    p.add_argument("--prompt-tokens", type=int, default=128)
+    p.add_argument("--new-tokens", type=int, default=128)
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--quality", action="store_true")
+    p.add_argument("--text", type=Path)
+    p.add_argument("--quality-tokens", type=int, default=1024)
+    p.add_argument("--window", type=int, default=512)
+    p.add_argument("-o", "--output", type=Path, default=Path("benchmarks/reports/peers"))
+    args = p.parse_args()
+    log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
+
+    cache = HERE.parent / ".cache" / args.checkpoint.resolve().name
+    peers, skipped = make_peers(args, cache, log)
+    for name, why in skipped.items():
+        log(f"== skipped {name}: {why}")
+    ids = filler_ids(peers[0].engine, args.prompt_tokens)
+    for peer in peers:
+        peer.run(ids, 8)  # warm-up
+    samples = {peer.name: {"prefill": [], "decode": []} for peer in peers}
+    for rep in range(args.reps):
+        for peer in peers:
+            pre, dec, _ = peer.run(ids, args.new_tokens)
+            samples[peer.name]["prefill"].append(pre)
+            samples[peer.name]["decode"].append(dec)
+            log(f"rep {rep + 1}/{args.reps} {peer.name:28s} prefill {pre:8.1f} tok/s  decode {dec:7.1f} tok/s")
+    med = {k: {m: statistics.median(v) for m, v in s.items()} for k, s in samples.items()}
+    report = {"schema": SCHEMA, "checkpoint": str(args.checkpoint), "device": device_facts(),
+              "threads": {peer.name: peer.threads for peer in peers}, "prompt_tokens": args.prompt_tokens,
+              "new_tokens": args.new_tokens, "reps": args.reps, "median_tokens_per_s": med, "samples": samples,
+              "skipped": skipped}
+    if args.quality:
+        report["quality"] = quality(peers, args, log)
+    args.output.mkdir(parents=True, exist_ok=True)
+    (args.output / "report.json").write_text(json.dumps(report, indent=2))
+    md = markdown(report)
+    (args.output / "report.md").write_text(md)
+    plot(report, args.output / "peers.png")
+    print(md)
+    return 0
+
+
+def markdown(r: dict) -> str:
+    lines = [f"# Peers on {r['device']['cpu']}", "",
+             f"Prompt {r['prompt_tokens']} tokens, {r['new_tokens']} new tokens, greedy; median of {r['reps']} "
+             "alternating runs.", "",
+             "| engine | threads | prefill tok/s | decode tok/s |", "|---|---|---|---|"]
+    for name, m in r["median_tokens_per_s"].items():
+        lines.append(f"| {name} | {r['threads'][name]} | {m['prefill']:.1f} | {m['decode']:.1f} |")
+    for name, why in r["skipped"].items():
+        lines.append(f"| {name} | - | skipped: {why} | |")
+    q = r.get("quality")
+    if q:
+        first = next(iter(q.values()))
+        lines += ["", f"Against the fp32 transformers reference on {first['text']} ({first['tokens']} tokens):", "",
+                  "| engine | perplexity | KL mean | KL p90 | KL p99 | KL max | top-1 |", "|---|---|---|---|---|---|---|",
+                  f"| transformers fp32 | {first['reference_perplexity']:.3f} | 0 | 0 | 0 | 0 | 100% |"]
+        for name, s in q.items():
+            lines.append(f"| {name} | {s['perplexity']:.3f} | {s['kl_mean']:.5f} | {s['kl_p90']:.5f} | "
+                         f"{s['kl_p99']:.5f} | {s['kl_max']:.4f} | {s['top1_agreement']:.1%} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(r: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(r["median_tokens_per_s"])
+    fig, axes = plt.subplots(1, 2, figsize=(11, 0.6 * len(names) + 1.8))
+    for ax, key in zip(axes, ("prefill", "decode")):
+        vals = [r["median_tokens_per_s"][n][key] for n in names]
+        ax.barh(names, vals, color=["tab:blue" if n.startswith("edgeqwen") else "tab:gray" for n in names])
+        for y, v in enumerate(vals):
+            ax.text(v, y, f" {v:.0f}", va="center", fontsize=8)
+        ax.set(title=f"{key} tokens/s", xlim=(0, max(vals) * 1.2))
+        ax.invert_yaxis()
+    fig.suptitle(f"{r['device']['cpu']}, prompt {r['prompt_tokens']}, {r['new_tokens']} new tokens")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
