@@ -56,7 +56,8 @@ def main() -> int:
     from edgeqwen.runtime import load
 
     args.output.mkdir(parents=True, exist_ok=True)
-    genai_dir = build_default(args.checkpoint, args.output.parent / ".genai-default-int4")
+    cache = Path(__file__).resolve().parent / ".cache" / args.checkpoint.resolve().name  # git-ignored
+    genai_dir = build_default(args.checkpoint, cache / "genai-default-int4")
     engine_probe = load(args.artifact, verify="size")
     ids = engine_probe.encode(PROMPT_TEXT)[: args.prompt_tokens]
     assert len(ids) == args.prompt_tokens, len(ids)
