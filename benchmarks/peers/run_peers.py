@@ -49,7 +49,7 @@ def make_peers(args, cache: Path, log) -> tuple[list, dict[str, str]]:
     try:
         peers.append(genai_peer.GenaiReadme(genai_peer.build_default(args.checkpoint, cache / "genai-default-int4")))
     except Exception as e:
-        skipped["onnxruntime-genai default"] = f"{type(e).__name__}: {e}"
+        skipped["onnxruntime-genai default"] = _reason(e)
     why = llamacpp_peer.available()
     if why:
         skipped["llama.cpp"] = why
@@ -61,8 +61,16 @@ def make_peers(args, cache: Path, log) -> tuple[list, dict[str, str]]:
             gguf = llamacpp_peer.quantize(f32, cache / f"model-{kind}.gguf", kind, args.threads)
             peers.append(llamacpp_peer.LlamaCpp(gguf, kind, args.threads, logits_all=args.quality))
     except Exception as e:
-        skipped["llama.cpp"] = f"{type(e).__name__}: {e}"
+        skipped["llama.cpp"] = _reason(e)
     return peers, skipped
+
+
+def _reason(e: Exception) -> str:
+    import subprocess
+
+    if isinstance(e, subprocess.CalledProcessError):
+        return f"a peer build step failed with exit status {e.returncode} (its stderr is above)"
+    return f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
 
 
 def quality(peers, args, log) -> dict[str, dict]:
