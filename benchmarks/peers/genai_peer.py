@@ -23,16 +23,22 @@ def build_default(checkpoint: Path, out: Path) -> Path:
 
 
 class GenaiReadme:
-    """Default options and default threads, the README's loop: append_tokens, generate_next_token."""
+    """The README's loop (append_tokens, generate_next_token) with default options; threads are
+    genai's default unless given (the peer comparison runs every engine on the same threads)."""
 
     name = "onnxruntime-genai default"
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, threads: int | None = None) -> None:
+        import json
+
         import onnxruntime_genai as og
 
         self.og = og
-        self.model = og.Model(str(folder))
-        self.threads = "genai default"
+        config = og.Config(str(folder))
+        if threads:
+            config.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": threads}}}}))
+        self.model = og.Model(config)
+        self.threads = threads or "genai default"
 
     def run(self, ids: list[int], new_tokens: int) -> tuple[float, float, list[int]]:
         """(prefill tok/s, decode tok/s, generated ids) for one greedy generation."""

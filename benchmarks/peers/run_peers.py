@@ -47,7 +47,8 @@ class EdgeQwenPeer:
 def make_peers(args, cache: Path, log) -> tuple[list, dict[str, str]]:
     peers, skipped = [EdgeQwenPeer(a, args.threads) for a in args.artifact], {}
     try:
-        peers.append(genai_peer.GenaiReadme(genai_peer.build_default(args.checkpoint, cache / "genai-default-int4")))
+        folder = genai_peer.build_default(args.checkpoint, cache / "genai-default-int4")
+        peers.append(genai_peer.GenaiReadme(folder, threads=args.threads))  # same threads as every engine
     except Exception as e:
         skipped["onnxruntime-genai default"] = _reason(e)
     why = llamacpp_peer.available()
