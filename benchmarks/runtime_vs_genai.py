@@ -25,21 +25,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent / "peers"))
 
+from edgeqwen_peer import EdgeQwenPeer  # noqa: E402
 from genai_peer import GenaiReadme, build_default  # noqa: E402
 
 PROMPT_TEXT = ("The history of the lighthouse is a story of fire, glass and patience. Long before electric "
                "lamps, keepers tended open flames on towers along dangerous coasts, and ships steered by them. ") * 8
-
-
-class EdgeQwen:
-    def __init__(self, folder: Path, threads: int | None) -> None:
-        from edgeqwen.runtime import load
-
-        self.engine = load(folder, threads=threads)
-
-    def run(self, ids: list[int], new_tokens: int) -> tuple[float, float, list[int]]:
-        r = self.engine.generate(ids, max_new_tokens=new_tokens, stop_tokens=[])
-        return r.metrics.prefill_tokens_per_s, r.metrics.decode_tokens_per_s, r.token_ids
 
 
 def main() -> int:
@@ -63,7 +53,7 @@ def main() -> int:
     assert len(ids) == args.prompt_tokens, len(ids)
     del engine_probe
 
-    runners = {"edgeqwen": EdgeQwen(args.artifact, None), "edgeqwen-1thread": EdgeQwen(args.artifact, 1),
+    runners = {"edgeqwen": EdgeQwenPeer(args.artifact, None), "edgeqwen-1thread": EdgeQwenPeer(args.artifact, 1),
                "genai-default": GenaiReadme(genai_dir)}
     samples: dict[str, dict[str, list[float]]] = {k: {"prefill": [], "decode": []} for k in runners}
     for name, r in runners.items():  # warm-up: first-run allocations and kernel selection

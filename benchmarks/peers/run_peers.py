@@ -24,24 +24,9 @@ sys.path[:0] = [str(HERE), str(HERE.parent.parent)]
 
 import genai_peer  # noqa: E402
 import llamacpp_peer  # noqa: E402
+from edgeqwen_peer import EdgeQwenPeer  # noqa: E402
 
 SCHEMA = "edgeqwen.bench.peers/1"
-
-
-class EdgeQwenPeer:
-    def __init__(self, folder: Path, threads: int) -> None:
-        from edgeqwen.runtime import load
-
-        self.engine = load(folder, threads=threads)
-        self.threads = threads
-        self.name = f"edgeqwen {self.engine.manifest['profile']['name']}"
-
-    def run(self, ids, new_tokens):
-        r = self.engine.generate(ids, max_new_tokens=new_tokens, stop_tokens=[])
-        return r.metrics.prefill_tokens_per_s, r.metrics.decode_tokens_per_s, r.token_ids
-
-    def logits(self, ids):
-        return self.engine.backend.teacher_forced_logits(ids, prefill=1)  # [len(ids), V]
 
 
 def make_peers(args, cache: Path, log) -> tuple[list, dict[str, str]]:
