@@ -66,6 +66,7 @@ class TargetProfile:
     backend: str
     olive_passes: tuple[OlivePass, ...]
     graph_passes: tuple[str, ...] = ()
+    package_steps: tuple[str, ...] = ()
     session_options: dict[str, Any] = field(default_factory=dict)
     validation: ValidationBounds = field(default_factory=ValidationBounds)
     default: bool = False
@@ -74,6 +75,7 @@ class TargetProfile:
         d = asdict(self)
         d["olive_passes"] = [{"type": p.type, **p.options} for p in self.olive_passes]
         d["graph_passes"] = list(self.graph_passes)
+        d["package_steps"] = list(self.package_steps)
         d["validation"] = {k: v for k, v in d["validation"].items() if v is not None}
         return d
 
@@ -117,6 +119,15 @@ class TargetProfile:
         if bad:
             raise fail(f"unknown graph pass(es) {', '.join(bad)}; known: {', '.join(sorted(known_passes()))}")
 
+        steps = raw.get("package_steps", [])
+        from edgeqwen.build.package_steps import known_steps
+
+        if not isinstance(steps, list) or not all(isinstance(g, str) for g in steps):
+            raise fail("'package_steps' must be a list of step names")
+        bad = [g for g in steps if g not in known_steps()]
+        if bad:
+            raise fail(f"unknown package step(s) {', '.join(bad)}; known: {', '.join(sorted(known_steps()))}")
+
         session = raw.get("session_options", {})
         if not isinstance(session, dict):
             raise fail("'session_options' must be a table")
@@ -144,6 +155,7 @@ class TargetProfile:
             backend=raw["backend"],
             olive_passes=tuple(passes),
             graph_passes=tuple(graph_passes),
+            package_steps=tuple(steps),
             session_options=dict(session),
             validation=ValidationBounds(**vraw),
             default=default,

@@ -31,7 +31,7 @@ def write(tmp_path: Path, text: str, name: str = "p") -> Path:
 
 def test_shipped_profiles_load_and_one_is_default():
     names = {p.name for p in list_profiles()}
-    assert {"cpu-int4", "cpu-int8", "cpu-fp32"} <= names
+    assert {"cpu-int4", "cpu-int8", "cpu-fp32", "android-cpu-int4"} <= names
     assert default_profile_name() == "cpu-int4"
 
 
@@ -51,6 +51,7 @@ def test_good_profile_round_trips(tmp_path):
         (lambda t: t.replace('backend = "genai"', 'backend = "tflite"'), "backend 'tflite'"),
         (lambda t: t.replace('["restore_io_names"]', '["no_such_pass"]'), "unknown graph pass(es) no_such_pass"),
         (lambda t: t.replace("max_kl_mean", "max_kl_mea"), "unknown validation key(s) max_kl_mea"),
+        (lambda t: 'package_steps = ["tflite"]\n' + t, "unknown package step(s) tflite"),
         (lambda t: t.replace("max_kl_mean = 0.1", 'max_kl_mean = "low"'), "validation.max_kl_mean must be a number"),
         (lambda t: t.replace('description = "test profile"\n', ""), "missing key(s) description"),
         (lambda t: t.replace("[[olive_passes]]", "[olive_pass]"), "unknown key(s) olive_pass"),

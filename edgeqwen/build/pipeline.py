@@ -91,13 +91,21 @@ def _package(olive_out: Path, art: Path, ckpt: Checkpoint, profile: TargetProfil
     template = package.copy_side_files(olive_out, art, ckpt)
     cfg = package.write_genai_config(olive_out, art, profile.session_options)
     specials = package.special_tokens(art)
+    runtime = package.runtime_section(cfg, ckpt, profile, template, specials, quant)
+    steps = {}
+    for name in profile.package_steps:
+        from edgeqwen.build.package_steps import get_step
+
+        steps[name] = get_step(name)(art, runtime)
+        progress.say(f"    {name}: {', '.join(f'{k}={v}' for k, v in steps[name].items() if k != 'operator_lines')}")
     return {
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "source": ckpt.describe(),
         "profile": profile.to_dict(),
         "quantization": quant,
         "graph_passes": applied,
-        "runtime": package.runtime_section(cfg, ckpt, profile, template, specials, quant),
+        "package_steps": steps,
+        "runtime": runtime,
         "tools": tool_versions(),
         "build": {},
     }

@@ -1,0 +1,38 @@
+"""android-cpu-int4: ORT-format model and reduced operator config, validated by running the .ort here."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from edgeqwen.runtime import load
+
+
+@pytest.mark.parametrize("name", ["tiny-qwen2.5", "tiny-qwen3"])
+def test_android_cpu_artifact(artifacts, name):
+    result = artifacts(name, "android-cpu-int4")
+    m, folder = result.manifest, result.folder
+    assert m["validation"]["passed"], m["validation"]["failures"]
+    files = set(m["files"])
+    assert {"model.ort", "model.required_operators.config"} <= files
+    assert "model.onnx" not in files and "model.onnx.data" not in files
+    assert m["runtime"]["model_file"] == "model.ort" and m["runtime"]["model_format"] == "ort"
+    assert json.loads((folder / "genai_config.json").read_text())["model"]["decoder"]["filename"] == "model.ort"
+    ops = (folder / "model.required_operators.config").read_text()
+    assert "com.microsoft;1;" in ops and "MatMulNBits" in ops and "GroupQueryAttention" in ops
+    # the quantisation read back from the ONNX graph before conversion is what the .ort holds
+    assert any(w["op"] == "MatMulNBits" and w["bits"] == 4 for w in m["quantization"]["weight_ops"])
+    # same graph as cpu-int4, so the same numbers (ORT-format conversion applies the same optimisations)
+    ref = artifacts(name, "cpu-int4").manifest["validation"]["summary"]
+    assert m["validation"]["summary"]["kl_mean"] == pytest.approx(ref["kl_mean"], rel=1e-3)
+
+
+def test_run_streams_from_the_ort_artifact(artifacts):
+    folder = artifacts("tiny-qwen3", "android-cpu-int4").folder
+    engine = load(folder)
+    assert len(engine.generate("Hello", max_new_tokens=6).token_ids) == 6
+    r = subprocess.run([sys.executable, "-m", "edgeqwen.cli", "run", str(folder), "Hello", "--max-new-tokens", "4",
+                        "--json"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["metrics"]["generated_tokens"] == 4
