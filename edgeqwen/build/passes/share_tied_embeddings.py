@@ -5,8 +5,8 @@ tied-embedding sharing, so a tied checkpoint comes out with two copies of the 15
 table (for Qwen2.5-0.5B: 136 MB of fp32 embedding next to the int4 lm_head).
 
 lm_head as MatMulNBits: B is [V, K/block, block*bits/8] uint8 and scales [V * K/block], quantised
-along K (= hidden) per output row v, i.e. per embedding row. Reshaped to [V, K*bits/8] and
-[V, K/block] they are exactly GatherBlockQuantized's data and scales with quantize_axis=1.
+along K (= hidden) per output row v, i.e. per embedding row: exactly GatherBlockQuantized's data with
+quantize_axis=2 (blocks of ``block`` values along the last axis) and scales [V, K/block, 1].
 
 lm_head as float MatMul: its weight is E^T [H, V]; the embedding becomes Gather(Transpose(W)).
 """
@@ -71,17 +71,22 @@ def run(model: onnx.ModelProto, ctx) -> dict[str, Any]:
             return {"applied": False, "reason": f"hidden {k} is not a multiple of block {block}"}
         if len(head.input) > 3 and head.input[3]:
             return {"applied": False, "reason": "lm_head has zero points (asymmetric); not shared"}
-        data_shape, scale_shape = [n, k * bits // 8], [n, k // block]
+        # GatherBlockQuantized reads B as it is ([V, K/block, block*bits/8], quantised along the last
+        # axis), so no reshaped copy of the big table exists even after constant folding (an ORT-format
+        # conversion folds a Reshape of an initializer into a second initializer). Only the scales
+        # ([V * K/block] -> [V, K/block, 1], 1/(2*block/bits) of the table) are reshaped.
         new_nodes = [
-            helper.make_node("Reshape", [head.input[1], "/edgeqwen/tied/data_shape"], ["/edgeqwen/tied/data"],
-                             name="/edgeqwen/tied/ReshapeData"),
             helper.make_node("Reshape", [head.input[2], "/edgeqwen/tied/scale_shape"], ["/edgeqwen/tied/scales"],
                              name="/edgeqwen/tied/ReshapeScales"),
-            helper.make_node("GatherBlockQuantized", ["/edgeqwen/tied/data", "input_ids", "/edgeqwen/tied/scales"],
-                             [out], name="/model/embed_tokens/GatherBlockQuantized", domain=MS,
-                             bits=bits, block_size=block, gather_axis=0, quantize_axis=1),
+            helper.make_node("GatherBlockQuantized", [head.input[1], "input_ids", "/edgeqwen/tied/scales"],
+                             ["/edgeqwen/tied/blocks"], name="/model/embed_tokens/GatherBlockQuantized", domain=MS,
+                             bits=bits, block_size=block, gather_axis=0, quantize_axis=2),
+            # [batch, seq, K/block, block] -> [batch, seq, K]
+            helper.make_node("Reshape", ["/edgeqwen/tied/blocks", "/edgeqwen/tied/hidden_shape"], [out],
+                             name="/edgeqwen/tied/ReshapeHidden"),
         ]
-        consts = [_const("/edgeqwen/tied/data_shape", data_shape), _const("/edgeqwen/tied/scale_shape", scale_shape)]
+        consts = [_const("/edgeqwen/tied/scale_shape", [n, k // block, 1]),
+                  _const("/edgeqwen/tied/hidden_shape", [0, 0, k])]
         kind = f"GatherBlockQuantized on the lm_head's {bits}-bit weights"
     else:
         w = inits[head.input[1]]
