@@ -110,23 +110,12 @@ class TargetProfile:
                 raise fail(f"olive_passes[{i}] needs a string 'type'")
             passes.append(OlivePass(p["type"], {k: v for k, v in p.items() if k != "type"}))
 
-        graph_passes = raw.get("graph_passes", [])
-        if not isinstance(graph_passes, list) or not all(isinstance(g, str) for g in graph_passes):
-            raise fail("'graph_passes' must be a list of pass names")
-        from edgeqwen.build.passes import known_passes  # light: no onnx import at module load
-
-        bad = [g for g in graph_passes if g not in known_passes()]
-        if bad:
-            raise fail(f"unknown graph pass(es) {', '.join(bad)}; known: {', '.join(sorted(known_passes()))}")
-
-        steps = raw.get("package_steps", [])
+        # registries are light modules: no onnx import while validating a profile
         from edgeqwen.build.package_steps import known_steps
+        from edgeqwen.build.passes import known_passes
 
-        if not isinstance(steps, list) or not all(isinstance(g, str) for g in steps):
-            raise fail("'package_steps' must be a list of step names")
-        bad = [g for g in steps if g not in known_steps()]
-        if bad:
-            raise fail(f"unknown package step(s) {', '.join(bad)}; known: {', '.join(sorted(known_steps()))}")
+        graph_passes = _names(raw, "graph_passes", "graph pass(es)", known_passes(), fail)
+        steps = _names(raw, "package_steps", "package step(s)", known_steps(), fail)
 
         session = raw.get("session_options", {})
         if not isinstance(session, dict):
@@ -160,6 +149,17 @@ class TargetProfile:
             validation=ValidationBounds(**vraw),
             default=default,
         )
+
+
+def _names(raw: dict[str, Any], key: str, what: str, known: set[str], fail) -> list[str]:
+    """A profile list of registered names (``graph_passes``, ``package_steps``), checked against its registry."""
+    names = raw.get(key, [])
+    if not isinstance(names, list) or not all(isinstance(g, str) for g in names):
+        raise fail(f"'{key}' must be a list of names")
+    bad = [g for g in names if g not in known]
+    if bad:
+        raise fail(f"unknown {what} {', '.join(bad)}; known: {', '.join(sorted(known))}")
+    return names
 
 
 def load_profile_file(path: Path) -> TargetProfile:
