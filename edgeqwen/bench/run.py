@@ -11,7 +11,7 @@ from edgeqwen.bench import report as report_mod
 from edgeqwen.bench.device import device_facts
 from edgeqwen.bench.speed import SpeedPlan, measure_load, run_matrix
 from edgeqwen.inspect import artifact_bytes
-from edgeqwen.runtime.generate import peak_rss_mb
+from edgeqwen.runtime.memory import peak_rss_mb
 
 
 def log(s: str) -> None:

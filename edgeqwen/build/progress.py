@@ -8,6 +8,8 @@ import time
 from contextlib import contextmanager
 from typing import Iterator, TextIO
 
+from edgeqwen.runtime.memory import peak_rss_mb
+
 
 class Progress:
     def __init__(self, total_steps: int, stream: TextIO | None = None, quiet: bool = False) -> None:
@@ -33,16 +35,6 @@ class Progress:
         rss = peak_rss_mb()
         self.peak_rss_mb[title] = rss
         self.say(f"[{self.n}/{self.total}] {title}: done in {dt:.1f}s (peak RSS so far {rss} MB)")
-
-
-def peak_rss_mb() -> int:
-    try:
-        import resource  # POSIX only; Windows builds report 0
-    except ImportError:
-        return 0
-    # ru_maxrss is in KiB on Linux, bytes on macOS
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(rss / 1024 / (1024 if sys.platform == "darwin" else 1))
 
 
 class LineFilter(io.TextIOBase):

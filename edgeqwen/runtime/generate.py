@@ -10,6 +10,7 @@ from typing import Any, Iterator, Sequence
 
 from edgeqwen.runtime.chat import BUDGET_CLOSE, ThinkingState
 from edgeqwen.runtime.detok import IncrementalDecoder
+from edgeqwen.runtime.memory import peak_rss_mb
 from edgeqwen.runtime.sampling import Sampler, SamplingParams
 from edgeqwen.runtime.stops import StopStrings
 
@@ -79,17 +80,6 @@ class Stream:
             pass
         assert self.result is not None
         return self.result
-
-
-def peak_rss_mb() -> int:
-    try:
-        import resource
-    except ImportError:  # Windows
-        return 0
-    import sys
-
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(rss / 1024 / (1024 if sys.platform == "darwin" else 1))
 
 
 def run(engine, state, new_ids: list[int], req: Request, thinking: ThinkingState | None,
