@@ -7,7 +7,6 @@ The reference computes each window in one forward pass.
 
 from __future__ import annotations
 
-import sysconfig
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -18,11 +17,11 @@ from edgeqwen.bench.metrics import per_token, summarize
 
 
 def default_text() -> tuple[str, str]:
-    """A text that needs no network: the last 5 % (by name) of the CPython stdlib's top-level modules,
-    the same held-out text the small trained model never saw."""
-    files = sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py"))
-    held = files[-max(1, int(len(files) * 0.05)):]
-    return "\n".join(p.read_text(encoding="utf-8", errors="replace") for p in held), "cpython-stdlib-heldout"
+    """A text that needs no network: the CPython stdlib modules held out from the small trained
+    model's training (edgeqwen.build.trained), so it never saw them."""
+    from edgeqwen.build.trained import read_texts, split_corpus
+
+    return read_texts(split_corpus()[1]), "cpython-stdlib-heldout"
 
 
 def evaluate(engine, reference_path: str | Path, text: str, window: int = 512, max_tokens: int = 4096,

@@ -48,12 +48,21 @@ def corpus_files() -> list[Path]:
     return sorted(p for p in stdlib.glob("*.py") if p.is_file())
 
 
+def split_corpus(eval_fraction: float = TrainSpec.eval_fraction) -> tuple[list[Path], list[Path]]:
+    """(training files, held-out files): the last ``eval_fraction`` of the files, by name, are held out."""
+    files = corpus_files()
+    n_eval = max(1, int(len(files) * eval_fraction))
+    return files[:-n_eval], files[-n_eval:]
+
+
+def read_texts(files: list[Path]) -> str:
+    return "\n".join(p.read_text(encoding="utf-8", errors="replace") for p in files)
+
+
 def load_corpus(spec: TrainSpec) -> tuple[str, str, str]:
     """(train text, eval text, sha256 of both) from the stdlib's top-level modules."""
-    files = corpus_files()
-    n_eval = max(1, int(len(files) * spec.eval_fraction))
-    texts = [p.read_text(encoding="utf-8", errors="replace") for p in files]
-    train, held = "\n".join(texts[:-n_eval]), "\n".join(texts[-n_eval:])
+    train_files, held_files = split_corpus(spec.eval_fraction)
+    train, held = read_texts(train_files), read_texts(held_files)
     if spec.max_train_chars is not None:
         train, held = train[: spec.max_train_chars], held[: max(2000, spec.max_train_chars // 20)]
     digest = hashlib.sha256((train + "\0" + held).encode()).hexdigest()
