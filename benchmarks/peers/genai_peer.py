@@ -58,15 +58,15 @@ class GenaiReadme:
         # from them, each later one runs a decode step
         return len(ids) / (t1 - t0), (len(out) - 1) / (t2 - t1), out
 
+    def logits(self, ids: list[int]) -> np.ndarray:
+        """[len(ids), V] logits, one token at a time through the KV cache (the graph gives the last position)."""
+        params = self.og.GeneratorParams(self.model)
+        params.set_search_options(max_length=len(ids) + 1, do_sample=False)
+        gen = self.og.Generator(self.model, params)
+        rows = []
+        for t in ids:
+            gen.append_tokens(np.asarray([t], dtype=np.int32))
+            logits = np.asarray(gen.get_logits(), dtype=np.float32)
+            rows.append(logits.reshape(-1, logits.shape[-1])[-1])
+        return np.stack(rows)
 
-def teacher_forced(model_runner: GenaiReadme, ids: list[int]) -> np.ndarray:
-    """[len(ids), V] logits, one token at a time through the KV cache (the graph gives the last position)."""
-    og = model_runner.og
-    params = og.GeneratorParams(model_runner.model)
-    params.set_search_options(max_length=len(ids) + 1, do_sample=False)
-    gen = og.Generator(model_runner.model, params)
-    rows = []
-    for t in ids:
-        gen.append_tokens(np.asarray([t], dtype=np.int32))
-        rows.append(np.asarray(gen.get_logits(), dtype=np.float32).reshape(-1)[-gen.get_logits().shape[-1]:])
-    return np.stack(rows)

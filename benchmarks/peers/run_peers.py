@@ -17,8 +17,6 @@ import statistics
 import sys
 from pathlib import Path
 
-import numpy as np
-
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent.parent)]
 
@@ -60,27 +58,16 @@ def _reason(e: Exception) -> str:
 
 
 def quality(peers, args, log) -> dict[str, dict]:
-    from edgeqwen.bench.metrics import per_token, summarize
-    from edgeqwen.bench.quality import default_text
+    from edgeqwen.bench.quality import compare_on_windows, default_text
     from edgeqwen.validate import Reference
 
     ref = Reference(args.checkpoint)
     text, name = (args.text.read_text(encoding="utf-8"), args.text.name) if args.text else default_text()
     ids = ref.tokenizer(text, add_special_tokens=False).input_ids[: args.quality_tokens + 1]
-    windows = [ids[s:s + args.window] for s in range(0, len(ids) - 1, args.window)]
-    windows = [w for w in windows if len(w) > 1]
-    out = {}
-    ref_logits = [ref.logits(w)[:-1] for w in windows]
-    for p in peers:
-        parts = []
-        for w, r in zip(windows, ref_logits):
-            if isinstance(p, genai_peer.GenaiReadme):
-                test = genai_peer.teacher_forced(p, w)[:-1]
-            else:
-                test = p.logits(w)[:-1]
-            parts.append(per_token(r, test[:, : r.shape[1]], np.asarray(w[1:])))
-        out[p.name] = {**summarize(parts), "text": name}
-        log(f"== quality {p.name}: KL mean {out[p.name]['kl_mean']:.5f}, ppl {out[p.name]['perplexity']:.3f}")
+    out = compare_on_windows(ref, ids, {p.name: p.logits for p in peers}, args.window, log)
+    for peer_name, s in out.items():
+        s["text"] = name
+        log(f"== quality {peer_name}: KL mean {s['kl_mean']:.5f}, ppl {s['perplexity']:.3f}")
     return out
 
 
