@@ -39,6 +39,7 @@ class Engine:
         self._think = (specials.get("think_start"), specials.get("think_end")) if self.runtime.get("thinking") else None
         self._tokenizer = None
         self._template: ChatTemplate | None = None
+        self._budget_close: list[int] | None = None
 
     # -- text <-> ids ---------------------------------------------------------------------------
     @property
@@ -54,6 +55,13 @@ class Engine:
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=False)
+
+    @property
+    def budget_close_ids(self) -> list[int]:
+        """Qwen's early-stop sentence and </think>, tokenised once."""
+        if self._budget_close is None:
+            self._budget_close = self.encode(BUDGET_CLOSE)
+        return self._budget_close
 
     @property
     def template(self) -> ChatTemplate:
@@ -78,7 +86,7 @@ class Engine:
                        cancel=cancel or threading.Event())
 
     def _check_context(self, total_prompt: int, req: Request) -> None:
-        extra = len(self.encode(BUDGET_CLOSE)) if req.thinking_budget is not None else 0
+        extra = len(self.budget_close_ids) if req.thinking_budget is not None else 0
         need = total_prompt + req.max_new_tokens + extra
         if need > self.context_length:
             raise ContextOverflow(

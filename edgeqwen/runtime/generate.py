@@ -8,7 +8,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator, Sequence
 
-from edgeqwen.runtime.chat import BUDGET_CLOSE, ThinkingState
+from edgeqwen.runtime.chat import ThinkingState
 from edgeqwen.runtime.detok import IncrementalDecoder
 from edgeqwen.runtime.memory import peak_rss_mb
 from edgeqwen.runtime.sampling import Sampler, SamplingParams
@@ -128,7 +128,7 @@ def run(engine, state, new_ids: list[int], req: Request, thinking: ThinkingState
         feed = [tok]
         if thinking and thinking.in_reasoning and req.thinking_budget is not None \
                 and thinking.reasoning_tokens >= req.thinking_budget:
-            forced = engine.encode(BUDGET_CLOSE)
+            forced = engine.budget_close_ids
             for f in forced:
                 k = thinking.route(f)
                 if k is not None:

@@ -48,21 +48,19 @@ class ChatSession:
         self.state.rewind(keep)
         self.reused_tokens = keep
         events = run(engine, self.state, ids[keep:], req, engine._thinking(ids), engine._stop_ids(req, chat=True))
-        inner = Stream(events, req)
-        return _TurnStream(inner, self, messages)
+        return _TurnStream(events, req, self, messages)
 
 
 class _TurnStream(Stream):
     """A turn's stream that records the assistant reply in the session when it completes."""
 
-    def __init__(self, inner: Stream, session: ChatSession, messages: list[dict[str, Any]]) -> None:
-        super().__init__(iter(inner), inner._request)
-        self._inner, self._session, self._messages = inner, session, messages
+    def __init__(self, events, request, session: ChatSession, messages: list[dict[str, Any]]) -> None:
+        super().__init__(events, request)
+        self._session, self._messages = session, messages
 
     def __iter__(self):
-        yield from self._inner
-        self.result = self._inner.result
-        r: Result = self.result
+        yield from super().__iter__()
+        r: Result | None = self.result
         if r is not None and r.finish_reason != "cancelled":
             reply: dict[str, Any] = {"role": "assistant", "content": r.text}
             if r.reasoning:
