@@ -62,7 +62,7 @@ def build(model: str, target: str, out: Path | None = None, *, validate: bool = 
         if validate and not manifest["validation"]["passed"]:
             rejected = out.with_name(out.name + ".rejected")
             shutil.rmtree(rejected, ignore_errors=True)
-            shutil.copytree(stage, rejected)
+            os.replace(stage, rejected)  # same folder: a rename, not a copy of the weights
             raise ValidationFailed(
                 f"validation failed ({'; '.join(manifest['validation']['failures'])}); "
                 f"the artifact was not published, it is kept for inspection in {rejected}"
@@ -74,6 +74,7 @@ def _package(olive_out: Path, art: Path, ckpt: Checkpoint, profile: TargetProfil
     import onnx
 
     from edgeqwen.build.graph_report import quantization_report
+    from edgeqwen.build.package_steps import get_step
     from edgeqwen.build.passes import PassContext, get_pass
     from edgeqwen.build.versions import tool_versions
 
@@ -94,8 +95,6 @@ def _package(olive_out: Path, art: Path, ckpt: Checkpoint, profile: TargetProfil
     runtime = package.runtime_section(cfg, ckpt, profile, template, specials, quant)
     steps = {}
     for name in profile.package_steps:
-        from edgeqwen.build.package_steps import get_step
-
         steps[name] = get_step(name)(art, runtime)
         progress.say(f"    {name}: {', '.join(f'{k}={v}' for k, v in steps[name].items() if k != 'operator_lines')}")
     return {
