@@ -28,9 +28,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "peers"))
 from edgeqwen_peer import EdgeQwenPeer  # noqa: E402
 from genai_peer import GenaiReadme, build_default  # noqa: E402
 
-PROMPT_TEXT = ("The history of the lighthouse is a story of fire, glass and patience. Long before electric "
-               "lamps, keepers tended open flames on towers along dangerous coasts, and ships steered by them. ") * 8
-
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -43,18 +40,14 @@ def main() -> int:
     args = p.parse_args()
 
     from edgeqwen.bench.device import device_facts
-    from edgeqwen.runtime import load
+    from edgeqwen.bench.speed import filler_ids
 
     args.output.mkdir(parents=True, exist_ok=True)
     cache = Path(__file__).resolve().parent / ".cache" / args.checkpoint.resolve().name  # git-ignored
     genai_dir = build_default(args.checkpoint, cache / "genai-default-int4")
-    engine_probe = load(args.artifact, verify="size")
-    ids = engine_probe.encode(PROMPT_TEXT)[: args.prompt_tokens]
-    assert len(ids) == args.prompt_tokens, len(ids)
-    del engine_probe
-
     runners = {"edgeqwen": EdgeQwenPeer(args.artifact, None), "edgeqwen-1thread": EdgeQwenPeer(args.artifact, 1),
                "genai-default": GenaiReadme(genai_dir)}
+    ids = filler_ids(runners["edgeqwen"].engine, args.prompt_tokens)  # the prompt edgeqwen bench uses too
     samples: dict[str, dict[str, list[float]]] = {k: {"prefill": [], "decode": []} for k in runners}
     for name, r in runners.items():  # warm-up: first-run allocations and kernel selection
         r.run(ids, 8)
