@@ -32,6 +32,21 @@ def quantization_lines(q: dict[str, Any]) -> list[str]:
         lines.append(f"  embedding: {emb['op']}{bits}, {shared}")
     if q.get("lm_head_last_position_only"):
         lines.append("  lm_head: last position only (prompt positions skip it)")
+    for role, g in q.get("graphs", {}).items():  # static-shape builds: one line per graph
+        shapes = ", ".join(f"{k} {v}" for k, v in g.get("inputs", {}).items())
+        weights = ", ".join(f"{human_bytes(b)} {t}" for t, b in g.get("initializer_bytes", {}).items())
+        lines.append(f"  {role}: {q.get('precision', '?')}, {g['nodes']} nodes, weights {weights}; {shapes}")
+    return lines
+
+
+def usability_lines(steps: dict[str, Any]) -> list[str]:
+    """The NNAPI verdict of onnxruntime's mobile usability checker, when the profile ran it."""
+    lines = []
+    for role, r in steps.get("mobile_usability", {}).items():
+        if isinstance(r, dict) and "nnapi" in r:
+            n = r["nnapi"]
+            lines.append(f"  {role}: NNAPI takes {n['nodes_supported']}/{n['nodes_total']} nodes "
+                         f"({n['coverage']:.1%}) in {n['partitions']} partition(s); report {r['report']}")
     return lines
 
 
@@ -67,6 +82,8 @@ def format_manifest(m: dict[str, Any], folder: str = "") -> str:
         f"  size on disk: {human_bytes(total)} in {len(m['files'])} files",
         "quantisation (read back from the graph):",
         *quantization_lines(m.get("quantization", {})),
+        *(["mobile usability (onnxruntime's checker):", *usability_lines(m.get("package_steps", {}))]
+          if usability_lines(m.get("package_steps", {})) else []),
         "validation:",
         *validation_lines(m.get("validation", {"skipped": True})),
     ]

@@ -57,6 +57,15 @@ class ValidationBounds:
 
 
 @dataclass(frozen=True)
+class StaticShapes:
+    """Fixed shapes of a ``backend = "static"`` build: the prefill graph's chunk and the KV cache length
+    (also the artifact's context length)."""
+
+    prefill_chunk: int
+    cache_length: int
+
+
+@dataclass(frozen=True)
 class TargetProfile:
     name: str
     description: str
@@ -69,6 +78,7 @@ class TargetProfile:
     package_steps: tuple[str, ...] = ()
     session_options: dict[str, Any] = field(default_factory=dict)
     validation: ValidationBounds = field(default_factory=ValidationBounds)
+    static_shapes: StaticShapes | None = None
     default: bool = False
 
     def to_dict(self) -> dict[str, Any]:
@@ -89,7 +99,7 @@ class TargetProfile:
         if unknown:
             return_unknown = ", ".join(unknown)
             raise fail(f"unknown key(s) {return_unknown}; allowed: {', '.join(sorted(allowed))}")
-        required = ("name", "description", "device", "execution_provider", "precision", "backend", "olive_passes")
+        required = ("name", "description", "device", "execution_provider", "precision", "backend")
         missing = [k for k in required if k not in raw]
         if missing:
             raise fail(f"missing key(s) {', '.join(missing)}")
@@ -101,8 +111,10 @@ class TargetProfile:
         if raw["backend"] not in BACKENDS:
             raise fail(f"backend '{raw['backend']}' is not one of {', '.join(BACKENDS)}")
 
-        passes_raw = raw["olive_passes"]
-        if not isinstance(passes_raw, list) or not passes_raw:
+        # genai builds start with Olive's ModelBuilder; static builds export their own graphs and
+        # may then run Olive passes (quantisation) on them, or none at all.
+        passes_raw = raw.get("olive_passes", [])
+        if not isinstance(passes_raw, list) or (raw["backend"] == "genai" and not passes_raw):
             raise fail("'olive_passes' must be a non-empty list of tables")
         passes = []
         for i, p in enumerate(passes_raw):
@@ -132,6 +144,8 @@ class TargetProfile:
             if not isinstance(v, (int, float)) or isinstance(v, bool):
                 raise fail(f"validation.{k} must be a number")
 
+        static = _static_shapes(raw, fail)
+
         default = raw.get("default", False)
         if not isinstance(default, bool):
             raise fail("'default' must be true or false")
@@ -147,8 +161,29 @@ class TargetProfile:
             package_steps=tuple(steps),
             session_options=dict(session),
             validation=ValidationBounds(**vraw),
+            static_shapes=static,
             default=default,
         )
+
+
+def _static_shapes(raw: dict[str, Any], fail) -> StaticShapes | None:
+    """Required with ``backend = "static"``, refused otherwise."""
+    table = raw.get("static_shapes")
+    if raw["backend"] != "static":
+        if table is not None:
+            raise fail("'static_shapes' only applies to backend = \"static\"")
+        return None
+    if not isinstance(table, dict):
+        raise fail("backend = \"static\" needs a [static_shapes] table (prefill_chunk, cache_length)")
+    allowed = {f.name for f in fields(StaticShapes)}
+    if set(table) != allowed:
+        raise fail(f"[static_shapes] needs exactly {', '.join(sorted(allowed))}; got {', '.join(sorted(table)) or 'nothing'}")
+    for k, v in table.items():
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise fail(f"static_shapes.{k} must be a positive integer")
+    if table["prefill_chunk"] < 2 or table["prefill_chunk"] >= table["cache_length"]:
+        raise fail("static_shapes.prefill_chunk must be at least 2 and below cache_length")
+    return StaticShapes(**table)
 
 
 def _names(raw: dict[str, Any], key: str, what: str, known: set[str], fail) -> list[str]:

@@ -15,11 +15,11 @@ def test_android_cpu_artifact(artifacts, name):
     m, folder = result.manifest, result.folder
     assert m["validation"]["passed"], m["validation"]["failures"]
     files = set(m["files"])
-    assert {"model.ort", "model.required_operators.config"} <= files
+    assert {"model.ort", "required_operators.config"} <= files
     assert "model.onnx" not in files and "model.onnx.data" not in files
     assert m["runtime"]["model_file"] == "model.ort" and m["runtime"]["model_format"] == "ort"
     assert json.loads((folder / "genai_config.json").read_text())["model"]["decoder"]["filename"] == "model.ort"
-    ops = (folder / "model.required_operators.config").read_text()
+    ops = (folder / "required_operators.config").read_text()
     assert "com.microsoft;1;" in ops and "MatMulNBits" in ops and "GroupQueryAttention" in ops
     # the quantisation read back from the ONNX graph before conversion is what the .ort holds
     assert any(w["op"] == "MatMulNBits" and w["bits"] == 4 for w in m["quantization"]["weight_ops"])

@@ -93,3 +93,10 @@ def runtime_section(cfg: dict[str, Any], ckpt: Checkpoint, profile, template: st
         "session_options": {k: v for k, v in profile.session_options.items() if k != "intra_op_num_threads"},
         "threads": profile.session_options.get("intra_op_num_threads", "auto"),
     }
+
+
+def step_summary(record: dict[str, Any]) -> str:
+    """One progress line for a package step's record."""
+    if "summary" in record:
+        return record["summary"]
+    return ", ".join(f"{k}={v}" for k, v in record.items() if not isinstance(v, (list, dict)))

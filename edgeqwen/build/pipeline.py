@@ -30,7 +30,7 @@ def build(model: str, target: str, out: Path | None = None, *, validate: bool = 
           revision: str | None = None, quiet: bool = False) -> BuildResult:
     t0 = time.perf_counter()
     profile = load_profile(target)
-    progress = Progress(5 if validate else 4, quiet=quiet)
+    progress = Progress(4 if validate else 3, quiet=quiet)
     with progress.step("Checking checkpoint"):
         ckpt = open_checkpoint(model, revision)
         progress.say(f"    {ckpt.architecture} ({ckpt.family}), {ckpt.parameter_count / 1e6:.1f}M parameters, "
@@ -40,12 +40,15 @@ def build(model: str, target: str, out: Path | None = None, *, validate: bool = 
         work, art = stage / "work", stage / "artifact"
         work.mkdir()
         art.mkdir()
-        with progress.step(f"Olive passes for {profile.name}: " + " -> ".join(p.type for p in profile.olive_passes)):
-            from edgeqwen.build.olive import run_olive
+        if profile.backend == "static":
+            manifest = _build_static(ckpt, profile, work, art, progress)
+        else:
+            with progress.step(f"Olive passes for {profile.name}: " + " -> ".join(p.type for p in profile.olive_passes)):
+                from edgeqwen.build.olive import run_olive
 
-            olive_out = run_olive(profile, ckpt.path, work, progress)
-        with progress.step("Graph passes and packaging"):
-            manifest = _package(olive_out, art, ckpt, profile, progress)
+                olive_out = run_olive(profile, ckpt.path, work, progress)
+            with progress.step("Graph passes and packaging"):
+                manifest = _package(olive_out, art, ckpt, profile, progress)
         shutil.rmtree(work)  # Olive's cache and intermediate models: not part of the artifact
         if validate:
             with progress.step("Validating against the transformers reference"):
@@ -96,7 +99,7 @@ def _package(olive_out: Path, art: Path, ckpt: Checkpoint, profile: TargetProfil
     steps = {}
     for name in profile.package_steps:
         steps[name] = get_step(name)(art, runtime)
-        progress.say(f"    {name}: {', '.join(f'{k}={v}' for k, v in steps[name].items() if k != 'operator_lines')}")
+        progress.say(f"    {name}: {package.step_summary(steps[name])}")
     return {
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "source": ckpt.describe(),
@@ -105,6 +108,26 @@ def _package(olive_out: Path, art: Path, ckpt: Checkpoint, profile: TargetProfil
         "graph_passes": applied,
         "package_steps": steps,
         "runtime": runtime,
+        "tools": tool_versions(),
+        "build": {},
+    }
+
+
+def _build_static(ckpt: Checkpoint, profile: TargetProfile, work: Path, art: Path, progress: Progress) -> dict[str, Any]:
+    from edgeqwen.build.static.build import export_graphs, package_static
+    from edgeqwen.build.versions import tool_versions
+
+    passes = " -> ".join(["static export"] + [p.type for p in profile.olive_passes])
+    with progress.step(f"Static graphs for {profile.name}: {passes}"):
+        spec = export_graphs(ckpt, profile, work, art, progress)
+    with progress.step("Packaging"):
+        sections = package_static(spec, art, ckpt, profile, progress)
+    return {
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "source": ckpt.describe(),
+        "profile": profile.to_dict(),
+        **sections,
+        "graph_passes": {},
         "tools": tool_versions(),
         "build": {},
     }

@@ -30,6 +30,10 @@ class Engine:
             from edgeqwen.runtime.backends.genai import GenaiBackend
 
             self.backend = GenaiBackend(self.folder, self.runtime, self.threads)
+        elif backend == "static":
+            from edgeqwen.runtime.backends.static import StaticBackend
+
+            self.backend = StaticBackend(self.folder, self.runtime, self.threads)
         else:
             raise ArtifactError(f"artifact {self.folder}: unknown runtime backend {backend!r}")
         self.context_length = int(self.runtime["context_length"])

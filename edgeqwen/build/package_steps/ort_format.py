@@ -2,43 +2,71 @@
 
 The ORT format loads without protobuf parsing and is what onnxruntime's mobile packages and reduced
 builds take; ``model.required_operators.config`` is the input to ``build.py --include_ops_by_config``.
-Graph optimisations are applied now ("Fixed" style, for ARM), so the phone does no fusion work.
+CPU artifacts are optimised now ("Fixed" style, for ARM), so the phone does no fusion work. NNAPI
+artifacts use the "Runtime" style: only basic optimisations are baked in, because the CPU-only fused
+ops of the full level would take nodes away from NNAPI.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-ORT_FILE = "model.ort"
-OPS_FILE = "model.required_operators.config"
+OPS_FILE = "required_operators.config"
+
+
+def _convert(onnx_files: list[Path], folder: Path, style: str) -> None:
+    """Convert the given graphs together (one operator config covers them all) and replace them by
+    ``<stem>.ort``; the ONNX files are not shipped, the ORT files hold the weights."""
+    inp, out = folder / ".ort-in", folder / ".ort-out"
+    inp.mkdir()
+    for f in onnx_files:
+        for p in (f, folder / (f.name + ".data")):
+            if p.exists():
+                os.replace(p, inp / p.name)
+    cmd = [sys.executable, "-m", "onnxruntime.tools.convert_onnx_models_to_ort", str(inp),
+           "--output_dir", str(out), "--optimization_style", style]
+    if style == "Fixed":
+        cmd += ["--target_platform", "arm"]
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # the tool names Runtime-style outputs <stem>.with_runtime_opt.ort
+    for f in onnx_files:
+        (converted,) = out.glob(f"{f.stem}*.ort")
+        os.replace(converted, folder / (f.stem + ".ort"))
+    (config,) = out.glob("required_operators*.config")
+    os.replace(config, folder / OPS_FILE)
+    shutil.rmtree(inp)
+    shutil.rmtree(out)
 
 
 def run(folder: Path, runtime: dict[str, Any]) -> dict[str, Any]:
-    onnx_file = folder / runtime["model_file"]
-    out = folder / ".ort-convert"
-    out.mkdir()
-    subprocess.run([sys.executable, "-m", "onnxruntime.tools.convert_onnx_models_to_ort", str(onnx_file),
-                    "--output_dir", str(out), "--optimization_style", "Fixed", "--target_platform", "arm"],
-                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    shutil.move(str(out / ORT_FILE), folder / ORT_FILE)
-    shutil.move(str(out / OPS_FILE), folder / OPS_FILE)
-    shutil.rmtree(out)
-    # The ONNX graph and its external weights are not shipped: the ORT file holds the weights.
-    removed = []
-    for p in (onnx_file, folder / (onnx_file.name + ".data")):
-        if p.exists():
-            removed.append(p.name)
-            p.unlink()
-    cfg_path = folder / runtime["genai_config"]
-    cfg = json.loads(cfg_path.read_text())
-    cfg["model"]["decoder"]["filename"] = ORT_FILE
-    cfg_path.write_text(json.dumps(cfg, indent=4))
-    runtime.update(model_file=ORT_FILE, model_format="ort", operator_config=OPS_FILE)
+    style = "Runtime" if runtime["execution_provider"] == "nnapi" else "Fixed"
+    static = runtime.get("static")
+    if static:
+        graphs = static["graphs"]
+        files = [folder / g["file"] for g in graphs.values()]
+    else:
+        files = [folder / runtime["model_file"]]
+    removed = [p.name for f in files for p in (f, folder / (f.name + ".data")) if p.exists()]
+    _convert(files, folder, style)
+    if static:
+        for g in graphs.values():
+            g["file"] = Path(g["file"]).stem + ".ort"
+        record = {"graphs": {role: g["file"] for role, g in graphs.items()}}
+    else:
+        ort_file = files[0].stem + ".ort"
+        cfg_path = folder / runtime["genai_config"]
+        cfg = json.loads(cfg_path.read_text())
+        cfg["model"]["decoder"]["filename"] = ort_file
+        cfg_path.write_text(json.dumps(cfg, indent=4))
+        runtime["model_file"] = ort_file
+        record = {"model_file": ort_file}
+    runtime.update(model_format="ort", operator_config=OPS_FILE)
     ops = [line for line in (folder / OPS_FILE).read_text().splitlines() if line and not line.startswith("#")]
-    return {"model_file": ORT_FILE, "operator_config": OPS_FILE, "operator_lines": ops, "removed": removed,
-            "optimization": "Fixed, arm"}
+    return {**record, "operator_config": OPS_FILE, "operator_lines": ops, "removed": removed,
+            "optimization": style + (", arm" if style == "Fixed" else "")}

@@ -1,0 +1,99 @@
+"""The static-backend half of a build: export the two graphs, run the profile's Olive passes on each
+(quantisation), then add tokenizer, chat template and the runtime section."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from edgeqwen.build import package
+from edgeqwen.build.checkpoint import Checkpoint
+from edgeqwen.build.progress import Progress
+from edgeqwen.targets import TargetProfile
+
+
+def export_graphs(ckpt: Checkpoint, profile: TargetProfile, work: Path, art: Path, progress: Progress) -> dict[str, Any]:
+    from edgeqwen.build.static.export import export
+
+    shapes = profile.static_shapes
+    spec = export(ckpt, work, shapes.prefill_chunk, shapes.cache_length, say=progress.say)
+    for graph in spec["graphs"].values():
+        src = work / graph["file"]
+        if profile.olive_passes:
+            from edgeqwen.build.olive import run_olive_on_onnx
+
+            src = run_olive_on_onnx(profile, src, work / f"olive_{src.stem}", progress)
+        shutil.move(str(src), art / graph["file"])
+    return spec
+
+
+def package_static(spec: dict[str, Any], art: Path, ckpt: Checkpoint, profile: TargetProfile,
+                   progress: Progress) -> dict[str, Any]:
+    """Side files, manifest sections and package steps; mirrors pipeline._package for genai builds."""
+    import onnx
+
+    from edgeqwen.build.package_steps import get_step
+
+    graphs = {}
+    for role, graph in spec["graphs"].items():
+        model = onnx.load(str(art / graph["file"]))
+        graphs[role] = graph_record(model)
+        del model
+    template = package.copy_side_files(ckpt.path, art, ckpt)
+    specials = package.special_tokens(art)
+    runtime = runtime_section(spec, ckpt, profile, template, specials)
+    steps = {}
+    for name in profile.package_steps:
+        steps[name] = get_step(name)(art, runtime)
+        progress.say(f"    {name}: {package.step_summary(steps[name])}")
+    return {"quantization": {"precision": profile.precision, "graphs": graphs}, "package_steps": steps,
+            "runtime": runtime}
+
+
+def graph_record(model) -> dict[str, Any]:
+    """What a static graph really holds: node counts by op, initializer bytes by dtype, input shapes."""
+    from onnx import helper
+
+    from edgeqwen.build.graph_report import _nbytes
+
+    by_type: Counter = Counter()
+    for t in model.graph.initializer:
+        by_type[helper.tensor_dtype_to_np_dtype(t.data_type).name] += _nbytes(t)
+    return {
+        "nodes": len(model.graph.node),
+        "op_counts": dict(sorted(Counter(n.op_type for n in model.graph.node).items())),
+        "initializer_bytes": dict(by_type),
+        "inputs": {i.name: [d.dim_value for d in i.type.tensor_type.shape.dim] for i in model.graph.input[:3]},
+    }
+
+
+def _eos_ids(ckpt: Checkpoint) -> list[int]:
+    gen = ckpt.path / "generation_config.json"
+    eos = json.loads(gen.read_text()).get("eos_token_id") if gen.is_file() else None
+    if eos is None:
+        eos = ckpt.config.get("eos_token_id")
+    return sorted(set(eos if isinstance(eos, list) else [eos])) if eos is not None else []
+
+
+def runtime_section(spec: dict[str, Any], ckpt: Checkpoint, profile: TargetProfile, template: str,
+                    specials: dict[str, int]) -> dict[str, Any]:
+    return {
+        "backend": "static",
+        "execution_provider": profile.execution_provider,
+        "tokenizer": "tokenizer.json",
+        "chat_template": template,
+        "family": ckpt.family,
+        "thinking": ckpt.family == "qwen3" and "think_start" in specials,
+        "context_length": spec["cache_length"],
+        "vocab_size": spec["vocab_size"],
+        "eos_token_ids": _eos_ids(ckpt),
+        "pad_token_id": ckpt.config.get("pad_token_id"),
+        "special_tokens": specials,
+        "logits": "last_position",
+        "session_options": {k: v for k, v in profile.session_options.items() if k != "intra_op_num_threads"},
+        "threads": profile.session_options.get("intra_op_num_threads", "auto"),
+        "static": spec,
+    }

@@ -1,0 +1,118 @@
+"""Static-shape backend: plain onnxruntime sessions over a prefill graph (chunk C) and a decode graph
+(chunk 1), with the KV cache as fixed numpy buffers this module owns.
+
+Used for accelerators that need every shape known when the graph is compiled (Android NNAPI). The
+graphs' calling convention is described in edgeqwen/build/static/decoder.py; everything needed to
+drive them (files, chunk, cache length, mask value) comes from the manifest's runtime section.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from edgeqwen.errors import ContextOverflow
+
+# Execution provider names in manifests -> onnxruntime's; CPU is always the fallback.
+_PROVIDERS = {"nnapi": "NnapiExecutionProvider", "cpu": "CPUExecutionProvider"}
+
+
+class StaticBackend:
+    def __init__(self, folder: Path, runtime: dict[str, Any], threads: int, provider: str | None = None) -> None:
+        import onnxruntime as ort
+
+        spec = runtime["static"]
+        self.cache = int(spec["cache_length"])
+        self.layers, self.kv_heads, self.head_dim = int(spec["layers"]), int(spec["kv_heads"]), int(spec["head_dim"])
+        self.vocab_size = int(spec["vocab_size"])
+        self.mask_value = np.float32(spec["mask_value"])
+        self.context_length = self.cache
+        wanted = _PROVIDERS.get(provider or runtime.get("execution_provider", "cpu"), "CPUExecutionProvider")
+        available = ort.get_available_providers()
+        # NNAPI exists only in Android builds of onnxruntime: elsewhere the same graphs run on the CPU EP.
+        self.providers = [p for p in dict.fromkeys((wanted, "CPUExecutionProvider")) if p in available]
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        for key, value in runtime.get("session_options", {}).items():
+            if key == "graph_optimization_level":
+                options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, value)
+        self.sessions, self.chunks, self.output_names = {}, {}, {}
+        for role, graph in spec["graphs"].items():
+            self.sessions[role] = ort.InferenceSession(str(folder / graph["file"]), options, providers=self.providers)
+            self.chunks[role] = int(graph["chunk"])
+            self.output_names[role] = [o.name for o in self.sessions[role].get_outputs()]
+
+    def new_state(self, capacity: int) -> "StaticState":
+        return StaticState(self)
+
+    def teacher_forced_logits(self, ids: Sequence[int], prefill: int) -> np.ndarray:
+        state = self.new_state(len(ids))
+        rows = [state.append(ids[:prefill])]
+        rows += [state.append([t]) for t in ids[prefill:]]
+        return np.stack(rows)
+
+    def greedy(self, ids: Sequence[int], max_new_tokens: int) -> list[int]:
+        state = self.new_state(len(ids) + max_new_tokens)
+        logits, out = state.append(ids), []
+        while len(out) < max_new_tokens:
+            out.append(int(logits.argmax()))
+            if len(out) < max_new_tokens:
+                logits = state.append(out[-1:])
+        return out
+
+
+class StaticState:
+    """One sequence: keys/values [layers][KV, S, D] filled up to len(tokens)."""
+
+    def __init__(self, backend: StaticBackend) -> None:
+        b = backend
+        self.backend = b
+        shape = (b.kv_heads, b.cache, b.head_dim)
+        self.keys = [np.zeros(shape, np.float32) for _ in range(b.layers)]
+        self.values = [np.zeros(shape, np.float32) for _ in range(b.layers)]
+        self.tokens: list[int] = []
+
+    def append(self, ids: Sequence[int]) -> np.ndarray:
+        """Run ``ids`` through the graphs (prefill chunks, then single tokens); return the next-token
+        logits [V] after the last one."""
+        ids = list(ids)
+        if len(self.tokens) + len(ids) > self.backend.cache:
+            raise ContextOverflow(f"{len(self.tokens)} cached + {len(ids)} new tokens exceed the static cache "
+                                  f"length {self.backend.cache} this artifact was compiled for")
+        logits = None
+        chunk = self.backend.chunks["prefill"]
+        while ids:
+            take = ids[:chunk] if len(ids) > 1 else ids
+            logits = self._run("prefill" if len(take) > 1 else "decode", take)
+            ids = ids[len(take):]
+        return logits
+
+    def rewind(self, n: int) -> None:
+        # Slots past n are masked out on the next run and overwritten as tokens arrive.
+        del self.tokens[n:]
+
+    def _run(self, role: str, ids: list[int]) -> np.ndarray:
+        b = self.backend
+        c, m, n, s = b.chunks[role], len(ids), len(self.tokens), b.cache
+        pad = c - m  # left padding: the last slot is always the newest token
+        input_ids = np.zeros(c, np.int32)
+        input_ids[pad:] = ids
+        positions = np.zeros(c, np.int32)
+        positions[pad:] = np.arange(n, n + m, dtype=np.int32)
+        mask = np.full((c, s + c), b.mask_value, np.float32)
+        mask[pad:, :n] = 0.0  # every real token sees the cached ones
+        rows = np.arange(m)
+        causal = rows[:, None] >= rows[None, :]  # [m, m]: token j sees chunk tokens up to itself
+        mask[pad:, s + pad:] = np.where(causal, 0.0, b.mask_value)
+        feed: dict[str, np.ndarray] = {"input_ids": input_ids, "position_ids": positions, "attention_mask": mask}
+        for i in range(b.layers):
+            feed[f"past_key_{i}"] = self.keys[i]
+            feed[f"past_value_{i}"] = self.values[i]
+        result = dict(zip(b.output_names[role], b.sessions[role].run(None, feed)))
+        for i in range(b.layers):
+            self.keys[i][:, n:n + m] = result[f"present_key_{i}"][:, pad:]
+            self.values[i][:, n:n + m] = result[f"present_value_{i}"][:, pad:]
+        self.tokens.extend(ids)
+        return result["logits"][0]
