@@ -4,6 +4,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 BLOCKED = ["torch", "transformers", "olive", "onnx", "onnxscript", "onnx_ir", "safetensors", "huggingface_hub"]
 
 SCRIPT = textwrap.dedent(
@@ -31,8 +33,9 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def test_runtime_imports_and_generates_without_compiler_packages(artifacts):
-    folder = str(artifacts("tiny-qwen2.5", "cpu-int4").folder)
+@pytest.mark.parametrize("target", ["cpu-int4", "android-nnapi"])  # genai and static backends
+def test_runtime_imports_and_generates_without_compiler_packages(artifacts, target):
+    folder = str(artifacts("tiny-qwen2.5", target).folder)
     r = subprocess.run([sys.executable, "-c", SCRIPT.format(blocked=BLOCKED, folder=folder)],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr

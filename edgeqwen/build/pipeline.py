@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -140,9 +141,12 @@ def _validate(art: Path, manifest: dict[str, Any], ckpt: Checkpoint, profile: Ta
 
     # The engine only loads verified artifacts: give it a provisional manifest (the final one replaces it).
     write_manifest(art, {**manifest, "validation": {"pending": True}})
-    engine = Engine(art, verify="size")
+    with warnings.catch_warnings():  # a DirectML/NNAPI artifact runs on the CPU provider here: recorded below
+        warnings.simplefilter("ignore", RuntimeWarning)
+        engine = Engine(art, verify="size")
     reference = Reference(ckpt.path)
     result = validate(engine, reference, profile.validation, log=progress.say)
+    result["execution_provider"] = engine.provider
     verdict = "PASS" if result["passed"] else "FAIL: " + "; ".join(result["failures"])
     progress.say(f"    verdict: {verdict}")
     return result

@@ -25,6 +25,8 @@ def add_generation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-think", dest="think", action="store_false", help="Qwen3: thinking off")
     p.add_argument("--thinking-budget", type=int, help="close </think> after this many reasoning tokens")
     p.add_argument("--threads", type=int, help="intra-op threads (default: the cores this process may use)")
+    p.add_argument("--provider", choices=("cpu", "dml", "nnapi"),
+                   help="execution provider (default: the artifact's; CPU with a warning where it is missing)")
 
 
 def options(args: argparse.Namespace) -> dict[str, Any]:
@@ -60,7 +62,7 @@ def metrics_line(r: Result) -> str:
 def cmd_run(args: argparse.Namespace) -> int:
     from edgeqwen.runtime import load
 
-    engine = load(args.artifact, threads=args.threads)
+    engine = load(args.artifact, threads=args.threads, provider=args.provider)
     opts = options(args)
     if args.chat or args.think is not None:
         stream = engine.chat([{"role": "user", "content": args.prompt}], think=args.think, **opts)
@@ -68,7 +70,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         stream = engine.stream(args.prompt, **opts)
     if args.json:
         result = stream.finish()
-        print(json.dumps({**result.to_dict(), "threads": engine.threads}, ensure_ascii=False, indent=2))
+        print(json.dumps({**result.to_dict(), "threads": engine.threads, "provider": engine.provider},
+                         ensure_ascii=False, indent=2))
     else:
         result = print_stream(stream)
         print(metrics_line(result), file=sys.stderr)
@@ -78,7 +81,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_chat(args: argparse.Namespace) -> int:
     from edgeqwen.runtime import load
 
-    engine = load(args.artifact, threads=args.threads)
+    engine = load(args.artifact, threads=args.threads, provider=args.provider)
     session = engine.session(system=args.system, think=args.think)
     print(f"edgeqwen chat: {engine.manifest['source'].get('model_id')} ({engine.manifest['profile']['name']}, "
           f"{engine.threads} threads). /reset starts over, /exit quits.")

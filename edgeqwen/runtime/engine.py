@@ -18,7 +18,10 @@ from edgeqwen.runtime.threads import resolve_threads
 
 
 class Engine:
-    def __init__(self, folder: str | Path, threads: int | str | None = None, verify: str = "full") -> None:
+    def __init__(self, folder: str | Path, threads: int | str | None = None, verify: str = "full",
+                 provider: str | None = None) -> None:
+        """``provider``: None runs on the provider the artifact was built for (CPU, with a warning, where
+        this onnxruntime build lacks it); "cpu" forces the CPU provider."""
         self.folder = Path(folder)
         if verify not in ("full", "size"):
             raise ValueError("verify must be 'full' (sha256) or 'size'")
@@ -29,13 +32,14 @@ class Engine:
         if backend == "genai":
             from edgeqwen.runtime.backends.genai import GenaiBackend
 
-            self.backend = GenaiBackend(self.folder, self.runtime, self.threads)
+            self.backend = GenaiBackend(self.folder, self.runtime, self.threads, provider)
         elif backend == "static":
             from edgeqwen.runtime.backends.static import StaticBackend
 
-            self.backend = StaticBackend(self.folder, self.runtime, self.threads)
+            self.backend = StaticBackend(self.folder, self.runtime, self.threads, provider)
         else:
             raise ArtifactError(f"artifact {self.folder}: unknown runtime backend {backend!r}")
+        self.provider: str = self.backend.provider
         self.context_length = int(self.runtime["context_length"])
         specials = self.runtime.get("special_tokens", {})
         self.eos_ids = set(self.runtime.get("eos_token_ids", []))

@@ -12,6 +12,7 @@ from typing import Callable
 _STEPS = {
     "ort_format": "edgeqwen.build.package_steps.ort_format",
     "mobile_usability": "edgeqwen.build.package_steps.mobile_usability",
+    "dml_operator_check": "edgeqwen.build.package_steps.dml_operator_check",
 }
 
 

@@ -10,11 +10,17 @@ import numpy as np
 
 
 class GenaiBackend:
-    def __init__(self, folder: Path, runtime: dict[str, Any], threads: int) -> None:
+    def __init__(self, folder: Path, runtime: dict[str, Any], threads: int, provider: str | None = None) -> None:
         import onnxruntime_genai as og
 
+        from edgeqwen.runtime.providers import choose
+
         self._og = og
+        available = {"cpu"} | ({"dml"} if og.is_dml_available() else set())
+        self.provider = choose(provider, runtime.get("execution_provider", "cpu"), available)
         config = og.Config(str(folder))
+        if self.provider == "cpu":
+            config.clear_providers()  # genai_config.json may name dml: the same graph runs on the CPU provider
         session = dict(runtime.get("session_options", {}))
         # genai picks one intra-op thread on small machines unless told; 2 threads decode ~1.7x faster on 2 cores.
         session["intra_op_num_threads"] = threads

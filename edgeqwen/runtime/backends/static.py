@@ -16,7 +16,7 @@ import numpy as np
 from edgeqwen.errors import ContextOverflow
 
 # Execution provider names in manifests -> onnxruntime's; CPU is always the fallback.
-_PROVIDERS = {"nnapi": "NnapiExecutionProvider", "cpu": "CPUExecutionProvider"}
+_PROVIDERS = {"nnapi": "NnapiExecutionProvider", "cpu": "CPUExecutionProvider", "dml": "DmlExecutionProvider"}
 
 
 class StaticBackend:
@@ -29,10 +29,12 @@ class StaticBackend:
         self.vocab_size = int(spec["vocab_size"])
         self.mask_value = np.float32(spec["mask_value"])
         self.context_length = self.cache
-        wanted = _PROVIDERS.get(provider or runtime.get("execution_provider", "cpu"), "CPUExecutionProvider")
-        available = ort.get_available_providers()
+        from edgeqwen.runtime.providers import choose
+
         # NNAPI exists only in Android builds of onnxruntime: elsewhere the same graphs run on the CPU EP.
-        self.providers = [p for p in dict.fromkeys((wanted, "CPUExecutionProvider")) if p in available]
+        available = {short for short, name in _PROVIDERS.items() if name in ort.get_available_providers()}
+        self.provider = choose(provider, runtime.get("execution_provider", "cpu"), available)
+        self.providers = list(dict.fromkeys((_PROVIDERS[self.provider], "CPUExecutionProvider")))
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         for key, value in runtime.get("session_options", {}).items():
