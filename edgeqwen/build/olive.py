@@ -55,3 +55,51 @@ def run_olive(profile: TargetProfile, checkpoint: Path, work_dir: Path, progress
         found = sorted(p.name for p in out.rglob("*.onnx")) if out.exists() else []
         raise RuntimeError(f"Olive finished without producing model.onnx in {out} (found: {found or 'nothing'})")
     return out
+
+
+def run_olive_on_onnx(profile: TargetProfile, onnx_file: Path, work_dir: Path, progress: Progress,
+                      calibration: Path | None = None) -> Path:
+    """Run the profile's Olive passes on one ONNX graph (static builds); return the new graph's path.
+
+    ``calibration``: recorded feeds (edgeqwen.build.static.calibration) for passes that need data;
+    they get a data_config reading them through our registered Olive components.
+    """
+    os.environ.setdefault("OLIVE_DISABLE_TELEMETRY", "1")
+    from olive.workflows import run as olive_run
+
+    from edgeqwen.build.static import calibration as calib_module
+
+    passes = {}
+    for i, p in enumerate(profile.olive_passes):
+        options = dict(p.options)
+        if calibration is not None and p.type in _NEEDS_DATA:
+            options["data_config"] = "calibration"
+        passes[f"p{i}_{p.type.lower()}"] = {"type": p.type, **options}
+    config: dict[str, Any] = {
+        "input_model": {"type": "ONNXModel", "model_path": str(onnx_file)},
+        "systems": {"local_system": {"type": "LocalSystem", "accelerators": [
+            {"device": "cpu", "execution_providers": ["CPUExecutionProvider"]}]}},
+        "engine": {"target": "local_system", "log_severity_level": 3},
+        "passes": passes,
+        "output_dir": str(work_dir / "olive_out"),
+        "cache_dir": str(work_dir / "olive_cache"),
+        "no_artifacts": True,
+    }
+    if calibration is not None:
+        config["data_configs"] = [{
+            "name": "calibration",
+            "user_script": calib_module.__file__,
+            "load_dataset_config": {"type": "edgeqwen_recorded_feeds", "params": {"path": str(calibration)}},
+            "dataloader_config": {"type": "edgeqwen_unbatched"},
+        }]
+    logging.getLogger("olive").setLevel(logging.WARNING)
+    with contextlib.redirect_stdout(LineFilter(progress, ())):
+        olive_run(config)
+    found = sorted((work_dir / "olive_out").rglob("*.onnx"))
+    if len(found) != 1:
+        raise RuntimeError(f"Olive should have written one ONNX graph for {onnx_file.name}, found {found or 'none'}")
+    return found[0]
+
+
+# Olive passes that calibrate on data (static quantisation)
+_NEEDS_DATA = {"OnnxStaticQuantization", "OnnxQuantization"}

@@ -20,14 +20,33 @@ def export_graphs(ckpt: Checkpoint, profile: TargetProfile, work: Path, art: Pat
 
     shapes = profile.static_shapes
     spec = export(ckpt, work, shapes.prefill_chunk, shapes.cache_length, say=progress.say)
-    for graph in spec["graphs"].values():
+    feeds = {}
+    if profile.olive_passes:
+        from edgeqwen.build.static.calibration import record
+
+        feeds = record(work, spec, ckpt.path / "tokenizer.json", work)
+        progress.say("    calibration: fp32 graphs run over CPython stdlib text (training split), feeds recorded")
+    for role, graph in spec["graphs"].items():
         src = work / graph["file"]
         if profile.olive_passes:
-            from edgeqwen.build.olive import run_olive_on_onnx
-
-            src = run_olive_on_onnx(profile, src, work / f"olive_{src.stem}", progress)
+            src = _olive(profile, src, work / f"olive_{role}", progress, feeds[role])
         shutil.move(str(src), art / graph["file"])
     return spec
+
+
+def _olive(profile: TargetProfile, src: Path, work: Path, progress: Progress, feeds: Path) -> Path:
+    """Olive's passes on one graph, then saved again with weights inline (NNAPI reads no external data)."""
+    import onnx
+
+    from edgeqwen.build.olive import run_olive_on_onnx
+
+    out = run_olive_on_onnx(profile, src, work, progress, calibration=feeds)
+    model = onnx.load(str(out))
+    inline = work / src.name
+    onnx.save_model(model, str(inline))
+    progress.say(f"    {src.stem}: {' -> '.join(p.type for p in profile.olive_passes)}, "
+                 f"{inline.stat().st_size / 1e6:.1f} MB")
+    return inline
 
 
 def package_static(spec: dict[str, Any], art: Path, ckpt: Checkpoint, profile: TargetProfile,

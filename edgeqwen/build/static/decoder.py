@@ -25,6 +25,8 @@ from edgeqwen.build.static.graph import FLOAT, INT32, GraphWriter
 # Finite, so a fully masked (padding) row gives a uniform softmax instead of NaN, and small enough
 # for fp16 accelerators (NNAPI's relaxed fp32) to hold scores + mask.
 MASK_VALUE = -10000.0
+# The lm_head Gemm's node name: profiles can single it out (e.g. keep it out of uint8 quantisation).
+LM_HEAD_NODE = "lm_head"
 
 
 @dataclass(frozen=True)
@@ -80,8 +82,8 @@ def rms_norm(g: GraphWriter, x: str, weight: str, eps: float) -> str:
     return g.op("Mul", [g.op("Div", [x, denom]), weight])
 
 
-def linear(g: GraphWriter, x: str, weight: str, bias: str | None = None) -> str:
-    return g.op("Gemm", [x, weight] + ([bias] if bias else []), transB=1)
+def linear(g: GraphWriter, x: str, weight: str, bias: str | None = None, node_name: str | None = None) -> str:
+    return g.op("Gemm", [x, weight] + ([bias] if bias else []), node_name=node_name, transB=1)
 
 
 def rotary(g: GraphWriter, x3: str, rows: int, heads: int, d: int, cos: str, sin: str, rot: str) -> str:
@@ -162,5 +164,5 @@ def decoder_graph(w: Weights, dims: Dims, chunk: int, cache: int, name: str) -> 
         h = g.op("Slice", [h, g.const([c - 1]), g.const([c]), g.const([0])])
     h = rms_norm(g, h, g.weight("model.norm.weight", w["model.norm.weight"]), dims.eps)
     lm_head = embed if w.tied else g.weight("lm_head.weight", w.lm_head)
-    g.output(linear(g, h, lm_head), "logits", FLOAT, [1, dims.vocab])
+    g.output(linear(g, h, lm_head, node_name=LM_HEAD_NODE), "logits", FLOAT, [1, dims.vocab])
     return g.model()

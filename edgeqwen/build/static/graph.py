@@ -46,9 +46,11 @@ class GraphWriter:
             self._consts[key] = self.weight(self._fresh("const"), arr)
         return self._consts[key]
 
-    def op(self, op_type: str, inputs: Sequence[str], name: str | None = None, **attrs: Any) -> str:
+    def op(self, op_type: str, inputs: Sequence[str], name: str | None = None, node_name: str | None = None,
+           **attrs: Any) -> str:
+        """Add a node; ``name`` names its output, ``node_name`` the node (profiles refer to nodes by it)."""
         out = name or self._fresh(op_type.lower())
-        self.nodes.append(helper.make_node(op_type, list(inputs), [out], name=f"n_{out}", **attrs))
+        self.nodes.append(helper.make_node(op_type, list(inputs), [out], name=node_name or f"n_{out}", **attrs))
         return out
 
     def model(self) -> onnx.ModelProto:
