@@ -126,13 +126,28 @@ def test_static_profile_keys(tmp_path):
         load_profile(str(bad / "android-nnapi.toml"))
 
 
+@pytest.mark.parametrize("target", ["android-nnapi", "android-nnapi-uint8"])
 @pytest.mark.parametrize("name", ["tiny-qwen2.5", "tiny-qwen3"])
-def test_nnapi_artifact(artifacts, name):
-    result = artifacts(name, "android-nnapi")
+def test_nnapi_artifact(artifacts, name, target):
+    result = artifacts(name, target)
     m, folder = result.manifest, result.folder
     v = m["validation"]
     assert v["passed"], v["failures"]
-    assert v["summary"]["max_abs_logit_diff"] < 1e-3 and v["summary"]["greedy_match_min"] == 48
+    graphs = m["quantization"]["graphs"]
+    if target == "android-nnapi":
+        assert v["summary"]["max_abs_logit_diff"] < 1e-3 and v["summary"]["greedy_match_min"] == 48
+        assert set(graphs["decode"]["initializer_bytes"]) == {"float32", "int64"}
+    else:  # uint8 QDQ around every Gemm but the lm_head; most weight bytes are uint8
+        ops = graphs["decode"]["op_counts"]
+        assert ops["DequantizeLinear"] > ops["Gemm"] - 1 and ops["QuantizeLinear"] >= ops["Gemm"] - 1
+        c = json.loads((folder / "config.json").read_text())
+        h, nh, nkv, i = c["hidden_size"], c["num_attention_heads"], c["num_key_value_heads"], c["intermediate_size"]
+        d = c.get("head_dim") or h // nh
+        per_layer = 2 * nh * d * h + 2 * nkv * d * h + 3 * i * h  # q, o, k, v, gate, up, down
+        # one byte per layer weight (+ a zero point per tensor); the vocabulary table stays fp32
+        assert c["num_hidden_layers"] * per_layer <= graphs["decode"]["initializer_bytes"]["uint8"] <= \
+            c["num_hidden_layers"] * per_layer + 1024
+        assert graphs["decode"]["initializer_bytes"]["float32"] >= c["vocab_size"] * h * 4
     files = set(m["files"])
     assert {"prefill.ort", "decode.ort", "required_operators.config", "usability/prefill.txt",
             "usability/decode.txt"} <= files
@@ -145,7 +160,11 @@ def test_nnapi_artifact(artifacts, name):
         assert nnapi["partitions"] == 1 and nnapi["coverage"] > 0.9, nnapi
         assert "NNAPI should work well" in (folder / f"usability/{role}.txt").read_text()
     ops = (folder / "required_operators.config").read_text()
-    assert "com.microsoft" not in ops and "Gemm" in ops
+    # the graphs use no com.microsoft op; the uint8 ones carry a runtime-optimisation record (QDQ
+    # group -> QGemm) that onnxruntime applies only where the CPU provider runs them
+    contrib = [line for line in ops.splitlines() if line.startswith("com.microsoft")]
+    assert contrib == ([] if target == "android-nnapi" else ["com.microsoft;1;QGemm"]) and "Gemm" in ops
+    assert ("DequantizeLinear" in ops) == (target == "android-nnapi-uint8")
 
 
 def test_multi_chunk_prompts_and_tiny_cache(checkpoints, tmp_path):
