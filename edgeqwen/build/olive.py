@@ -93,8 +93,15 @@ def run_olive_on_onnx(profile: TargetProfile, onnx_file: Path, work_dir: Path, p
             "dataloader_config": {"type": "edgeqwen_unbatched"},
         }]
     logging.getLogger("olive").setLevel(logging.WARNING)
-    with contextlib.redirect_stdout(LineFilter(progress, ())):
-        olive_run(config)
+    logging.getLogger("olive.engine.engine").setLevel(logging.WARNING)
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # onnxruntime.quantization's "consider pre-processing" advice: not for these graphs
+    try:
+        with contextlib.redirect_stdout(LineFilter(progress, ())):
+            olive_run(config)
+    finally:
+        root.setLevel(level)
     found = sorted((work_dir / "olive_out").rglob("*.onnx"))
     if len(found) != 1:
         raise RuntimeError(f"Olive should have written one ONNX graph for {onnx_file.name}, found {found or 'none'}")
