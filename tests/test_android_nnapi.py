@@ -197,3 +197,33 @@ def test_run_streams_from_the_nnapi_artifact(artifacts):
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["metrics"]["generated_tokens"] == 4
+
+
+@pytest.mark.parametrize("qk_norm,kv", [(False, 2), (True, 1)])
+def test_static_graph_meets_nnapi_builder_conditions(qk_norm, kv):
+    """Conditions of onnxruntime's NNAPI op builders (core/providers/nnapi/nnapi_builtin/builders/impl)
+    that the usability checker does not test: it only matches op names. Tensors of rank <= 4;
+    Softmax on 2-D or 4-D input; MatMul either 2-D x constant 2-D, or batched with equal ranks and
+    equal leading dimensions (no broadcasting); Gemm without transA/alpha/beta; Reshape shapes,
+    Slice bounds and Gather indices constant or int32."""
+    w, dims = _toy(qk_norm, False, kv)
+    model = onnx.shape_inference.infer_shapes(decoder_graph(w, dims, chunk=8, cache=32, name="t"), strict_mode=True)
+    g = model.graph
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+              for v in list(g.value_info) + list(g.input) + list(g.output)}
+    shapes.update({t.name: list(t.dims) for t in g.initializer})
+    consts = {t.name for t in g.initializer}
+    assert all(len(s) <= 4 for s in shapes.values())
+    for n in g.node:
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
+        if n.op_type == "Softmax":
+            assert len(shapes[n.input[0]]) in (2, 4) and attrs["axis"] == -1
+        if n.op_type == "MatMul":
+            a, b = shapes[n.input[0]], shapes[n.input[1]]
+            assert (len(a) == len(b) == 2 and n.input[1] in consts) or (len(a) == len(b) >= 3 and a[:-2] == b[:-2])
+        if n.op_type == "Gemm":
+            assert attrs.get("transA", 0) == 0 and attrs.get("alpha", 1.0) == 1.0 and attrs.get("beta", 1.0) == 1.0
+        if n.op_type in ("Reshape", "Slice"):
+            assert all(i in consts for i in n.input[1:])
+        if n.op_type == "Gather":
+            assert n.input[1] in consts or n.input[1] in ("input_ids", "position_ids")  # int32 graph inputs

@@ -120,7 +120,10 @@ def attention(g: GraphWriter, w: Weights, dims: Dims, i: int, x: str, c: int, s:
     # along the row axis, so one batched MatMul per KV head covers them: [KV, G*C, D] x [KV, D, S+C].
     qg = g.op("Reshape", [q, g.const([nkv, dims.group * c, d])])
     scores = g.op("MatMul", [qg, g.op("Transpose", [keys], perm=[0, 2, 1])])
-    probs = g.op("Softmax", [g.op("Add", [scores, tables["mask"]])], axis=-1)
+    scores = g.op("Add", [scores, tables["mask"]])
+    # onnxruntime's NNAPI Softmax builder takes only 2-D or 4-D input: softmax over rows of a 2-D view
+    rows = g.op("Reshape", [scores, g.const([nkv * dims.group * c, s + c])])
+    probs = g.op("Reshape", [g.op("Softmax", [rows], axis=-1), g.const([nkv, dims.group * c, s + c])])
     out = g.op("MatMul", [probs, values])  # [KV, G*C, D]
     out = g.op("Reshape", [out, g.const([nh, c, d])])
     out = g.op("Reshape", [g.op("Transpose", [out], perm=[1, 0, 2]), g.const([c, nh * d])])
