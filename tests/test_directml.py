@@ -8,7 +8,6 @@ provider and loads, and the same graph on the CPU provider is validated against 
 import json
 import warnings
 
-import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
@@ -70,7 +69,10 @@ def test_directml_artifact(artifacts, name, target):
             for q_or_k in gqa.input[:2]:
                 rotary = producers[q_or_k]
                 assert rotary.op_type == "RotaryEmbedding"
-                assert producers[rotary.input[0]].op_type == "SimplifiedLayerNormalization"
+                norm = producers[rotary.input[0]]  # per-head norm: Reshape -> norm -> Reshape back
+                while norm.op_type == "Reshape":
+                    norm = producers[norm.input[0]]
+                assert norm.op_type == "SimplifiedLayerNormalization"
 
 
 def test_directml_artifact_runs_on_cpu_with_a_warning(artifacts):
@@ -84,3 +86,31 @@ def test_directml_artifact_runs_on_cpu_with_a_warning(artifacts):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert load(folder, provider="cpu").provider == "cpu"  # explicit: no warning
+
+
+def test_regeneration_tool_reads_operatorkernels_format():
+    """tools/dml_kernel_list.py on rows in OperatorKernels.md's format gives the committed file's lines."""
+    import importlib.util
+    from pathlib import Path
+
+    tool = Path(__file__).parents[1] / "tools" / "dml_kernel_list.py"
+    spec = importlib.util.spec_from_file_location("dml_kernel_list", tool)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    md = "\n".join([
+        "## Operators implemented by CUDAExecutionProvider", "|Gather|x|13+|**T** = tensor(float)|",
+        '<a name="dmlexecutionprovider"/>', "", "## Operators implemented by DmlExecutionProvider", "",
+        "| Op Name | Parameters | OpSet Version | Types Supported |",
+        "|---------|------------|---------------|-----------------|",
+        "|**Operator Domain:** *ai.onnx*||||",
+        "|Sigmoid|*in* X:**T**<br> *out* Y:**T**|13+|**T** = tensor(float), tensor(float16)|",
+        "|||6+|**T** = tensor(float), tensor(float16)|",
+        "| |", "| |",
+        "|**Operator Domain:** *com.microsoft*||||",
+        "|MatMulNBits|*in* A:**T1**<br> *in* B:**T2**|1+|**T1** = tensor(float), tensor(float16)<br/> **T2** = tensor(uint8)|",
+    ])
+    rows = ["\t".join(r) for r in mod.dml_rows(md)]
+    assert rows == ["ai.onnx\tSigmoid\t13+\tfloat,float16", "ai.onnx\tSigmoid\t6+\tfloat,float16",
+                    "com.microsoft\tMatMulNBits\t1+\tfloat,float16,uint8"]
+    committed = (Path(__file__).parents[1] / "edgeqwen" / "build" / "data" / "dml_kernels.tsv").read_text().splitlines()
+    assert set(rows) <= set(committed)

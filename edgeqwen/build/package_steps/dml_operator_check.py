@@ -48,11 +48,20 @@ def _range(text: str) -> tuple[int, int]:
 
 
 def _since_version(op: str, domain: str, opset: int) -> int:
+    """The schema version a node resolves to: onnx's own schemas, else onnxruntime's (which registers
+    some ops in the ai.onnx domain, e.g. SimplifiedLayerNormalization, and its contrib ops)."""
     import onnx.defs
 
-    if domain not in ("", "ai.onnx"):
-        return 1  # onnxruntime's contrib ops are all version 1
-    return onnx.defs.get_schema(op, opset, "").since_version
+    if domain in ("", "ai.onnx"):
+        try:
+            return onnx.defs.get_schema(op, opset, "").since_version
+        except onnx.defs.SchemaError:
+            pass
+    from onnxruntime.capi import onnxruntime_pybind11_state as ort_c
+
+    versions = [s.since_version for s in ort_c.get_all_operator_schema()
+                if s.name == op and s.domain == ("" if domain == "ai.onnx" else domain) and s.since_version <= opset]
+    return max(versions, default=1)
 
 
 def check_model(model, kernels) -> dict[str, Any]:
