@@ -1,7 +1,7 @@
 """ONNX -> ORT format, plus the operator list for a minimal onnxruntime build (mobile).
 
 The ORT format loads without protobuf parsing and is what onnxruntime's mobile packages and reduced
-builds take; ``model.required_operators.config`` is the input to ``build.py --include_ops_by_config``.
+builds take; ``required_operators.config`` (one for all graphs) is the input to ``build.py --include_ops_by_config``.
 CPU artifacts are optimised now ("Fixed" style, for ARM), so the phone does no fusion work. NNAPI
 artifacts use the "Runtime" style: only basic optimisations are baked in, because the CPU-only fused
 ops of the full level would take nodes away from NNAPI.
@@ -35,9 +35,9 @@ def _convert(onnx_files: list[Path], folder: Path, style: str) -> None:
         cmd += ["--target_platform", "arm"]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     # the tool names Runtime-style outputs <stem>.with_runtime_opt.ort
+    suffix = ".with_runtime_opt.ort" if style == "Runtime" else ".ort"
     for f in onnx_files:
-        (converted,) = out.glob(f"{f.stem}*.ort")
-        os.replace(converted, folder / (f.stem + ".ort"))
+        os.replace(out / (f.stem + suffix), folder / (f.stem + ".ort"))
     (config,) = out.glob("required_operators*.config")
     os.replace(config, folder / OPS_FILE)
     shutil.rmtree(inp)
