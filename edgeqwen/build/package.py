@@ -71,28 +71,46 @@ def special_tokens(folder: Path) -> dict[str, int]:
     return {k: tid for k, t in names.items() if (tid := tok.token_to_id(t)) is not None}
 
 
+def common_runtime(ckpt: Checkpoint, profile, template: str, specials: dict[str, int]) -> dict[str, Any]:
+    """The runtime fields every backend shares: provider, tokenizer and chat settings, session settings."""
+    return {
+        "backend": profile.backend,
+        "execution_provider": profile.execution_provider,
+        "tokenizer": "tokenizer.json",
+        "chat_template": template,
+        "family": ckpt.family,
+        "thinking": ckpt.family == "qwen3" and "think_start" in specials,
+        "special_tokens": specials,
+        "session_options": {k: v for k, v in profile.session_options.items() if k != "intra_op_num_threads"},
+        "threads": profile.session_options.get("intra_op_num_threads", "auto"),
+    }
+
+
 def runtime_section(cfg: dict[str, Any], ckpt: Checkpoint, profile, template: str, specials: dict[str, int],
                     quant: dict[str, Any]) -> dict[str, Any]:
     model = cfg["model"]
     eos = model["eos_token_id"]
     return {
-        "backend": profile.backend,
-        "execution_provider": profile.execution_provider,
+        **common_runtime(ckpt, profile, template, specials),
         "model_file": MODEL_FILE,
         "genai_config": "genai_config.json",
-        "tokenizer": "tokenizer.json",
-        "chat_template": template,
-        "family": ckpt.family,
-        "thinking": ckpt.family == "qwen3" and "think_start" in specials,
         "context_length": model["context_length"],
         "vocab_size": model["vocab_size"],
         "eos_token_ids": eos if isinstance(eos, list) else [eos],
         "pad_token_id": model.get("pad_token_id"),
-        "special_tokens": specials,
         "logits": "last_position" if quant["lm_head_last_position_only"] else "all_positions",
-        "session_options": {k: v for k, v in profile.session_options.items() if k != "intra_op_num_threads"},
-        "threads": profile.session_options.get("intra_op_num_threads", "auto"),
     }
+
+
+def run_steps(art: Path, runtime: dict[str, Any], profile, say) -> dict[str, Any]:
+    """The profile's package steps, in order, on the artifact folder; their records by name."""
+    from edgeqwen.build.package_steps import get_step
+
+    steps = {}
+    for name in profile.package_steps:
+        steps[name] = get_step(name)(art, runtime)
+        say(f"    {name}: {step_summary(steps[name])}")
+    return steps
 
 
 def step_summary(record: dict[str, Any]) -> str:

@@ -78,9 +78,7 @@ def _package(olive_out: Path, art: Path, ckpt: Checkpoint, profile: TargetProfil
     import onnx
 
     from edgeqwen.build.graph_report import quantization_report
-    from edgeqwen.build.package_steps import get_step
     from edgeqwen.build.passes import PassContext, get_pass
-    from edgeqwen.build.versions import tool_versions
 
     genai_cfg = json.loads((olive_out / "genai_config.json").read_text())
     model = onnx.load(str(olive_out / package.MODEL_FILE))
@@ -97,18 +95,19 @@ def _package(olive_out: Path, art: Path, ckpt: Checkpoint, profile: TargetProfil
     cfg = package.write_genai_config(olive_out, art, profile.session_options)
     specials = package.special_tokens(art)
     runtime = package.runtime_section(cfg, ckpt, profile, template, specials, quant)
-    steps = {}
-    for name in profile.package_steps:
-        steps[name] = get_step(name)(art, runtime)
-        progress.say(f"    {name}: {package.step_summary(steps[name])}")
+    steps = package.run_steps(art, runtime, profile, progress.say)
+    return _manifest(ckpt, profile, quantization=quant, graph_passes=applied, package_steps=steps, runtime=runtime)
+
+
+def _manifest(ckpt: Checkpoint, profile: TargetProfile, **sections: Any) -> dict[str, Any]:
+    """The manifest of a build before validation and file hashes; ``sections`` are what the graphs hold."""
+    from edgeqwen.build.versions import tool_versions
+
     return {
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "source": ckpt.describe(),
         "profile": profile.to_dict(),
-        "quantization": quant,
-        "graph_passes": applied,
-        "package_steps": steps,
-        "runtime": runtime,
+        **sections,
         "tools": tool_versions(),
         "build": {},
     }
@@ -116,22 +115,13 @@ def _package(olive_out: Path, art: Path, ckpt: Checkpoint, profile: TargetProfil
 
 def _build_static(ckpt: Checkpoint, profile: TargetProfile, work: Path, art: Path, progress: Progress) -> dict[str, Any]:
     from edgeqwen.build.static.build import export_graphs, package_static
-    from edgeqwen.build.versions import tool_versions
 
     passes = " -> ".join(["static export"] + [p.type for p in profile.olive_passes])
     with progress.step(f"Static graphs for {profile.name}: {passes}"):
         spec = export_graphs(ckpt, profile, work, art, progress)
     with progress.step("Packaging"):
         sections = package_static(spec, art, ckpt, profile, progress)
-    return {
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "source": ckpt.describe(),
-        "profile": profile.to_dict(),
-        **sections,
-        "graph_passes": {},
-        "tools": tool_versions(),
-        "build": {},
-    }
+    return _manifest(ckpt, profile, graph_passes={}, **sections)
 
 
 def _validate(art: Path, manifest: dict[str, Any], ckpt: Checkpoint, profile: TargetProfile,

@@ -10,6 +10,7 @@ would fall back to the CPU for it, copying tensors across the bus on every token
 
 from __future__ import annotations
 
+import functools
 import re
 from collections import Counter
 from pathlib import Path
@@ -47,6 +48,17 @@ def _range(text: str) -> tuple[int, int]:
     return int(text), int(text)
 
 
+@functools.lru_cache(maxsize=1)
+def _ort_schemas() -> dict[tuple[str, str], list[int]]:
+    """onnxruntime's schema versions by (domain, op), read once per process."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as ort_c
+
+    versions: dict[tuple[str, str], list[int]] = {}
+    for schema in ort_c.get_all_operator_schema():
+        versions.setdefault((schema.domain, schema.name), []).append(schema.since_version)
+    return versions
+
+
 def _since_version(op: str, domain: str, opset: int) -> int:
     """The schema version a node resolves to: onnx's own schemas, else onnxruntime's (which registers
     some ops in the ai.onnx domain, e.g. SimplifiedLayerNormalization, and its contrib ops)."""
@@ -57,11 +69,8 @@ def _since_version(op: str, domain: str, opset: int) -> int:
             return onnx.defs.get_schema(op, opset, "").since_version
         except onnx.defs.SchemaError:
             pass
-    from onnxruntime.capi import onnxruntime_pybind11_state as ort_c
-
-    versions = [s.since_version for s in ort_c.get_all_operator_schema()
-                if s.name == op and s.domain == ("" if domain == "ai.onnx" else domain) and s.since_version <= opset]
-    return max(versions, default=1)
+    known = _ort_schemas().get(("" if domain == "ai.onnx" else domain, op), [])
+    return max((v for v in known if v <= opset), default=1)
 
 
 def check_model(model, kernels) -> dict[str, Any]:

@@ -54,8 +54,6 @@ def package_static(spec: dict[str, Any], art: Path, ckpt: Checkpoint, profile: T
     """Side files, manifest sections and package steps; mirrors pipeline._package for genai builds."""
     import onnx
 
-    from edgeqwen.build.package_steps import get_step
-
     graphs = {}
     for role, graph in spec["graphs"].items():
         model = onnx.load(str(art / graph["file"]))
@@ -64,10 +62,7 @@ def package_static(spec: dict[str, Any], art: Path, ckpt: Checkpoint, profile: T
     template = package.copy_side_files(ckpt.path, art, ckpt)
     specials = package.special_tokens(art)
     runtime = runtime_section(spec, ckpt, profile, template, specials)
-    steps = {}
-    for name in profile.package_steps:
-        steps[name] = get_step(name)(art, runtime)
-        progress.say(f"    {name}: {package.step_summary(steps[name])}")
+    steps = package.run_steps(art, runtime, profile, progress.say)
     return {"quantization": {"precision": profile.precision, "graphs": graphs}, "package_steps": steps,
             "runtime": runtime}
 
@@ -100,19 +95,11 @@ def _eos_ids(ckpt: Checkpoint) -> list[int]:
 def runtime_section(spec: dict[str, Any], ckpt: Checkpoint, profile: TargetProfile, template: str,
                     specials: dict[str, int]) -> dict[str, Any]:
     return {
-        "backend": "static",
-        "execution_provider": profile.execution_provider,
-        "tokenizer": "tokenizer.json",
-        "chat_template": template,
-        "family": ckpt.family,
-        "thinking": ckpt.family == "qwen3" and "think_start" in specials,
+        **package.common_runtime(ckpt, profile, template, specials),
         "context_length": spec["cache_length"],
         "vocab_size": spec["vocab_size"],
         "eos_token_ids": _eos_ids(ckpt),
         "pad_token_id": ckpt.config.get("pad_token_id"),
-        "special_tokens": specials,
         "logits": "last_position",
-        "session_options": {k: v for k, v in profile.session_options.items() if k != "intra_op_num_threads"},
-        "threads": profile.session_options.get("intra_op_num_threads", "auto"),
         "static": spec,
     }

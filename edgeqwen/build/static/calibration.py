@@ -51,8 +51,10 @@ def record(folder: Path, spec: dict[str, Any], tokenizer_file: Path, work: Path,
     from tokenizers import Tokenizer
 
     from edgeqwen.runtime.backends.static import StaticBackend
+    from edgeqwen.runtime.threads import resolve_threads
 
-    backend = StaticBackend(folder, {"static": spec, "execution_provider": "cpu"}, threads=2, provider="cpu")
+    backend = StaticBackend(folder, {"static": spec, "execution_provider": "cpu"}, threads=resolve_threads("auto"),
+                            provider="cpu")
     chunk = backend.chunks["prefill"]
     ids = Tokenizer.from_file(str(tokenizer_file)).encode(calibration_text(200_000)).ids
     feeds: dict[str, list] = {"prefill": [], "decode": []}

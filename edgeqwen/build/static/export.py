@@ -54,8 +54,8 @@ def export(ckpt: Checkpoint, folder: Path, chunk: int, cache: int, say: Callable
     if ckpt.config.get("use_sliding_window"):
         raise RuntimeError("sliding-window attention is not supported by the static export")
     weights, dims = load_weights(ckpt, cache)
-    params = sum(a.size for a in weights.t.values()) - (0 if not weights.tied or "lm_head.weight" not in weights.t
-                                                        else weights.t["lm_head.weight"].size)
+    # a tied lm_head is the embedding table: stored once in the graph
+    params = sum(a.size for k, a in weights.t.items() if not (weights.tied and k == "lm_head.weight"))
     if params * 4 > _PROTO_LIMIT:
         raise RuntimeError(f"{params / 1e6:.0f}M fp32 parameters do not fit one inline ONNX file (2 GB protobuf "
                            "limit); the static export takes models up to ~500M parameters")

@@ -14,6 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from edgeqwen.errors import ContextOverflow
+from edgeqwen.runtime.providers import choose
 
 # Execution provider names in manifests -> onnxruntime's; CPU is always the fallback.
 _PROVIDERS = {"nnapi": "NnapiExecutionProvider", "cpu": "CPUExecutionProvider", "dml": "DmlExecutionProvider"}
@@ -29,8 +30,6 @@ class StaticBackend:
         self.vocab_size = int(spec["vocab_size"])
         self.mask_value = np.float32(spec["mask_value"])
         self.context_length = self.cache
-        from edgeqwen.runtime.providers import choose
-
         # NNAPI exists only in Android builds of onnxruntime: elsewhere the same graphs run on the CPU EP.
         available = {short for short, name in _PROVIDERS.items() if name in ort.get_available_providers()}
         self.provider = choose(provider, runtime.get("execution_provider", "cpu"), available)
