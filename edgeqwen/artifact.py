@@ -13,6 +13,7 @@ import os
 import shutil
 import time
 from contextlib import contextmanager
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -22,6 +23,125 @@ MANIFEST_NAME = "edgeqwen.json"
 FORMAT_VERSION = 1
 _TMP_MARKER = ".edgeqwen-partial-"
 _CHUNK = 1 << 22
+
+
+# The runtime section's own version: the contract between the compiler that writes it and the
+# runtime that reads it. A runtime refuses a contract version it does not know instead of guessing.
+RUNTIME_CONTRACT_VERSION = 1
+LOGITS_MODES = ("last_position", "all_positions")
+
+
+@dataclass(frozen=True)
+class StaticGraph:
+    """One graph of a static-shape artifact: its file and the fixed number of tokens it takes per run."""
+
+    file: str
+    chunk: int
+    nodes: int = 0
+
+
+@dataclass(frozen=True)
+class StaticSpec:
+    """How to drive static-shape graphs: the KV cache the runtime owns is [layers][kv_heads, cache_length,
+    head_dim]; masked attention slots hold ``mask_value``; ``graphs`` by role ("prefill", "decode")."""
+
+    graphs: dict[str, StaticGraph]
+    cache_length: int
+    layers: int
+    kv_heads: int
+    head_dim: int
+    vocab_size: int
+    mask_value: float
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> "StaticSpec":
+        """Raises TypeError, KeyError or AttributeError on a malformed table."""
+        return cls(**{**raw, "graphs": {role: StaticGraph(**g) for role, g in raw["graphs"].items()}})
+
+
+@dataclass
+class RuntimeSpec:
+    """The manifest's ``runtime`` section: everything the runtime needs, so it never guesses.
+
+    Written by every build flow, read by the engine, the backends and the package steps (which may
+    update it, e.g. ``model_file`` after an ORT-format conversion). Backend-specific fields are None
+    where a backend does not use them.
+    """
+
+    backend: str
+    execution_provider: str
+    tokenizer: str
+    chat_template: str
+    family: str
+    thinking: bool
+    special_tokens: dict[str, int]
+    context_length: int
+    vocab_size: int
+    eos_token_ids: list[int]
+    pad_token_id: int | None
+    logits: str  # one of LOGITS_MODES
+    session_options: dict[str, Any] = field(default_factory=dict)
+    threads: int | str = "auto"
+    model_file: str | None = None  # dynamic-KV graphs (genai)
+    genai_config: str | None = None
+    model_format: str = "onnx"  # "onnx" or "ort"
+    operator_config: str | None = None  # reduced-build operator list, with model_format "ort"
+    static: StaticSpec | None = None  # static-shape graphs
+    version: int = RUNTIME_CONTRACT_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        return {"version": d.pop("version"), **{k: v for k, v in d.items() if v is not None}}
+
+    @classmethod
+    def from_dict(cls, raw: Any, where: str = "manifest") -> "RuntimeSpec":
+        def fail(msg: str) -> ArtifactError:
+            return ArtifactError(f"{where}: runtime section {msg}")
+
+        if not isinstance(raw, dict):
+            raise fail("is not a table")
+        version = raw.get("version")
+        if version != RUNTIME_CONTRACT_VERSION:
+            raise fail(f"has contract version {version!r}, this edgeqwen reads {RUNTIME_CONTRACT_VERSION}; "
+                       "rebuild the artifact with this edgeqwen")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise fail(f"has unknown field(s) {', '.join(unknown)}; rebuild the artifact with this edgeqwen")
+        required = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING]
+        missing = [k for k in required if k not in raw]
+        if missing:
+            raise fail(f"lacks {', '.join(missing)}")
+        values = dict(raw)
+        _expect(values, fail, str, "backend", "execution_provider", "tokenizer", "chat_template", "family", "logits")
+        _expect(values, fail, int, "context_length", "vocab_size")
+        if values["logits"] not in LOGITS_MODES:
+            raise fail(f"has logits {values['logits']!r}; expected one of {', '.join(LOGITS_MODES)}")
+        if not isinstance(values["eos_token_ids"], list) or not all(isinstance(i, int) for i in values["eos_token_ids"]):
+            raise fail("has eos_token_ids that are not a list of integers")
+        if values.get("static") is not None:
+            values["static"] = _static_spec(values["static"], fail)
+        return cls(**values)
+
+
+def _expect(values: dict[str, Any], fail, kind: type, *keys: str) -> None:
+    for k in keys:
+        if not isinstance(values[k], kind) or isinstance(values[k], bool):
+            raise fail(f"field {k} must be {kind.__name__}, got {values[k]!r}")
+
+
+def _static_spec(raw: Any, fail) -> StaticSpec:
+    try:
+        spec = StaticSpec.from_dict(raw)
+    except (TypeError, KeyError, AttributeError) as e:
+        raise fail(f"has a malformed static table ({e})") from None
+    if set(spec.graphs) != {"prefill", "decode"}:
+        raise fail(f"static graphs are {sorted(spec.graphs)}; expected prefill and decode")
+    return spec
+
+
+def runtime_spec(manifest: dict[str, Any], where: str = "manifest") -> RuntimeSpec:
+    return RuntimeSpec.from_dict(manifest.get("runtime"), where)
 
 
 def sha256_file(path: Path) -> str:

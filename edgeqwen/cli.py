@@ -1,4 +1,5 @@
-"""The ``edgeqwen`` console script. Each subcommand imports its heavy modules only when it runs."""
+"""The ``edgeqwen`` console script. Each subcommand imports its heavy modules only when it runs, and
+checks first that the extra it needs is installed."""
 
 from __future__ import annotations
 
@@ -6,25 +7,31 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 
+from edgeqwen.argtypes import int_list, positive_int
 from edgeqwen.errors import EdgeQwenError
+from edgeqwen.extras import require
 
 
 def _cmd_targets(args: argparse.Namespace) -> int:
-    from edgeqwen.targets import list_profiles
+    from edgeqwen.targets import list_profiles, targets_dir
 
     profiles = list_profiles()
     width = max(len(p.name) for p in profiles)
     for p in profiles:
         mark = " (default)" if p.default else ""
         print(f"{p.name:<{width}}  {p.precision:<9} {p.description}{mark}")
+    if args.verbose:
+        print(f"(profiles read from {targets_dir()})")
     return 0
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
-    from edgeqwen.build.pipeline import build
-    from edgeqwen.inspect import format_manifest
+    require("build", "edgeqwen build")
+    from edgeqwen.compiler.pipeline import build
+    from edgeqwen.summary import format_manifest
     from edgeqwen.targets import default_profile_name
 
     target = args.target or default_profile_name()
@@ -35,29 +42,36 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
+    require("build", "edgeqwen validate")
+    from edgeqwen.compiler.checkpoint import open_checkpoint
+    from edgeqwen.quality.reference import Reference
+    from edgeqwen.quality.validation import validate
     from edgeqwen.runtime.engine import Engine
+    from edgeqwen.summary import reference_mismatch, validation_lines
     from edgeqwen.targets import TargetProfile
-    from edgeqwen.validate import Reference, validate
 
     engine = Engine(args.artifact)
+    ckpt = open_checkpoint(args.reference)  # a missing or broken reference is a one-line error
+    for line in reference_mismatch(engine.manifest.get("source", {}), ckpt.describe()):
+        print(f"edgeqwen: note: {line}", file=sys.stderr)
     profile = TargetProfile.from_dict(engine.manifest["profile"], f"{args.artifact} manifest")
     log = (lambda s: print(s, file=sys.stderr)) if args.json else print
-    result = validate(engine, Reference(args.reference), profile.validation, log=log)
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        from edgeqwen.inspect import validation_lines
-
-        print("\n".join(validation_lines(result)))
+    result = validate(engine, Reference(ckpt.path), profile.validation, log=log)
+    print(json.dumps(result, indent=2) if args.json else "\n".join(validation_lines(result)))
     return 0 if result["passed"] else 3
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
     from edgeqwen.artifact import load_verified, read_manifest
-    from edgeqwen.inspect import format_manifest
+    from edgeqwen.summary import format_manifest, human_bytes
 
     manifest = load_verified(Path(args.artifact)) if args.verify else read_manifest(Path(args.artifact))
     print(json.dumps(manifest, indent=2) if args.json else format_manifest(manifest, args.artifact))
+    if args.verify:
+        files = manifest["files"]
+        size = human_bytes(sum(f["bytes"] for f in files.values()))
+        print(f"verified: all {len(files)} files ({size}) match the sizes and sha256 in the manifest",
+              file=sys.stderr if args.json else sys.stdout)
     return 0
 
 
@@ -67,9 +81,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     if args.quality and not args.reference:
         raise EdgeQwenError("--quality needs --reference MODEL (the checkpoint the artifact was built from)")
-    ints = lambda s: tuple(int(x) for x in s.split(","))  # noqa: E731
-    plan = SpeedPlan(prompt_lengths=ints(args.prompt_lengths), depths=ints(args.depths),
-                     decode_tokens=args.decode_tokens, reps=args.reps)
+    if args.quality:
+        require("build", "edgeqwen bench --quality (the transformers reference)")
+    plan = SpeedPlan(prompt_lengths=args.prompt_lengths, depths=args.depths, decode_tokens=args.decode_tokens,
+                     reps=args.reps)
     out = Path(args.output or f"bench-{Path(args.artifact).name}")
     result = bench(Path(args.artifact), out, plan, threads=args.threads,
                    reference=args.reference if args.quality else None,
@@ -83,11 +98,13 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 def _cmd_compare(args: argparse.Namespace) -> int:
     from edgeqwen.bench.report import compare
 
-    print(compare([Path(p) for p in args.reports], Path(args.output)))
+    print(compare([Path(p) for p in args.reports], Path(args.output),
+                  say=lambda s: print(f"edgeqwen: note: {s}", file=sys.stderr)))
     return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    require("build", "edgeqwen demo")
     from edgeqwen.demo import run_demo
 
     return run_demo(Path(args.workdir), args.target, force=args.force)
@@ -98,9 +115,10 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("targets", help="list the target profiles")
+    s.add_argument("--verbose", "-v", action="store_true", help="also say which folder they come from")
     s.set_defaults(func=_cmd_targets)
 
-    s = sub.add_parser("build", help="checkpoint -> verified ONNX artifact")
+    s = sub.add_parser("build", help="checkpoint -> verified ONNX artifact (needs the [build] extra)")
     s.add_argument("model", help="local Hugging Face checkpoint folder or Hub id (e.g. Qwen/Qwen2.5-0.5B-Instruct)")
     s.add_argument("--target", "-t", help="profile name or .toml path (default: the default profile)")
     s.add_argument("-o", "--output", help="artifact folder (default: <model>-<target>)")
@@ -110,7 +128,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", "-q", action="store_true", help="no progress lines")
     s.set_defaults(func=_cmd_build)
 
-    s = sub.add_parser("validate", help="compare an artifact with its transformers reference")
+    s = sub.add_parser("validate", help="compare an artifact with its transformers reference (needs [build])")
     s.add_argument("artifact")
     s.add_argument("--reference", required=True, help="the checkpoint the artifact was built from")
     s.add_argument("--json", action="store_true", help="machine-readable result on stdout")
@@ -125,22 +143,23 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("bench", help="speed matrix (and quality) of an artifact: report.json, report.md, plots")
     s.add_argument("artifact")
     s.add_argument("-o", "--output", help="report folder (default: bench-<artifact>)")
-    s.add_argument("--prompt-lengths", default="128,512,2048")
-    s.add_argument("--depths", default="0,512,2048", help="KV depths for the decode runs")
-    s.add_argument("--decode-tokens", type=int, default=64)
-    s.add_argument("--reps", type=int, default=3)
-    s.add_argument("--threads", type=int)
+    s.add_argument("--prompt-lengths", type=int_list(1), default=(128, 512, 2048), help="default 128,512,2048")
+    s.add_argument("--depths", type=int_list(0), default=(0, 512, 2048),
+                   help="KV depths for the decode runs (default 0,512,2048)")
+    s.add_argument("--decode-tokens", type=positive_int, default=64)
+    s.add_argument("--reps", type=positive_int, default=3)
+    s.add_argument("--threads", type=positive_int)
     s.add_argument("--label", help="name of this run in comparisons")
-    s.add_argument("--quality", action="store_true", help="also perplexity and KL against --reference")
+    s.add_argument("--quality", action="store_true", help="also perplexity and KL against --reference (needs [build])")
     s.add_argument("--reference", help="the checkpoint the artifact was built from")
     s.add_argument("--text", help="text file for --quality (default: held-out CPython stdlib modules)")
-    s.add_argument("--quality-tokens", type=int, default=4096)
+    s.add_argument("--quality-tokens", type=positive_int, default=4096)
     s.set_defaults(func=_cmd_bench)
 
     s = sub.add_parser("report", help="reports across artifacts or devices")
     rsub = s.add_subparsers(dest="report_command", required=True)
-    c = rsub.add_parser("compare", help="one table and plot from several report.json")
-    c.add_argument("reports", nargs="+")
+    c = rsub.add_parser("compare", help="one table and plot from several bench reports")
+    c.add_argument("reports", nargs="+", help="report.json files or the folders `edgeqwen bench -o` wrote")
     c.add_argument("-o", "--output", default="bench-compare")
     c.set_defaults(func=_cmd_compare)
 
@@ -148,27 +167,40 @@ def parser() -> argparse.ArgumentParser:
 
     register_runtime(sub)
 
-    s = sub.add_parser("demo", help="end to end on the embedded default model: make it, build, validate, generate")
+    s = sub.add_parser("demo", help="end to end on the embedded default model: build, validate, generate (needs [build])")
     s.add_argument("--workdir", default="edgeqwen-demo")
     s.add_argument("--target", default="cpu-int4")
-    s.add_argument("--force", action="store_true", help="rebuild even if the demo artifact exists")
+    s.add_argument("--force", action="store_true", help="rebuild the demo artifact even if a verified one exists")
     s.set_defaults(func=_cmd_demo)
     return p
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings reach a person as one line: no file name, line number or source line."""
+    print(f"edgeqwen: warning: {message}", file=file or sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
     # Per-tensor progress bars from onnx-ir and transformers would bury our own progress lines;
     # tqdm reads this when it is first imported, so it must be set before any heavy import.
     os.environ.setdefault("TQDM_DISABLE", "1")
+    warnings.showwarning = _one_line_warning
     args = parser().parse_args(argv)
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # a closed pipe (`| head`) shows here, inside the handler below
+        return code
     except EdgeQwenError as e:
         print(f"edgeqwen: error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("edgeqwen: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader of our output went away (`edgeqwen inspect --json | head`): not an error of ours.
+        # Point stdout at devnull so the interpreter's final flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

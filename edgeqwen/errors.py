@@ -25,5 +25,9 @@ class ValidationFailed(EdgeQwenError):
     exit_code = 3
 
 
+class ProviderUnavailable(EdgeQwenError, RuntimeError):
+    """An execution provider was asked for by name but this onnxruntime build lacks it."""
+
+
 class ContextOverflow(EdgeQwenError):
     """Prompt plus requested output would pass the model's context length."""

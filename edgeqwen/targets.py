@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from edgeqwen import providers
 from edgeqwen.errors import ProfileError
 
 if sys.version_info >= (3, 11):
@@ -21,19 +22,22 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 PRECISIONS = ("fp32", "fp16", "int8", "int4", "uint8-qdq")
-BACKENDS = ("genai", "static")
 
 
 def targets_dir() -> Path:
-    """``$EDGEQWEN_TARGETS`` or the ``targets/`` folder shipped next to the package."""
+    """``$EDGEQWEN_TARGETS``, else the profiles an installed wheel carries (``edgeqwen/profiles``, copied
+    from ``targets/`` by setup.py), else the repository's ``targets/`` (source checkout, editable install)."""
     env = os.environ.get("EDGEQWEN_TARGETS")
     if env:
+        if not Path(env).is_dir():
+            raise ProfileError(f"EDGEQWEN_TARGETS={env} is not a folder; point it at a folder of profile .toml files")
         return Path(env)
     here = Path(__file__).resolve().parent
-    for candidate in (here.parent / "targets", here / "targets"):
-        if candidate.is_dir():
+    for candidate in (here / "profiles", here.parent / "targets"):
+        if any(candidate.glob("*.toml")):
             return candidate
-    raise ProfileError("cannot find the targets/ folder; set EDGEQWEN_TARGETS")
+    raise ProfileError("cannot find the target profiles (edgeqwen/profiles in an installed wheel, targets/ in a "
+                       "source checkout); reinstall edgeqwen or set EDGEQWEN_TARGETS to a folder of profiles")
 
 
 @dataclass(frozen=True)
@@ -80,9 +84,11 @@ class TargetProfile:
     validation: ValidationBounds = field(default_factory=ValidationBounds)
     static_shapes: StaticShapes | None = None
     default: bool = False
+    source: str = field(default="", compare=False)  # where it was read from, for messages; not in manifests
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        d.pop("source")
         d["olive_passes"] = [{"type": p.type, **p.options} for p in self.olive_passes]
         d["graph_passes"] = list(self.graph_passes)
         d["package_steps"] = list(self.package_steps)
@@ -94,7 +100,7 @@ class TargetProfile:
         def fail(msg: str) -> ProfileError:
             return ProfileError(f"profile {source}: {msg}")
 
-        allowed = {f.name for f in fields(cls)}
+        allowed = {f.name for f in fields(cls)} - {"source"}
         unknown = sorted(set(raw) - allowed)
         if unknown:
             return_unknown = ", ".join(unknown)
@@ -108,8 +114,10 @@ class TargetProfile:
                 raise fail(f"'{key}' must be a non-empty string")
         if raw["precision"] not in PRECISIONS:
             raise fail(f"precision '{raw['precision']}' is not one of {', '.join(PRECISIONS)}")
-        if raw["backend"] not in BACKENDS:
-            raise fail(f"backend '{raw['backend']}' is not one of {', '.join(BACKENDS)}")
+        if raw["execution_provider"] not in providers.NAMES:
+            raise fail(f"execution_provider '{raw['execution_provider']}' is not one of {', '.join(providers.NAMES)}")
+        # backend, graph_passes and package_steps name things the compiler and runtime register; they
+        # check them (edgeqwen.compiler.pipeline.check_profile), so this file imports no compiler code.
 
         # genai builds start with Olive's ModelBuilder; static builds export their own graphs and
         # may then run Olive passes (quantisation) on them, or none at all.
@@ -122,12 +130,8 @@ class TargetProfile:
                 raise fail(f"olive_passes[{i}] needs a string 'type'")
             passes.append(OlivePass(p["type"], {k: v for k, v in p.items() if k != "type"}))
 
-        # registries are light modules: no onnx import while validating a profile
-        from edgeqwen.build.package_steps import known_steps
-        from edgeqwen.build.passes import known_passes
-
-        graph_passes = _names(raw, "graph_passes", "graph pass(es)", known_passes(), fail)
-        steps = _names(raw, "package_steps", "package step(s)", known_steps(), fail)
+        graph_passes = _names(raw, "graph_passes", fail)
+        steps = _names(raw, "package_steps", fail)
 
         session = raw.get("session_options", {})
         if not isinstance(session, dict):
@@ -163,6 +167,7 @@ class TargetProfile:
             validation=ValidationBounds(**vraw),
             static_shapes=static,
             default=default,
+            source=source,
         )
 
 
@@ -186,14 +191,11 @@ def _static_shapes(raw: dict[str, Any], fail) -> StaticShapes | None:
     return StaticShapes(**table)
 
 
-def _names(raw: dict[str, Any], key: str, what: str, known: set[str], fail) -> list[str]:
-    """A profile list of registered names (``graph_passes``, ``package_steps``), checked against its registry."""
+def _names(raw: dict[str, Any], key: str, fail) -> list[str]:
+    """A profile list of registered names (``graph_passes``, ``package_steps``)."""
     names = raw.get(key, [])
     if not isinstance(names, list) or not all(isinstance(g, str) for g in names):
         raise fail(f"'{key}' must be a list of names")
-    bad = [g for g in names if g not in known]
-    if bad:
-        raise fail(f"unknown {what} {', '.join(bad)}; known: {', '.join(sorted(known))}")
     return names
 
 

@@ -15,7 +15,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the tests may reach t
 @pytest.fixture(scope="session")
 def checkpoints(tmp_path_factory):
     """checkpoints(name, dtype="float32") -> folder of a locally built fixture checkpoint."""
-    from edgeqwen.build.fixtures import make_checkpoint
+    from edgeqwen.testmodels.fixtures import make_checkpoint
 
     root = tmp_path_factory.mktemp("checkpoints")
     made: dict[tuple[str, str], Path] = {}
@@ -32,7 +32,7 @@ def checkpoints(tmp_path_factory):
 @pytest.fixture(scope="session")
 def artifacts(checkpoints, tmp_path_factory):
     """artifacts(fixture, target, dtype="float32") -> BuildResult, built once per session."""
-    from edgeqwen.build.pipeline import build
+    from edgeqwen.compiler.pipeline import build
 
     root = tmp_path_factory.mktemp("artifacts")
     built = {}

@@ -8,6 +8,8 @@ import pytest
 
 from edgeqwen.runtime import load
 
+pytestmark = pytest.mark.slow  # builds several artifacts
+
 
 @pytest.mark.parametrize("name", ["tiny-qwen2.5", "tiny-qwen3"])
 def test_android_cpu_artifact(artifacts, name):

@@ -13,9 +13,9 @@ import numpy as np
 import onnx
 import pytest
 
-from edgeqwen.build.package_steps.mobile_usability import parse_nnapi
-from edgeqwen.build.pipeline import build
-from edgeqwen.build.static.decoder import Dims, Weights, decoder_graph, rotate_half_matrix
+from edgeqwen.compiler.package_steps.mobile_usability import parse_nnapi
+from edgeqwen.compiler.pipeline import build
+from edgeqwen.compiler.static.decoder import Dims, Weights, decoder_graph, rotate_half_matrix
 from edgeqwen.errors import ContextOverflow, ProfileError
 from edgeqwen.runtime import load
 from edgeqwen.targets import load_profile
@@ -126,6 +126,7 @@ def test_static_profile_keys(tmp_path):
         load_profile(str(bad / "android-nnapi.toml"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target", ["android-nnapi", "android-nnapi-uint8"])
 @pytest.mark.parametrize("name", ["tiny-qwen2.5", "tiny-qwen3"])
 def test_nnapi_artifact(artifacts, name, target):
@@ -167,6 +168,7 @@ def test_nnapi_artifact(artifacts, name, target):
     assert ("DequantizeLinear" in ops) == (target == "android-nnapi-uint8")
 
 
+@pytest.mark.slow
 def test_multi_chunk_prompts_and_tiny_cache(checkpoints, tmp_path):
     """Chunk 8 makes every validation prompt span several left-padded prefill calls; cache 160 bounds
     the context, and a prompt beyond it gets a clear error."""
@@ -179,6 +181,7 @@ def test_multi_chunk_prompts_and_tiny_cache(checkpoints, tmp_path):
         engine.generate(list(range(100, 250)), max_new_tokens=20)
 
 
+@pytest.mark.slow
 def test_run_streams_from_the_nnapi_artifact(artifacts):
     folder = artifacts("tiny-qwen3", "android-nnapi").folder
     with pytest.warns(RuntimeWarning, match="built for the 'nnapi' execution provider"):

@@ -82,3 +82,43 @@ def test_existing_output_needs_force_and_is_replaced_whole(tmp_path):
         (stage / "new").write_text("new")
     assert sorted(p.name for p in final.iterdir()) == ["new"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]
+
+
+RUNTIME = {"version": 1, "backend": "genai", "execution_provider": "cpu", "tokenizer": "tokenizer.json",
+           "chat_template": "chat_template.jinja", "family": "qwen3", "thinking": True,
+           "special_tokens": {"im_end": 151645}, "context_length": 2048, "vocab_size": 151936,
+           "eos_token_ids": [151645, 151643], "pad_token_id": 151643, "logits": "last_position",
+           "model_file": "model.onnx", "genai_config": "genai_config.json"}
+
+
+def test_runtime_contract_round_trips():
+    from edgeqwen.artifact import RuntimeSpec
+
+    spec = RuntimeSpec.from_dict(dict(RUNTIME))
+    assert spec.context_length == 2048 and spec.static is None and spec.threads == "auto"
+    assert RuntimeSpec.from_dict(spec.to_dict()) == spec
+    static = {**RUNTIME, "backend": "static", "static": {
+        "graphs": {"prefill": {"file": "prefill.ort", "chunk": 64, "nodes": 10}, "decode": {"file": "decode.ort", "chunk": 1}},
+        "cache_length": 1024, "layers": 2, "kv_heads": 2, "head_dim": 32, "vocab_size": 151936, "mask_value": -1e4}}
+    spec = RuntimeSpec.from_dict(static)
+    assert spec.static.graphs["decode"].chunk == 1 and RuntimeSpec.from_dict(spec.to_dict()) == spec
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda r: r.pop("version"), "contract version None, this edgeqwen reads 1"),
+    (lambda r: r.update(version=2), "contract version 2"),
+    (lambda r: r.pop("context_length"), "lacks context_length"),
+    (lambda r: r.update(context_length="2048"), "context_length must be int"),
+    (lambda r: r.update(logits="every"), "logits 'every'"),
+    (lambda r: r.update(kv_cache="int8"), "unknown field(s) kv_cache"),
+    (lambda r: r.update(eos_token_ids=151645), "eos_token_ids that are not a list"),
+    (lambda r: r.update(static={"graphs": {"prefill": {"file": "p.ort"}}}), "malformed static table"),
+])
+def test_runtime_contract_refuses_what_it_does_not_know(edit, message):
+    from edgeqwen.artifact import RuntimeSpec
+
+    raw = json.loads(json.dumps(RUNTIME))
+    edit(raw)
+    with pytest.raises(ArtifactError, match="runtime section") as e:
+        RuntimeSpec.from_dict(raw, "artifact x")
+    assert message in str(e.value) and str(e.value).startswith("artifact x:")

@@ -51,6 +51,7 @@ def test_loaded_artifact_generates_and_threads_follow_affinity(artifacts):
     assert load(artifacts("tiny-qwen2.5", "cpu-int4").folder, threads=1).threads == 1
 
 
+@pytest.mark.slow
 def test_interrupted_build_leaves_nothing_that_looks_whole(checkpoints, tmp_path):
     ckpt = checkpoints("tiny-qwen3")
     out = tmp_path / "art"
@@ -86,6 +87,7 @@ def test_existing_output_is_not_overwritten_without_force(artifacts, checkpoints
     assert r.returncode == 2 and "already exists" in r.stderr
 
 
+@pytest.mark.slow
 def test_validate_cli_passes_on_its_reference_and_fails_on_another(artifacts, checkpoints):
     folder = artifacts("tiny-qwen2.5", "cpu-fp32").folder
     r = cli("validate", folder, "--reference", checkpoints("tiny-qwen2.5"), "--json")

@@ -31,6 +31,7 @@ def reports(artifacts, checkpoints, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_report_files_and_schema(reports):
     folder, run = reports["cpu-int4"]
     report = load_report(folder / "report.json")
@@ -48,6 +49,7 @@ def test_report_files_and_schema(reports):
     assert "[" in run.stderr and "prefill" in run.stderr  # progress lines
 
 
+@pytest.mark.slow
 def test_quality_of_fp32_is_the_reference_and_int4_is_not(reports):
     fp32 = load_report(reports["cpu-fp32"][0] / "report.json")["quality"]
     int4 = load_report(reports["cpu-int4"][0] / "report.json")["quality"]
@@ -57,6 +59,7 @@ def test_quality_of_fp32_is_the_reference_and_int4_is_not(reports):
     assert int4["kl_mean"] > 1e-3 and int4["reference_perplexity"] == pytest.approx(fp32["reference_perplexity"])
 
 
+@pytest.mark.slow
 def test_compare(reports, tmp_path):
     paths = [str(reports[t][0] / "report.json") for t in ("cpu-fp32", "cpu-int4")]
     r = subprocess.run([sys.executable, "-m", "edgeqwen.cli", "report", "compare", *paths, "-o", str(tmp_path)],
@@ -75,3 +78,25 @@ def test_schema_is_checked(tmp_path):
     bad.write_text(json.dumps({"schema": SCHEMA, "artifact": {}}))
     with pytest.raises(ValueError, match="missing device"):
         load_report(bad)
+
+
+@pytest.mark.slow
+def test_points_beyond_the_context_are_reported_as_skipped(reports):
+    folder, run = reports["cpu-int4"]
+    why = "skipped prefill at 4096 tokens: needs 4098 positions, the artifact's context length is 2048"
+    assert why in run.stderr
+    md = (folder / "report.md").read_text()
+    assert "Not measured:" in md and why in md
+    assert json.loads((folder / "report.json").read_text())["speed"]["skipped"] == [why]
+
+
+@pytest.mark.slow
+def test_compare_takes_report_folders_and_refuses_other_folders(reports, tmp_path):
+    folders = [str(reports[t][0]) for t in ("cpu-fp32", "cpu-int4")]
+    r = subprocess.run([sys.executable, "-m", "edgeqwen.cli", "report", "compare", *folders, "-o", str(tmp_path / "c")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "cpu-fp32" in r.stdout and (tmp_path / "c" / "compare.md").is_file()
+    r = subprocess.run([sys.executable, "-m", "edgeqwen.cli", "report", "compare", str(tmp_path), "-o",
+                        str(tmp_path / "d")], capture_output=True, text=True)
+    assert r.returncode == 2 and "folder without a report.json" in r.stderr and "Traceback" not in r.stderr

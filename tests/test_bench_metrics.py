@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from edgeqwen.bench.metrics import kl_divergence, perplexity, quality_summary, token_nll
+from edgeqwen.quality.metrics import kl_divergence, perplexity, quality_summary, token_nll
 
 
 def test_kl_of_a_hand_computed_pair():

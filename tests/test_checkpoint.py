@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from edgeqwen.build.checkpoint import open_checkpoint
+from edgeqwen.compiler.checkpoint import open_checkpoint
 from edgeqwen.errors import CheckpointError
 
 CONFIG = {"architectures": ["Qwen2ForCausalLM"], "hidden_size": 8, "num_hidden_layers": 1,

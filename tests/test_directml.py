@@ -12,7 +12,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from edgeqwen.build.package_steps.dml_operator_check import check_model, load_kernels
+from edgeqwen.compiler.package_steps.dml_operator_check import check_model, load_kernels
 from edgeqwen.runtime import load
 
 
@@ -45,6 +45,7 @@ def test_check_accepts_and_refuses_by_op_version_and_type():
     assert typed["unsupported_types"] == {"ai.onnx:Sigmoid(int64)": 1}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target", ["directml-fp16", "directml-int4"])
 @pytest.mark.parametrize("name", ["tiny-qwen2.5", "tiny-qwen3"])
 def test_directml_artifact(artifacts, name, target):
@@ -75,6 +76,7 @@ def test_directml_artifact(artifacts, name, target):
                 assert norm.op_type == "SimplifiedLayerNormalization"
 
 
+@pytest.mark.slow
 def test_directml_artifact_runs_on_cpu_with_a_warning(artifacts):
     folder = artifacts("tiny-qwen3", "directml-fp16").folder
     with pytest.warns(RuntimeWarning, match="built for the 'dml' execution provider"):
@@ -112,5 +114,5 @@ def test_regeneration_tool_reads_operatorkernels_format():
     rows = ["\t".join(r) for r in mod.dml_rows(md)]
     assert rows == ["ai.onnx\tSigmoid\t13+\tfloat,float16", "ai.onnx\tSigmoid\t6+\tfloat,float16",
                     "com.microsoft\tMatMulNBits\t1+\tfloat,float16,uint8"]
-    committed = (Path(__file__).parents[1] / "edgeqwen" / "build" / "data" / "dml_kernels.tsv").read_text().splitlines()
+    committed = (Path(__file__).parents[1] / "edgeqwen" / "compiler" / "data" / "dml_kernels.tsv").read_text().splitlines()
     assert set(rows) <= set(committed)

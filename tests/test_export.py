@@ -7,10 +7,12 @@ import numpy as np
 import onnx
 import pytest
 
-from edgeqwen.build.fixtures import FIXTURES
+from edgeqwen.testmodels.fixtures import FIXTURES
 from edgeqwen.targets import load_profile
 
-FAMILIES = ["tiny-qwen2", "tiny-qwen2.5", "tiny-qwen3", "tiny-qwen3-tied"]
+# The quick subset keeps Qwen2.5 and Qwen3 (the artifacts other quick tests build anyway).
+FAMILIES = [pytest.param("tiny-qwen2", marks=pytest.mark.slow), "tiny-qwen2.5", "tiny-qwen3",
+            pytest.param("tiny-qwen3-tied", marks=pytest.mark.slow)]
 
 
 def graph(result) -> onnx.ModelProto:
@@ -99,6 +101,7 @@ def test_qwen_specific_graph_parts(artifacts):
     assert rt["family"] == "qwen3" and rt["thinking"] and rt["special_tokens"]["think_start"] == 151667
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype, target", [("bfloat16", "cpu-fp32"), ("float16", "cpu-int8")])
 def test_half_precision_checkpoints_build(artifacts, dtype, target):
     result = artifacts("tiny-qwen3", target, dtype=dtype)
@@ -119,6 +122,7 @@ def test_manifest_is_complete(artifacts):
     assert m["validation"]["summary"]["positions"] > 100
 
 
+@pytest.mark.slow
 def test_yarn_rope_scaling_matches_transformers(artifacts):
     """The builder gets YaRN wrong; the rope_caches pass must make it exact."""
     m = artifacts("tiny-qwen2.5-yarn", "cpu-fp32").manifest
@@ -129,7 +133,7 @@ def test_yarn_rope_scaling_matches_transformers(artifacts):
 
 
 def test_length_dependent_rope_is_refused():
-    from edgeqwen.build.passes.rope_caches import reference_tables
+    from edgeqwen.compiler.passes.rope_caches import reference_tables
 
     config = {"model_type": "qwen2", "hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 1,
               "rope_parameters": {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0}}

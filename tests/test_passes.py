@@ -6,8 +6,8 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edgeqwen.build.graph_report import quantization_report
-from edgeqwen.build.passes import PassContext, get_pass
+from edgeqwen.compiler.graph_report import quantization_report
+from edgeqwen.compiler.passes import PassContext, get_pass
 
 V, H = 96, 64
 GENAI = {"model": {"decoder": {"outputs": {"logits": "logits", "present_key_names": "present.%d.key"}}}}

@@ -1,13 +1,10 @@
 """``edgeqwen run`` and ``edgeqwen chat`` from a real terminal."""
 
 import json
-import shutil
 import subprocess
 import sys
-import time
-import uuid
 
-import pytest
+from terminal import Terminal, needs_tmux
 
 
 def test_run_json(artifacts):
@@ -29,41 +26,20 @@ def test_run_streams_text_and_reports_context_overflow(artifacts):
     assert r.returncode == 2 and "exceeds the context length 2048" in r.stderr and "Traceback" not in r.stderr
 
 
-@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux not installed (.ci/run installs it)")
+@needs_tmux
 def test_chat_two_turns_in_a_real_terminal(artifacts):
     folder = artifacts("tiny-qwen2.5", "cpu-int4").folder
-    name = f"edgeqwen-{uuid.uuid4().hex[:8]}"
-    cmd = f"{sys.executable} -m edgeqwen.cli chat {folder} --max-new-tokens 8 -v"
-    subprocess.run(["tmux", "new-session", "-d", "-s", name, "-x", "200", "-y", "50", cmd], check=True)
-
-    def screen() -> str:  # capture-pane drops trailing spaces: the prompt reads "you>"
-        return subprocess.run(["tmux", "capture-pane", "-p", "-t", name], capture_output=True, text=True).stdout
-
-    def wait_for(text: str, count: int, timeout: float = 60) -> str:
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            s = screen()
-            if s.count(text) >= count:
-                return s
-            time.sleep(0.1)
-        raise AssertionError(f"timed out waiting for {count} x {text!r}:\n{screen()}")
-
+    term = Terminal(f"{sys.executable} -m edgeqwen.cli chat {folder} --max-new-tokens 8 -v")
     try:
-        wait_for("you>", 1)
-        subprocess.run(["tmux", "send-keys", "-t", name, "What is your name?", "Enter"], check=True)
-        wait_for("you>", 2)
-        subprocess.run(["tmux", "send-keys", "-t", name, "And where do you live?", "Enter"], check=True)
-        s = wait_for("you>", 3)
+        term.wait_for("you>", 1)
+        term.send("What is your name?", "Enter")
+        term.wait_for("you>", 2)
+        term.send("And where do you live?", "Enter")
+        s = term.wait_for("you>", 3)
         assert s.count("assistant> ") == 2
         assert "What is your name?" in s and "And where do you live?" in s
         assert s.count("8 tokens, length") == 2
-        subprocess.run(["tmux", "send-keys", "-t", name, "/exit", "Enter"], check=True)
-        deadline = time.time() + 20
-        while time.time() < deadline:
-            alive = subprocess.run(["tmux", "has-session", "-t", name], capture_output=True).returncode == 0
-            if not alive:
-                break
-            time.sleep(0.1)
-        assert not alive, "chat did not exit on /exit"
+        term.send("/exit", "Enter")
+        assert term.wait_exit(), "chat did not exit on /exit"
     finally:
-        subprocess.run(["tmux", "kill-session", "-t", name], capture_output=True)
+        term.close()

@@ -6,8 +6,10 @@ import json
 import pytest
 from safetensors.numpy import load_file
 
-from edgeqwen.build.checkpoint import open_checkpoint
-from edgeqwen.build.trained import TrainSpec, train
+from edgeqwen.compiler.checkpoint import open_checkpoint
+from edgeqwen.testmodels.trained import TrainSpec, train
+
+pytestmark = pytest.mark.slow  # trains twice
 
 TINY = dataclasses.replace(TrainSpec(), vocab=512, hidden=64, layers=1, heads=2, kv_heads=1, head_dim=32,
                            intermediate=128, seq_len=64, batch=4, steps=3, warmup=2, max_train_chars=200_000)

@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 def main() -> int:
     os.environ.setdefault("TQDM_DISABLE", "1")
-    from edgeqwen.build.fixtures import FIXTURES, make_checkpoint
+    from edgeqwen.testmodels.fixtures import FIXTURES, make_checkpoint
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("name", nargs="?", choices=sorted(FIXTURES))

@@ -4,7 +4,7 @@
     python tools/train_small_qwen.py -o edgeqwen-demo/small-qwen3 [--steps 300]
 
 Corpus: the CPython standard library's top-level modules of the running Python (the last 5 % of the
-files, by name, are the held-out evaluation text, written to eval.txt). See edgeqwen/build/trained.py.
+files, by name, are the held-out evaluation text, written to eval.txt). See edgeqwen/testmodels/trained.py.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 def main() -> int:
     os.environ.setdefault("TQDM_DISABLE", "1")
-    from edgeqwen.build.trained import TrainSpec, train
+    from edgeqwen.testmodels.trained import TrainSpec, train
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-o", "--output", type=Path, required=True)

@@ -58,8 +58,8 @@ def _reason(e: Exception) -> str:
 
 
 def quality(peers, args, log) -> dict[str, dict]:
-    from edgeqwen.bench.quality import compare_on_windows, default_text
-    from edgeqwen.validate import Reference
+    from edgeqwen.quality.windows import compare_on_windows, default_text
+    from edgeqwen.quality.reference import Reference
 
     ref = Reference(args.checkpoint)
     text, name = (args.text.read_text(encoding="utf-8"), args.text.name) if args.text else default_text()

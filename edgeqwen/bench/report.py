@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 from typing import Any
+
+from edgeqwen.errors import EdgeQwenError
 
 SCHEMA = "edgeqwen.bench.report/1"
 REQUIRED = ("schema", "artifact", "device", "size_bytes", "load_s", "speed", "peak_rss_mb")
@@ -49,6 +52,8 @@ def markdown(r: dict[str, Any]) -> str:
     lines += ["", f"| KV depth | decode tok/s ({sp['decode_tokens']} tokens) |", "|---|---|"]
     for dpt, s in sp["decode_tokens_per_s"].items():
         lines.append(f"| {dpt} | {_fmt(s)} |")
+    if sp.get("skipped"):
+        lines += ["", "Not measured:", ""] + [f"- {s}" for s in sp["skipped"]]
     q = r.get("quality")
     if q:
         lines += ["", f"Quality on {q['text']} ({q['tokens']} tokens, windows of {q['window']}) against the fp32 "
@@ -92,17 +97,48 @@ def plot(reports: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def write(report: dict[str, Any], out: Path) -> list[Path]:
+def can_plot() -> bool:
+    return importlib.util.find_spec("matplotlib") is not None
+
+
+NO_PLOT = "no plot: matplotlib is not installed (pip install 'edgeqwen[bench]' for {name})"
+
+
+def write(report: dict[str, Any], out: Path, say=lambda s: None) -> list[Path]:
+    """report.json, report.md and, where matplotlib is installed, speed.png (else ``say`` explains)."""
     out.mkdir(parents=True, exist_ok=True)
     validate_report(report)
     (out / "report.json").write_text(json.dumps(report, indent=2))
     (out / "report.md").write_text(markdown(report))
-    plot([report], out / "speed.png")
-    return [out / "report.json", out / "report.md", out / "speed.png"]
+    files = [out / "report.json", out / "report.md"]
+    if can_plot():
+        plot([report], out / "speed.png")
+        files.append(out / "speed.png")
+    else:
+        say(NO_PLOT.format(name="speed.png"))
+    return files
 
 
-def compare(paths: list[Path], out: Path) -> str:
-    reports = [load_report(p) for p in paths]
+def report_path(path: Path) -> Path:
+    """A report.json, or a folder holding one (what ``edgeqwen bench -o`` wrote)."""
+    path = Path(path)
+    if path.is_dir():
+        if not (path / "report.json").is_file():
+            raise EdgeQwenError(f"{path} is a folder without a report.json; give report.json files or the "
+                                "folders `edgeqwen bench -o` wrote")
+        return path / "report.json"
+    if not path.is_file():
+        raise EdgeQwenError(f"{path} does not exist; give report.json files or the folders `edgeqwen bench -o` wrote")
+    return path
+
+
+def compare(paths: list[Path], out: Path, say=lambda s: None) -> str:
+    reports = []
+    for p in map(report_path, paths):
+        try:
+            reports.append(load_report(p))
+        except (ValueError, UnicodeDecodeError) as e:  # json.JSONDecodeError is a ValueError
+            raise EdgeQwenError(f"{p} is not an edgeqwen bench report ({e})") from None
     out.mkdir(parents=True, exist_ok=True)
     lengths = sorted({int(k) for r in reports for k in r["speed"]["prefill_tokens_per_s"]})
     depths = sorted({int(k) for r in reports for k in r["speed"]["decode_tokens_per_s"]})
@@ -121,5 +157,8 @@ def compare(paths: list[Path], out: Path) -> str:
         rows.append("| " + " | ".join(cells) + " |")
     table = "\n".join(rows) + "\n"
     (out / "compare.md").write_text(table)
-    plot(reports, out / "compare.png")
+    if can_plot():
+        plot(reports, out / "compare.png")
+    else:
+        say(NO_PLOT.format(name="compare.png"))
     return table

@@ -10,7 +10,7 @@ from typing import Any
 from edgeqwen.bench import report as report_mod
 from edgeqwen.bench.device import device_facts
 from edgeqwen.bench.speed import SpeedPlan, measure_load, run_matrix
-from edgeqwen.inspect import artifact_bytes
+from edgeqwen.summary import artifact_bytes
 from edgeqwen.runtime.memory import peak_rss_mb
 
 
@@ -45,13 +45,13 @@ def bench(artifact: Path, out: Path, plan: SpeedPlan, threads: int | None = None
         "peak_rss_mb": rss,
     }
     if reference:
-        from edgeqwen.bench.quality import default_text, evaluate
+        from edgeqwen.quality.windows import default_text, evaluate
 
         body, name = (text.read_text(encoding="utf-8"), text.name) if text else default_text()
         log(f"== quality on {name}: perplexity and KL against {reference}")
         q = evaluate(engine, reference, body, max_tokens=quality_tokens, log=log)
         q["text"] = name
         result["quality"] = q
-    files = report_mod.write(result, out)
+    files = report_mod.write(result, out, say=log)
     log("== wrote " + ", ".join(str(f) for f in files))
     return result

@@ -70,11 +70,23 @@ def measure_decode(engine, depth: int, n: int) -> float:
     return n / (time.perf_counter() - t0)
 
 
+def skipped_lines(plan: SpeedPlan, ctx: int) -> list[str]:
+    """Why points of the plan are not measured: they need more than the artifact's context length."""
+    lines = [f"skipped prefill at {n} tokens: needs {n + 2} positions, the artifact's context length is {ctx}"
+             for n in plan.prompt_lengths if n + 2 > ctx]
+    lines += [f"skipped decode at KV depth {d}: needs {d + plan.decode_tokens + 2} positions "
+              f"({plan.decode_tokens} decoded tokens), the artifact's context length is {ctx}"
+              for d in plan.depths if d + plan.decode_tokens + 2 > ctx]
+    return lines
+
+
 def run_matrix(engine, plan: SpeedPlan, log: Callable[[str], None] = print) -> dict[str, Any]:
     ctx = engine.context_length
     lengths = [n for n in plan.prompt_lengths if n + 2 <= ctx]
     depths = [d for d in plan.depths if d + plan.decode_tokens + 2 <= ctx]
     skipped = sorted(set(plan.prompt_lengths) - set(lengths)) + sorted(set(plan.depths) - set(depths))
+    for line in skipped_lines(plan, ctx):
+        log(f"    {line}")
     total = (len(lengths) + len(depths)) * plan.reps
     done = 0
     measure_prefill(engine, min(lengths or [16]))  # warm-up: kernel selection, first allocations
@@ -95,4 +107,5 @@ def run_matrix(engine, plan: SpeedPlan, log: Callable[[str], None] = print) -> d
             log(f"    [{done}/{total}] decode {plan.decode_tokens} at depth {d:5d}: {runs[-1]:7.1f} tok/s")
         decode[str(d)] = _stats(runs)
     return {"prefill_tokens_per_s": prefill, "ttft_s": ttft, "decode_tokens_per_s": decode,
-            "decode_tokens": plan.decode_tokens, "reps": plan.reps, "skipped_beyond_context": skipped}
+            "decode_tokens": plan.decode_tokens, "reps": plan.reps, "skipped_beyond_context": skipped,
+            "skipped": skipped_lines(plan, ctx), "context_length": ctx}

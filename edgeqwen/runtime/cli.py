@@ -4,28 +4,31 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import threading
 from typing import Any
 
+from edgeqwen.argtypes import nonneg_float, nonneg_int, positive_float, positive_int, probability
+from edgeqwen.providers import NAMES as PROVIDER_NAMES
 from edgeqwen.runtime.generate import Result, Stream
 
 DIM, RESET = "\033[2m", "\033[0m"
 
 
 def add_generation_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--max-new-tokens", type=int, default=256)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--repetition-penalty", type=float, default=1.0)
-    p.add_argument("--seed", type=int)
+    p.add_argument("--max-new-tokens", type=positive_int, default=256)
+    p.add_argument("--temperature", type=nonneg_float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-p", type=probability, default=1.0)
+    p.add_argument("--top-k", type=nonneg_int, default=0, help="0 = no top-k cut")
+    p.add_argument("--repetition-penalty", type=positive_float, default=1.0)
+    p.add_argument("--seed", type=nonneg_int)
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     p.add_argument("--think", dest="think", action="store_true", default=None, help="Qwen3: thinking on")
     p.add_argument("--no-think", dest="think", action="store_false", help="Qwen3: thinking off")
-    p.add_argument("--thinking-budget", type=int, help="close </think> after this many reasoning tokens")
-    p.add_argument("--threads", type=int, help="intra-op threads (default: the cores this process may use)")
-    p.add_argument("--provider", choices=("cpu", "dml", "nnapi"),
+    p.add_argument("--thinking-budget", type=nonneg_int, help="close </think> after this many reasoning tokens")
+    p.add_argument("--threads", type=positive_int, help="intra-op threads (default: the cores this process may use)")
+    p.add_argument("--provider", choices=PROVIDER_NAMES,
                    help="execution provider (default: the artifact's; CPU with a warning where it is missing)")
 
 
@@ -59,10 +62,20 @@ def metrics_line(r: Result) -> str:
             f"{m.prefill_tokens_per_s:.0f} tok/s, decode {m.decode_tokens_per_s:.1f} tok/s, peak RSS {m.peak_rss_mb} MB]")
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def load_engine(args: argparse.Namespace):
+    """The artifact's engine; says so where a flag has no effect on it."""
     from edgeqwen.runtime import load
 
     engine = load(args.artifact, threads=args.threads, provider=args.provider)
+    if not engine.thinking and (args.think is not None or args.thinking_budget is not None):
+        flag = "--thinking-budget" if args.thinking_budget is not None else ("--think" if args.think else "--no-think")
+        print(f"edgeqwen: note: {flag} ignored: this artifact's model ({engine.runtime.family}) has no thinking mode "
+              "(Qwen3 has)", file=sys.stderr)
+    return engine
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    engine = load_engine(args)
     opts = options(args)
     if args.chat or args.think is not None:
         stream = engine.chat([{"role": "user", "content": args.prompt}], think=args.think, **opts)
@@ -79,9 +92,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
-    from edgeqwen.runtime import load
-
-    engine = load(args.artifact, threads=args.threads, provider=args.provider)
+    engine = load_engine(args)
     session = engine.session(system=args.system, think=args.think)
     print(f"edgeqwen chat: {engine.manifest['source'].get('model_id')} ({engine.manifest['profile']['name']}, "
           f"{engine.threads} threads). /reset starts over, /exit quits.")
@@ -100,16 +111,25 @@ def cmd_chat(args: argparse.Namespace) -> int:
             session.reset()
             print("(conversation cleared)")
             continue
-        sys.stdout.write("assistant> ")
-        stream = session.send(text, **options(args))
-        try:
-            result = print_stream(stream)
-        except KeyboardInterrupt:  # Ctrl-C stops this answer, not the chat
-            stream.cancel()
-            print("\n(stopped)")
-            continue
-        if args.verbose:
+        result = answer(session, text, options(args))
+        if result.finish_reason == "cancelled":
+            print("(stopped)")
+        elif args.verbose:
             print(metrics_line(result))
+
+
+def answer(session, text: str, opts: dict[str, Any]) -> Result:
+    """One chat turn, printed as it streams. Ctrl-C stops this answer, not the chat: from the moment
+    the turn starts (prompt processing included) SIGINT only sets the turn's cancel flag, which the
+    generation loop checks before every token, so the session's KV cache is never left half-updated."""
+    cancel = threading.Event()
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: cancel.set())
+    try:
+        sys.stdout.write("assistant> ")
+        sys.stdout.flush()
+        return print_stream(session.send(text, cancel=cancel, **opts))
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def register(sub: argparse._SubParsersAction) -> None:

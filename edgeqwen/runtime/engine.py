@@ -9,8 +9,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, AsyncIterator, Sequence
 
-from edgeqwen.artifact import load_verified
-from edgeqwen.errors import ArtifactError, ContextOverflow
+from edgeqwen.artifact import RuntimeSpec, load_verified, runtime_spec
+from edgeqwen.errors import ContextOverflow
+from edgeqwen.runtime import backends
+from edgeqwen.runtime.backends import Backend
 from edgeqwen.runtime.chat import BUDGET_CLOSE, ChatTemplate, ThinkingState
 from edgeqwen.runtime.generate import Delta, Request, Result, Stream, run
 from edgeqwen.runtime.sampling import SamplingParams
@@ -26,25 +28,16 @@ class Engine:
         if verify not in ("full", "size"):
             raise ValueError("verify must be 'full' (sha256) or 'size'")
         self.manifest: dict[str, Any] = load_verified(self.folder, full=verify == "full")
-        self.runtime: dict[str, Any] = self.manifest["runtime"]
-        self.threads = resolve_threads(threads if threads is not None else self.runtime.get("threads", "auto"))
-        backend = self.runtime.get("backend")
-        if backend == "genai":
-            from edgeqwen.runtime.backends.genai import GenaiBackend
-
-            self.backend = GenaiBackend(self.folder, self.runtime, self.threads, provider)
-        elif backend == "static":
-            from edgeqwen.runtime.backends.static import StaticBackend
-
-            self.backend = StaticBackend(self.folder, self.runtime, self.threads, provider)
-        else:
-            raise ArtifactError(f"artifact {self.folder}: unknown runtime backend {backend!r}")
+        self.runtime: RuntimeSpec = runtime_spec(self.manifest, f"artifact {self.folder}")
+        self.threads = resolve_threads(threads if threads is not None else self.runtime.threads)
+        self.backend: Backend = backends.create(self.folder, self.runtime, self.threads, provider)
         self.provider: str = self.backend.provider
-        self.context_length = int(self.runtime["context_length"])
-        specials = self.runtime.get("special_tokens", {})
-        self.eos_ids = set(self.runtime.get("eos_token_ids", []))
+        self.context_length = self.runtime.context_length
+        specials = self.runtime.special_tokens
+        self.eos_ids = set(self.runtime.eos_token_ids)
         self.im_end = specials.get("im_end")
-        self._think = (specials.get("think_start"), specials.get("think_end")) if self.runtime.get("thinking") else None
+        self.thinking = self.runtime.thinking
+        self._think = (specials.get("think_start"), specials.get("think_end")) if self.thinking else None
         self._tokenizer = None
         self._template: ChatTemplate | None = None
         self._budget_close: list[int] | None = None
@@ -55,7 +48,7 @@ class Engine:
         if self._tokenizer is None:
             from tokenizers import Tokenizer
 
-            self._tokenizer = Tokenizer.from_file(str(self.folder / self.runtime["tokenizer"]))
+            self._tokenizer = Tokenizer.from_file(str(self.folder / self.runtime.tokenizer))
         return self._tokenizer
 
     def encode(self, text: str) -> list[int]:
@@ -74,7 +67,7 @@ class Engine:
     @property
     def template(self) -> ChatTemplate:
         if self._template is None:
-            self._template = ChatTemplate((self.folder / self.runtime["chat_template"]).read_text(encoding="utf-8"))
+            self._template = ChatTemplate((self.folder / self.runtime.chat_template).read_text(encoding="utf-8"))
         return self._template
 
     def render(self, messages: Sequence[dict[str, Any]], think: bool | None = None) -> str:
@@ -110,7 +103,7 @@ class Engine:
         # Templates that open <think> in the prompt (Qwen3-2507 thinking models) start in reasoning.
         last_start = max((i for i, t in enumerate(prompt_ids) if t == start), default=-1)
         last_end = max((i for i, t in enumerate(prompt_ids) if t == end), default=-1)
-        last_turn = max((i for i, t in enumerate(prompt_ids) if t == self.runtime["special_tokens"].get("im_start")), default=-1)
+        last_turn = max((i for i, t in enumerate(prompt_ids) if t == self.runtime.special_tokens.get("im_start")), default=-1)
         if last_start > max(last_end, last_turn):
             state.in_reasoning = True
         return state

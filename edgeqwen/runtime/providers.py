@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import warnings
 
-KNOWN = ("cpu", "dml", "nnapi")
+from edgeqwen.errors import ProviderUnavailable
+from edgeqwen.providers import NAMES
 
 
 def choose(requested: str | None, built_for: str, available: set[str]) -> str:
     """``available``: provider short names present in this install (always includes cpu)."""
     want = requested or built_for
-    if want not in KNOWN:
-        raise ValueError(f"unknown execution provider {want!r}; known: {', '.join(KNOWN)}")
+    if want not in NAMES:
+        raise ValueError(f"unknown execution provider {want!r}; known: {', '.join(NAMES)}")
     if want not in available:
         if requested:
-            raise RuntimeError(f"execution provider {want!r} is not available in this onnxruntime build "
+            raise ProviderUnavailable(f"execution provider {want!r} is not available in this onnxruntime build "
                                f"(available: {', '.join(sorted(available))})")
         warnings.warn(f"this artifact was built for the {want!r} execution provider, which this onnxruntime "
                       f"build lacks; running its graph on the CPU provider instead", RuntimeWarning, stacklevel=3)

@@ -1,1 +1,66 @@
-"""Backends execute an artifact's graph; the manifest's runtime.backend picks one."""
+"""Backends execute an artifact's graphs; the manifest's ``runtime.backend`` picks one.
+
+A backend is a module with a class that follows ``Backend`` below, registered by one line in
+``_BACKENDS``: the engine, the compiler and the CLI need no edits for a new one. Modules are imported
+only when an artifact needs them, so an app carries only the backend it uses.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Protocol, Sequence
+
+import numpy as np
+
+from edgeqwen.artifact import RuntimeSpec
+from edgeqwen.errors import ArtifactError
+
+# runtime.backend -> "module:Class"
+_BACKENDS = {
+    "genai": "edgeqwen.runtime.backends.genai:GenaiBackend",  # dynamic-KV graphs, KV cache held by genai
+    "static": "edgeqwen.runtime.backends.static:StaticBackend",  # fixed shapes, KV as numpy buffers
+}
+
+
+class State(Protocol):
+    """One sequence's KV cache."""
+
+    tokens: list[int]  # the ids whose keys/values are cached, in order
+
+    def append(self, ids: Sequence[int]) -> np.ndarray:
+        """Run ``ids`` (KV kept); return the next-token logits [V] after the last one."""
+
+    def rewind(self, n: int) -> None:
+        """Forget every cached token from position ``n`` on."""
+
+
+class Backend(Protocol):
+    provider: str  # the execution provider really used ("cpu" where the artifact's is missing)
+    context_length: int
+    vocab_size: int
+
+    def __init__(self, folder: Path, spec: RuntimeSpec, threads: int, provider: str | None = None) -> None: ...
+
+    def new_state(self, capacity: int) -> State:
+        """An empty sequence able to hold at least ``capacity`` tokens (it may grow later)."""
+
+    def teacher_forced_logits(self, ids: Sequence[int], prefill: int) -> np.ndarray:
+        """Logits [len(ids) - prefill + 1, V]: ids[:prefill] as one prefill step, then each further id
+        as one decode step (validation and quality reports)."""
+
+    def greedy(self, ids: Sequence[int], max_new_tokens: int) -> list[int]:
+        """Greedy continuation of ``ids`` straight through the backend (validation)."""
+
+
+def known_backends() -> tuple[str, ...]:
+    return tuple(_BACKENDS)
+
+
+def create(folder: Path, spec: RuntimeSpec, threads: int, provider: str | None = None) -> Backend:
+    target = _BACKENDS.get(spec.backend)
+    if target is None:
+        raise ArtifactError(f"artifact {folder}: unknown runtime backend {spec.backend!r}; this edgeqwen has "
+                            f"{', '.join(_BACKENDS)}")
+    module, cls = target.split(":")
+    return getattr(importlib.import_module(module), cls)(folder, spec, threads, provider)

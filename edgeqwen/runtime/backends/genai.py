@@ -4,30 +4,31 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
+from edgeqwen.artifact import RuntimeSpec
+from edgeqwen.runtime.providers import choose
+
 
 class GenaiBackend:
-    def __init__(self, folder: Path, runtime: dict[str, Any], threads: int, provider: str | None = None) -> None:
+    def __init__(self, folder: Path, runtime: RuntimeSpec, threads: int, provider: str | None = None) -> None:
         import onnxruntime_genai as og
-
-        from edgeqwen.runtime.providers import choose
 
         self._og = og
         available = {"cpu"} | ({"dml"} if og.is_dml_available() else set())
-        self.provider = choose(provider, runtime.get("execution_provider", "cpu"), available)
+        self.provider = choose(provider, runtime.execution_provider, available)
         config = og.Config(str(folder))
         if self.provider == "cpu":
             config.clear_providers()  # genai_config.json may name dml: the same graph runs on the CPU provider
-        session = dict(runtime.get("session_options", {}))
+        session = dict(runtime.session_options)
         # genai picks one intra-op thread on small machines unless told; 2 threads decode ~1.7x faster on 2 cores.
         session["intra_op_num_threads"] = threads
         config.overlay(json.dumps({"model": {"decoder": {"session_options": session}}}))
         self.model = og.Model(config)
-        self.context_length = int(runtime["context_length"])
-        self.vocab_size = int(runtime["vocab_size"])
+        self.context_length = runtime.context_length
+        self.vocab_size = runtime.vocab_size
 
     def _generator(self, max_length: int):
         params = self._og.GeneratorParams(self.model)

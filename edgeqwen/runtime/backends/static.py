@@ -2,47 +2,60 @@
 (chunk 1), with the KV cache as fixed numpy buffers this module owns.
 
 Used for accelerators that need every shape known when the graph is compiled (Android NNAPI). The
-graphs' calling convention is described in edgeqwen/build/static/decoder.py; everything needed to
+graphs' calling convention is described in edgeqwen/compiler/static/decoder.py (the artifact's
+runtime.static table); everything needed to
 drive them (files, chunk, cache length, mask value) comes from the manifest's runtime section.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
-from edgeqwen.errors import ContextOverflow
+from edgeqwen.artifact import RuntimeSpec, StaticSpec
+from edgeqwen.errors import ArtifactError, ContextOverflow
+from edgeqwen.providers import PROVIDERS
 from edgeqwen.runtime.providers import choose
-
-# Execution provider names in manifests -> onnxruntime's; CPU is always the fallback.
-_PROVIDERS = {"nnapi": "NnapiExecutionProvider", "cpu": "CPUExecutionProvider", "dml": "DmlExecutionProvider"}
 
 
 class StaticBackend:
-    def __init__(self, folder: Path, runtime: dict[str, Any], threads: int, provider: str | None = None) -> None:
+    def __init__(self, folder: Path, runtime: RuntimeSpec, threads: int, provider: str | None = None) -> None:
+        spec = runtime.static
+        if spec is None:
+            raise ArtifactError(f"artifact {folder}: backend 'static' needs the runtime section's static table")
+        self._open(folder, spec, runtime.execution_provider, runtime.session_options, threads, provider)
+
+    @classmethod
+    def on_cpu(cls, folder: Path, spec: StaticSpec, threads: int) -> "StaticBackend":
+        """The graphs of a build in progress (no manifest yet), on the CPU provider: calibration."""
+        backend = cls.__new__(cls)
+        backend._open(folder, spec, "cpu", {}, threads, "cpu")
+        return backend
+
+    def _open(self, folder: Path, spec: StaticSpec, built_for: str, session_options: dict, threads: int,
+              provider: str | None) -> None:
         import onnxruntime as ort
 
-        spec = runtime["static"]
-        self.cache = int(spec["cache_length"])
-        self.layers, self.kv_heads, self.head_dim = int(spec["layers"]), int(spec["kv_heads"]), int(spec["head_dim"])
-        self.vocab_size = int(spec["vocab_size"])
-        self.mask_value = np.float32(spec["mask_value"])
+        self.cache = spec.cache_length
+        self.layers, self.kv_heads, self.head_dim = spec.layers, spec.kv_heads, spec.head_dim
+        self.vocab_size = spec.vocab_size
+        self.mask_value = np.float32(spec.mask_value)
         self.context_length = self.cache
         # NNAPI exists only in Android builds of onnxruntime: elsewhere the same graphs run on the CPU EP.
-        available = {short for short, name in _PROVIDERS.items() if name in ort.get_available_providers()}
-        self.provider = choose(provider, runtime.get("execution_provider", "cpu"), available)
-        self.providers = list(dict.fromkeys((_PROVIDERS[self.provider], "CPUExecutionProvider")))
+        available = {p.name for p in PROVIDERS.values() if p.ort in ort.get_available_providers()}
+        self.provider = choose(provider, built_for, available)
+        self.providers = list(dict.fromkeys((PROVIDERS[self.provider].ort, PROVIDERS["cpu"].ort)))
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
-        for key, value in runtime.get("session_options", {}).items():
+        for key, value in session_options.items():
             if key == "graph_optimization_level":
                 options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, value)
         self.sessions, self.chunks, self.output_names = {}, {}, {}
-        for role, graph in spec["graphs"].items():
-            self.sessions[role] = ort.InferenceSession(str(folder / graph["file"]), options, providers=self.providers)
-            self.chunks[role] = int(graph["chunk"])
+        for role, graph in spec.graphs.items():
+            self.sessions[role] = ort.InferenceSession(str(folder / graph.file), options, providers=self.providers)
+            self.chunks[role] = graph.chunk
             self.output_names[role] = [o.name for o in self.sessions[role].get_outputs()]
 
     def new_state(self, capacity: int) -> "StaticState":

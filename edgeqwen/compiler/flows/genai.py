@@ -1,0 +1,63 @@
+"""The genai flow: Olive's passes (ModelBuilder, then quantisation) write a dynamic-KV graph for
+onnxruntime-genai; our graph passes fix it up; the package steps finish the artifact."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from edgeqwen.artifact import RuntimeSpec
+from edgeqwen.compiler import package
+from edgeqwen.compiler.checkpoint import Checkpoint
+from edgeqwen.compiler.flows import FlowOutput
+from edgeqwen.compiler.progress import Progress
+from edgeqwen.targets import TargetProfile
+
+
+def run(ckpt: Checkpoint, profile: TargetProfile, work: Path, art: Path, progress: Progress) -> FlowOutput:
+    from edgeqwen.compiler.olive import run_olive
+
+    with progress.step(f"Olive passes for {profile.name}: " + " -> ".join(p.type for p in profile.olive_passes)):
+        olive_out = run_olive(profile, ckpt.path, work, progress)
+    with progress.step("Graph passes and packaging"):
+        return _package(olive_out, art, ckpt, profile, progress)
+
+
+def _package(olive_out: Path, art: Path, ckpt: Checkpoint, profile: TargetProfile, progress: Progress) -> FlowOutput:
+    import onnx
+
+    from edgeqwen.compiler.graph_report import quantization_report
+    from edgeqwen.compiler.passes import PassContext, get_pass
+
+    genai_cfg = json.loads((olive_out / "genai_config.json").read_text())
+    model = onnx.load(str(olive_out / package.MODEL_FILE))
+    ctx = PassContext(tied_embeddings=ckpt.tied_embeddings, genai_config=genai_cfg,
+                      checkpoint_config=ckpt.config, architecture=ckpt.architecture)
+    applied = {}
+    for name in profile.graph_passes:
+        applied[name] = get_pass(name)(model, ctx)
+        progress.say(f"    {name}: {package.step_summary(applied[name])}")
+    quant = quantization_report(model)
+    package.save_graph(model, art)
+    del model
+    template = package.copy_side_files(olive_out, art, ckpt)
+    cfg = package.write_genai_config(olive_out, art, profile.session_options)
+    runtime = runtime_spec(cfg, ckpt, profile, template, package.special_tokens(art), quant)
+    steps = package.run_steps(art, runtime, profile, progress.say)
+    return FlowOutput(runtime=runtime, quantization=quant, package_steps=steps, graph_passes=applied)
+
+
+def runtime_spec(cfg: dict[str, Any], ckpt: Checkpoint, profile: TargetProfile, template: str,
+                 specials: dict[str, int], quant: dict[str, Any]) -> RuntimeSpec:
+    model = cfg["model"]
+    eos = model["eos_token_id"]
+    return RuntimeSpec(
+        **package.common_runtime(ckpt, profile, template, specials),
+        model_file=package.MODEL_FILE,
+        genai_config="genai_config.json",
+        context_length=int(model["context_length"]),
+        vocab_size=int(model["vocab_size"]),
+        eos_token_ids=eos if isinstance(eos, list) else [eos],
+        logits="last_position" if quant["lm_head_last_position_only"] else "all_positions",
+    )

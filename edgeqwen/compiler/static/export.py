@@ -1,0 +1,79 @@
+"""Checkpoint -> prefill and decode graphs (weights inline: NNAPI cannot read external data)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from edgeqwen.compiler.checkpoint import Checkpoint
+from edgeqwen.compiler.static.decoder import MASK_VALUE, Dims, Weights, decoder_graph
+
+# Files of the two graphs, by role; the manifest's runtime section carries them to the runtime.
+GRAPHS = {"prefill": "prefill.onnx", "decode": "decode.onnx"}
+_PROTO_LIMIT = 2**31 - 1  # protobuf's message size limit: inline weights must stay under it
+
+
+def dims_of(config: dict[str, Any], architecture: str) -> Dims:
+    heads = int(config["num_attention_heads"])
+    return Dims(
+        layers=int(config["num_hidden_layers"]),
+        hidden=int(config["hidden_size"]),
+        heads=heads,
+        kv_heads=int(config.get("num_key_value_heads") or heads),
+        head_dim=int(config.get("head_dim") or config["hidden_size"] // heads),
+        intermediate=int(config["intermediate_size"]),
+        vocab=int(config["vocab_size"]),
+        eps=float(config["rms_norm_eps"]),
+        qk_norm=architecture == "Qwen3ForCausalLM",
+        qkv_bias=architecture == "Qwen2ForCausalLM" or bool(config.get("attention_bias")),
+    )
+
+
+def load_weights(ckpt: Checkpoint, cache: int) -> tuple[Weights, Dims]:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from edgeqwen.compiler.passes.rope_caches import reference_tables
+
+    model = AutoModelForCausalLM.from_pretrained(str(ckpt.path), dtype=torch.float32)
+    tensors = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+    del model
+    dims = dims_of(ckpt.config, ckpt.architecture)
+    cos, sin, _ = reference_tables(ckpt.config, ckpt.architecture, cache)  # [S, D/2] each
+    full = lambda t: np.concatenate([t, t], axis=1).astype(np.float32)  # HF duplicates the half table
+    return Weights(tensors, full(cos), full(sin), ckpt.tied_embeddings), dims
+
+
+def export(ckpt: Checkpoint, folder: Path, chunk: int, cache: int, say: Callable[[str], None] = print) -> dict[str, Any]:
+    """Write prefill.onnx (C = ``chunk``) and decode.onnx (C = 1) into ``folder``; return the runtime's
+    description of them."""
+    import onnx
+
+    if ckpt.config.get("use_sliding_window"):
+        raise RuntimeError("sliding-window attention is not supported by the static export")
+    weights, dims = load_weights(ckpt, cache)
+    # a tied lm_head is the embedding table: stored once in the graph
+    params = sum(a.size for k, a in weights.t.items() if not (weights.tied and k == "lm_head.weight"))
+    if params * 4 > _PROTO_LIMIT:
+        raise RuntimeError(f"{params / 1e6:.0f}M fp32 parameters do not fit one inline ONNX file (2 GB protobuf "
+                           "limit); the static export takes models up to ~500M parameters")
+    record: dict[str, Any] = {}
+    for role, chunk_len in (("prefill", chunk), ("decode", 1)):
+        model = decoder_graph(weights, dims, chunk_len, cache, f"qwen_{role}")
+        path = folder / GRAPHS[role]
+        onnx.save_model(model, str(path))
+        record[role] = {"file": GRAPHS[role], "chunk": chunk_len, "nodes": len(model.graph.node)}
+        say(f"    {role}: {GRAPHS[role]}, chunk {chunk_len}, cache {cache}, {len(model.graph.node)} nodes, "
+            f"{path.stat().st_size / 1e6:.1f} MB")
+        del model
+    return {
+        "graphs": record,
+        "cache_length": cache,
+        "layers": dims.layers,
+        "kv_heads": dims.kv_heads,
+        "head_dim": dims.head_dim,
+        "vocab_size": dims.vocab,
+        "mask_value": MASK_VALUE,
+    }

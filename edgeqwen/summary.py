@@ -1,0 +1,105 @@
+"""Readable one-screen views of a manifest (``edgeqwen inspect`` and the build summary). Stdlib only."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} GB"
+
+
+def artifact_bytes(manifest: dict[str, Any]) -> int:
+    return sum(f["bytes"] for f in manifest["files"].values())
+
+
+def quantization_lines(q: dict[str, Any]) -> list[str]:
+    lines = []
+    for w in q.get("weight_ops", []):
+        acc = f", accuracy_level {w['accuracy_level']}" if w["op"] == "MatMulNBits" else ""
+        zp = ", asymmetric" if w.get("zero_points") else ", symmetric"
+        lines.append(f"  {w['count']:4d} x {w['op']}: {w['bits']}-bit, block {w['block_size']}{acc}{zp}")
+    if q.get("float_weight_matmuls"):
+        lines.append(f"  {q['float_weight_matmuls']:4d} x MatMul with float weights")
+    emb = q.get("embedding", {})
+    if emb.get("op"):
+        shared = "shared with lm_head (stored once)" if emb.get("shared_with_lm_head") else "own weights"
+        bits = f" {emb['bits']}-bit" if emb.get("bits") else ""
+        lines.append(f"  embedding: {emb['op']}{bits}, {shared}")
+    if q.get("lm_head_last_position_only"):
+        lines.append("  lm_head: last position only (prompt positions skip it)")
+    for role, g in q.get("graphs", {}).items():  # static-shape builds: one line per graph
+        shapes = ", ".join(f"{k} {v}" for k, v in g.get("inputs", {}).items())
+        weights = ", ".join(f"{human_bytes(b)} {t}" for t, b in g.get("initializer_bytes", {}).items())
+        lines.append(f"  {role}: {q.get('precision', '?')}, {g['nodes']} nodes, weights {weights}; {shapes}")
+    return lines
+
+
+def usability_lines(steps: dict[str, Any]) -> list[str]:
+    """The NNAPI verdict of onnxruntime's mobile usability checker, when the profile ran it."""
+    lines = []
+    for role, r in steps.get("mobile_usability", {}).items():
+        if isinstance(r, dict) and "nnapi" in r:
+            n = r["nnapi"]
+            lines.append(f"  {role}: NNAPI takes {n['nodes_supported']}/{n['nodes_total']} nodes "
+                         f"({n['coverage']:.1%}) in {n['partitions']} partition(s); report {r['report']}")
+    return lines
+
+
+def validation_lines(v: dict[str, Any]) -> list[str]:
+    if v.get("skipped"):
+        return ["  not run (--no-validate)"]
+    if v.get("pending"):
+        return ["  pending"]
+    s = v["summary"]
+    verdict = "PASS" if v["passed"] else "FAIL: " + "; ".join(v["failures"])
+    return [
+        f"  verdict: {verdict}",
+        f"  {s['positions']} teacher-forced positions: max |dlogit| {s['max_abs_logit_diff']:.3g}, "
+        f"KL mean {s['kl_mean']:.3g} / p99 {s['kl_p99']:.3g} nats, top-1 agreement {s['top1_agreement']:.1%}",
+        f"  greedy decoding: identical to transformers for the first {s['greedy_match_min']}"
+        f"/{v.get('bounds', {}).get('greedy_tokens', '?')} tokens on every prompt"
+        + ("" if v.get("bounds", {}).get("min_greedy_match") is not None else " (not bounded in this profile)"),
+    ]
+
+
+def format_manifest(m: dict[str, Any], folder: str = "") -> str:
+    src, prof, rt = m.get("source", {}), m["profile"], m["runtime"]
+    total = artifact_bytes(m)
+    lines = [
+        f"edgeqwen artifact {folder}".rstrip(),
+        f"  format version {m['format_version']}, built {m.get('created', '?')}"
+        + (f" in {m['build']['seconds']}s" if m.get("build", {}).get("seconds") else ""),
+        f"  source: {src.get('model_id')} ({src.get('architecture')}, {src.get('parameters', 0) / 1e6:.1f}M params, "
+        f"{src.get('dtype')}, config sha256 {str(src.get('config_sha256'))[:12]})",
+        f"  target: {prof['name']} - {prof['description']}",
+        f"  runtime: backend {rt['backend']} on {rt['execution_provider']}, context {rt['context_length']}, "
+        f"threads {rt.get('threads', 'auto')}, family {rt['family']}" + (", thinking" if rt.get("thinking") else ""),
+        f"  size on disk: {human_bytes(total)} in {len(m['files'])} files",
+        "quantisation (read back from the graph):",
+        *quantization_lines(m.get("quantization", {})),
+        *(["mobile usability (onnxruntime's checker):", *usability_lines(m.get("package_steps", {}))]
+          if usability_lines(m.get("package_steps", {})) else []),
+        "validation:",
+        *validation_lines(m.get("validation", {"skipped": True})),
+    ]
+    tools = m.get("tools", {})
+    if tools:
+        lines.append("tools: " + ", ".join(f"{k} {v}" for k, v in tools.items() if v != "not installed"))
+    return "\n".join(lines)
+
+
+def reference_mismatch(built_from: dict[str, Any], reference: dict[str, Any]) -> list[str]:
+    """Why a reference checkpoint is not the one the artifact was built from (empty when it is)."""
+    lines = []
+    for key, what in (("config_sha256", "config.json"), ("weights_sha256", "weights")):
+        a, b = built_from.get(key), reference.get(key)
+        if a and b and a != b:
+            lines.append(f"the reference's {what} sha256 ({b[:12]}) differs from the manifest's ({a[:12]}, "
+                         f"built from {built_from.get('model_id')}): this is not the checkpoint the artifact was "
+                         "built from, so validation compares different models")
+    return lines
