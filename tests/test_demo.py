@@ -41,7 +41,8 @@ def test_demo_builds_validates_and_writes_python(tmp_path):
 
     again = demo(tmp_path)
     assert "reusing the verified demo artifact" in again.stderr and "edgeqwen build" not in again.stderr
-    assert again.stdout.split("== a Python completion", 1)[1] == completion  # greedy: the same text
+    text = lambda out: out.split("== a Python completion", 1)[1].split("\n[96 tokens")[0]  # noqa: E731
+    assert text(again.stdout) == text(first.stdout)  # greedy: the same text (timings differ)
 
     forced = demo(tmp_path, "--force")
     assert "edgeqwen build" in forced.stderr and "reusing" not in forced.stderr

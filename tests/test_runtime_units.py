@@ -91,3 +91,20 @@ def test_threads_follow_affinity_and_can_be_overridden(monkeypatch):
     assert resolve_threads(3) == 3
     with pytest.raises(ValueError):
         resolve_threads(-2)
+
+
+def test_every_registered_backend_implements_the_protocol():
+    import importlib
+    import inspect
+
+    from edgeqwen.runtime import backends
+
+    protocol = {name for name, _ in inspect.getmembers(backends.Backend, inspect.isfunction) if not name.startswith("_")}
+    assert protocol == {"new_state", "teacher_forced_logits", "greedy"}
+    for name in backends.known_backends():
+        module, cls = backends._BACKENDS[name].split(":")
+        impl = getattr(importlib.import_module(module), cls)
+        for method in protocol | {"__init__"}:
+            want = list(inspect.signature(getattr(backends.Backend, method)).parameters)
+            got = list(inspect.signature(getattr(impl, method)).parameters)
+            assert got == want, f"{name}.{method}{got} differs from the Protocol's {want}"

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Train the small Qwen3 model whose perplexity and KL mean something (offline, fixed seeds).
 
-    python tools/train_small_qwen.py -o edgeqwen-demo/small-qwen3 [--steps 300]
+    python tools/train_small_qwen.py -o edgeqwen/testmodels/data/small-qwen3 [--steps 1000]
 
 Corpus: the CPython standard library's top-level modules of the running Python (the last 5 % of the
 files, by name, are the held-out evaluation text, written to eval.txt). See edgeqwen/testmodels/trained.py.

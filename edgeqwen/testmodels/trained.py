@@ -34,7 +34,7 @@ class TrainSpec:
     intermediate: int = 768
     seq_len: int = 256
     batch: int = 16
-    steps: int = 300
+    steps: int = 1000
     lr: float = 3e-3
     warmup: int = 30
     seed: int = 1234

@@ -40,7 +40,7 @@ class Backend(Protocol):
     context_length: int
     vocab_size: int
 
-    def __init__(self, folder: Path, spec: RuntimeSpec, threads: int, provider: str | None = None) -> None: ...
+    def __init__(self, folder: Path, runtime: RuntimeSpec, threads: int, provider: str | None = None) -> None: ...
 
     def new_state(self, capacity: int) -> State:
         """An empty sequence able to hold at least ``capacity`` tokens (it may grow later)."""
