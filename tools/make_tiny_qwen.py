@@ -4,6 +4,7 @@
     python tools/make_tiny_qwen.py --list
     python tools/make_tiny_qwen.py tiny-qwen3 -o /tmp/tiny-qwen3
     python tools/make_tiny_qwen.py qwen2.5-0.5b-shape -o /tmp/q05 --dtype bfloat16
+    python tools/make_tiny_qwen.py qwen2.5-7b-shape -o /tmp/q7b --dtype bfloat16   # 15 GB, written shard by shard
 """
 
 from __future__ import annotations
@@ -30,10 +31,14 @@ def main() -> int:
         for name, s in FIXTURES.items():
             hd = s.head_dim or s.hidden // s.heads
             print(f"{name:20s} {s.family}  hidden {s.hidden}, {s.layers} layers, {s.heads}/{s.kv_heads} heads, "
-                  f"head_dim {hd}, ffn {s.intermediate}, {'tied' if s.tied else 'untied'}")
+                  f"head_dim {hd}, ffn {s.intermediate}, vocab {s.vocab}, {'tied' if s.tied else 'untied'}"
+                  + (", streamed (bfloat16 only)" if s.streamed else ""))
         return 0
     out = args.output or Path(args.name)
-    make_checkpoint(args.name, out, dtype=args.dtype)
+    spec = FIXTURES[args.name]
+    if spec.streamed and args.dtype != "bfloat16":
+        p.error(f"{args.name} is written shard by shard in bfloat16 only: add --dtype bfloat16")
+    make_checkpoint(args.name, out, dtype=args.dtype, log=lambda s: print(s, file=sys.stderr, flush=True))
     print(out)
     return 0
 

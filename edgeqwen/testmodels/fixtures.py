@@ -34,6 +34,8 @@ class FixtureSpec:
     rope_scaling: tuple[tuple[str, float], ...] = ()  # extra rope_parameters, e.g. YaRN
     embed_std: float = 0.1  # embeddings / lm_head
     block_gain: float = 2.0  # projection std = gain / sqrt(fan_in)
+    vocab: int = QWEN_VOCAB
+    streamed: bool = False  # written tensor by tensor in bf16 (edgeqwen.testmodels.streamed): large shapes
 
 
 FIXTURES: dict[str, FixtureSpec] = {
@@ -52,6 +54,13 @@ FIXTURES: dict[str, FixtureSpec] = {
         # Qwen2.5-0.5B shape, for benchmarks (494M parameters).
         FixtureSpec("qwen2.5-0.5b-shape", "qwen2", 896, 24, 14, 2, 4864, tied=True,
                     max_positions=32768, seed=5),
+        # Real sizes, written shard by shard in bf16 without holding the model (3.1 GB, 15.2 GB, 16.4 GB).
+        FixtureSpec("qwen2.5-1.5b-shape", "qwen2", 1536, 28, 12, 2, 8960, tied=True,
+                    max_positions=32768, seed=7, streamed=True),
+        FixtureSpec("qwen2.5-7b-shape", "qwen2", 3584, 28, 28, 4, 18944, tied=False,
+                    max_positions=32768, seed=8, vocab=152_064, streamed=True),
+        FixtureSpec("qwen3-8b-shape", "qwen3", 4096, 36, 32, 8, 12288, head_dim=128, tied=False,
+                    max_positions=40960, seed=9, streamed=True),
     ]
 }
 
@@ -60,7 +69,7 @@ def _config(spec: FixtureSpec):
     from transformers import Qwen2Config, Qwen3Config
 
     common = dict(
-        vocab_size=QWEN_VOCAB,
+        vocab_size=spec.vocab,
         hidden_size=spec.hidden,
         intermediate_size=spec.intermediate,
         num_hidden_layers=spec.layers,
@@ -108,14 +117,17 @@ def _init_weights(model, spec: FixtureSpec) -> None:
                 p.copy_(spec.block_gain / p.shape[-1] ** 0.5 * torch.randn(p.shape, generator=gen))
 
 
-def make_checkpoint(name: str, out_dir: Path, dtype: str = "float32") -> Path:
-    """Create fixture ``name`` in ``out_dir`` (safetensors in ``dtype``) and return the folder."""
-    import torch
-    from transformers import AutoModelForCausalLM, GenerationConfig
-
-    spec = FIXTURES[name]
+def make_checkpoint(name: str, out_dir: Path, dtype: str = "float32", log=lambda s: None,
+                    spec: FixtureSpec | None = None) -> Path:
+    """Create fixture ``name`` (or ``spec``) in ``out_dir`` (safetensors in ``dtype``); return the folder."""
+    spec = spec or FIXTURES[name]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if spec.streamed:
+        return _make_streamed(spec, out_dir, dtype, log)
+    import torch
+    from transformers import AutoModelForCausalLM
+
     torch.manual_seed(spec.seed)
     model = AutoModelForCausalLM.from_config(_config(spec), dtype=torch.float32)
     _init_weights(model, spec)
@@ -123,9 +135,28 @@ def make_checkpoint(name: str, out_dir: Path, dtype: str = "float32") -> Path:
         model.tie_weights()
     model = model.to(getattr(torch, dtype))
     model.save_pretrained(out_dir, safe_serialization=True)
+    return _side_files(spec, out_dir, dtype)
+
+
+def _make_streamed(spec: FixtureSpec, out_dir: Path, dtype: str, log) -> Path:
+    from edgeqwen.testmodels.streamed import write_weights
+
+    if dtype != "bfloat16":
+        raise ValueError(f"{spec.name} is written tensor by tensor in bfloat16 only (as Qwen ships it); "
+                         "pass --dtype bfloat16")
+    cfg = _config(spec)
+    cfg.dtype = "bfloat16"
+    cfg.save_pretrained(out_dir)
+    write_weights(spec, out_dir, log=log)
+    return _side_files(spec, out_dir, dtype)
+
+
+def _side_files(spec: FixtureSpec, out_dir: Path, dtype: str) -> Path:
+    from transformers import GenerationConfig
+
     GenerationConfig(bos_token_id=151643, eos_token_id=[151645, 151643], pad_token_id=151643,
                      do_sample=False).save_pretrained(out_dir)
     template = QWEN3_THINKING if spec.family == "qwen3" else QWEN25_CHATML
     write_tokenizer(out_dir, spec.family, template, spec.max_positions)
-    (out_dir / "edgeqwen_fixture.json").write_text(json.dumps({"fixture": name, "dtype": dtype}))
+    (out_dir / "edgeqwen_fixture.json").write_text(json.dumps({"fixture": spec.name, "dtype": dtype}))
     return out_dir

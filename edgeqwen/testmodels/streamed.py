@@ -1,0 +1,129 @@
+"""Large fixture checkpoints written tensor by tensor, shard by shard, in bf16 (numpy only).
+
+A 7B-shaped checkpoint is 15 GB in bf16; holding it in memory (as ``fixtures.make_checkpoint`` does
+with a transformers model) would need 30 GB in fp32. Here every tensor is generated from its own
+seed in row blocks and written straight into its place in a safetensors shard, so memory stays
+at one block (16 MB of fp32 and its temporaries) whatever the model size. The initialisation follows the rules of
+``fixtures._init_weights`` (norm gains around 1, visible q/k/v biases, embeddings at ``embed_std``,
+projections at ``block_gain / sqrt(fan_in)``), so greedy output is not one repeated token.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+BLOCK_VALUES = 4 * 2**20  # values generated at a time: 16 MB of fp32
+DEFAULT_SHARD_BYTES = 4 * 2**30  # Qwen's own shards are about 4 GB
+
+
+def tensor_table(spec) -> list[tuple[str, tuple[int, ...], str]]:
+    """(name, shape, kind) of every tensor of a Qwen2/Qwen3 checkpoint of ``spec``'s shape, in file order.
+    kind: "norm", "bias", "embed" or "proj"."""
+    h, hd = spec.hidden, spec.head_dim or spec.hidden // spec.heads
+    q, kv, inter, vocab = spec.heads * hd, spec.kv_heads * hd, spec.intermediate, spec.vocab
+    rows: list[tuple[str, tuple[int, ...], str]] = [("model.embed_tokens.weight", (vocab, h), "embed")]
+    for i in range(spec.layers):
+        p = f"model.layers.{i}"
+        rows += [(f"{p}.input_layernorm.weight", (h,), "norm"),
+                 (f"{p}.self_attn.q_proj.weight", (q, h), "proj"),
+                 (f"{p}.self_attn.k_proj.weight", (kv, h), "proj"),
+                 (f"{p}.self_attn.v_proj.weight", (kv, h), "proj")]
+        if spec.family == "qwen2":  # Qwen2/2.5: q/k/v bias
+            rows += [(f"{p}.self_attn.q_proj.bias", (q,), "bias"), (f"{p}.self_attn.k_proj.bias", (kv,), "bias"),
+                     (f"{p}.self_attn.v_proj.bias", (kv,), "bias")]
+        else:  # Qwen3: per-head RMSNorm of q and k
+            rows += [(f"{p}.self_attn.q_norm.weight", (hd,), "norm"), (f"{p}.self_attn.k_norm.weight", (hd,), "norm")]
+        rows += [(f"{p}.self_attn.o_proj.weight", (h, q), "proj"),
+                 (f"{p}.post_attention_layernorm.weight", (h,), "norm"),
+                 (f"{p}.mlp.gate_proj.weight", (inter, h), "proj"),
+                 (f"{p}.mlp.up_proj.weight", (inter, h), "proj"),
+                 (f"{p}.mlp.down_proj.weight", (h, inter), "proj")]
+    rows.append(("model.norm.weight", (h,), "norm"))
+    if not spec.tied:
+        rows.append(("lm_head.weight", (vocab, h), "embed"))
+    return rows
+
+
+def to_bf16(x: np.ndarray) -> np.ndarray:
+    """fp32 -> bf16 bit patterns (uint16), rounding to nearest even like torch."""
+    bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    rounded = (bits >> 16) & 1
+    rounded += 0x7FFF
+    rounded += bits
+    rounded >>= 16
+    return rounded.astype(np.uint16)
+
+
+def blocks(spec, index: int, shape: tuple[int, ...], kind: str) -> Iterator[np.ndarray]:
+    """The tensor's values as bf16 bits, row block by row block (each block from its own seed)."""
+    n = int(np.prod(shape))
+    width = shape[-1]
+    rows_per_block = max(1, BLOCK_VALUES // width)
+    for b, start in enumerate(range(0, n // width, rows_per_block)):
+        rows = min(rows_per_block, n // width - start)
+        rng = np.random.default_rng([spec.seed, index, b])
+        x = rng.standard_normal((rows, width), dtype=np.float32)
+        if kind == "norm":
+            x = 1.0 + 0.1 * x
+        elif kind == "bias":
+            x *= 0.5
+        elif kind == "embed":
+            x *= spec.embed_std
+        else:
+            x *= spec.block_gain / width**0.5  # width = fan_in of an [out, in] weight
+        yield to_bf16(x)
+
+
+def plan_shards(table, shard_bytes: int) -> list[list[int]]:
+    """Tensor indices per shard, in order; a shard closes once it would pass ``shard_bytes``."""
+    shards, current, size = [], [], 0
+    for i, (_, shape, _) in enumerate(table):
+        nbytes = int(np.prod(shape)) * 2
+        if current and size + nbytes > shard_bytes:
+            shards.append(current)
+            current, size = [], 0
+        current.append(i)
+        size += nbytes
+    shards.append(current)
+    return shards
+
+
+def write_weights(spec, out: Path, shard_bytes: int = DEFAULT_SHARD_BYTES,
+                  log: Callable[[str], None] = lambda s: None) -> int:
+    """Write the safetensors shards (and their index when there are several); return total bytes."""
+    table = tensor_table(spec)
+    shards = plan_shards(table, shard_bytes)
+    total = sum(int(np.prod(s)) * 2 for _, s, _ in table)
+    names = [f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors" for k in range(len(shards))] \
+        if len(shards) > 1 else ["model.safetensors"]
+    t0, written, weight_map = time.perf_counter(), 0, {}
+    for file, members in zip(names, shards):
+        header, offset = {"__metadata__": {"format": "pt"}}, 0
+        for i in members:
+            name, shape, _ = table[i]
+            nbytes = int(np.prod(shape)) * 2
+            header[name] = {"dtype": "BF16", "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+            offset += nbytes
+            weight_map[name] = file
+        raw = json.dumps(header, separators=(",", ":")).encode()
+        raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned
+        with open(out / file, "wb") as f:
+            f.write(struct.pack("<Q", len(raw)) + raw)
+            for i in members:
+                name, shape, kind = table[i]
+                for block in blocks(spec, i, shape, kind):
+                    f.write(block.tobytes())
+                written += int(np.prod(shape)) * 2
+                elapsed = time.perf_counter() - t0
+                log(f"    {i + 1}/{len(table)} tensors, {written / 2**30:.2f} of {total / 2**30:.2f} GiB written, "
+                    f"{elapsed:.0f} s elapsed, ~{elapsed / written * (total - written):.0f} s left")
+    if len(shards) > 1:
+        (out / "model.safetensors.index.json").write_text(json.dumps(
+            {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+    return total
