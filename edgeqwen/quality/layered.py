@@ -1,0 +1,119 @@
+"""An fp32 reference that holds one decoder layer at a time, for checkpoints too large to hold whole.
+
+A 7B checkpoint in fp32 is 30 GB; on a 24 GiB machine ``Reference`` cannot load it. This runs the
+same transformers modules, built on the meta device (no memory), and materialises each decoder
+layer's weights from the memory-mapped safetensors just before it runs, upcast to fp32, then drops
+them. Peak memory is one layer plus the embedding table plus activations. It has ``Reference``'s
+interface (``tokenizer``, ``prompt_ids``, ``logits``, ``greedy``) and the same numerics: the
+layers, norms, rotary tables and causal mask are transformers' own.
+
+Greedy decoding reruns the whole sequence per token (every layer is reloaded each time), so it is
+slow on large models: it is for validation, not for generating.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from edgeqwen.quality.reference import Reference
+
+
+class LayeredReference(Reference):
+    def __init__(self, model_path: str | Path) -> None:  # builds on meta; Reference's loading is not used
+        import torch
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+        self.torch = torch
+        self.path = Path(model_path)
+        self.tokenizer = AutoTokenizer.from_pretrained(str(model_path))
+        self.config = AutoConfig.from_pretrained(str(model_path))
+        with torch.device("meta"):
+            self.model = AutoModelForCausalLM.from_config(self.config, dtype=torch.float32).eval()
+        # Rotary tables are buffers computed at construction: rebuild them on the CPU for real.
+        rotary = self.model.model.rotary_emb
+        self.model.model.rotary_emb = type(rotary)(config=self.model.config)
+        self.files = _weight_map(self.path)
+
+    # -- weights ------------------------------------------------------------------------------------
+    def _materialise(self, module, prefix: str, alias: str | None = None) -> None:
+        """Give ``module`` its weights ``prefix``* (or ``alias``* where a tied checkpoint lacks them)."""
+        from safetensors import safe_open
+
+        torch = self.torch
+        wanted = [name for name, _ in module.named_parameters()]
+        module.to_empty(device="cpu")
+        with torch.no_grad():
+            params = dict(module.named_parameters())
+            for name in wanted:
+                key = prefix + name if prefix + name in self.files or alias is None else alias + name
+                with safe_open(str(self.files[key]), framework="pt") as f:
+                    params[name].copy_(f.get_tensor(key).to(torch.float32))
+
+    def _release(self, module) -> None:
+        module.to("meta")
+
+    # -- forward ------------------------------------------------------------------------------------
+    def _hidden(self, ids: list[int]):
+        """Final-norm hidden states [1, T, H] for ``ids``, one decoder layer in memory at a time."""
+        from transformers.masking_utils import create_causal_mask
+
+        torch, inner = self.torch, self.model.model
+        with torch.no_grad():
+            self._materialise(inner.embed_tokens, "model.embed_tokens.")
+            x = inner.embed_tokens(torch.tensor([ids]))
+            self._release(inner.embed_tokens)
+            position_ids = torch.arange(len(ids)).unsqueeze(0)
+            mask = create_causal_mask(config=self.model.config, inputs_embeds=x, attention_mask=None,
+                                      past_key_values=None, position_ids=position_ids)
+            rope = inner.rotary_emb(x, position_ids)
+            for i, layer in enumerate(inner.layers):
+                self._materialise(layer, f"model.layers.{i}.")
+                out = layer(x, attention_mask=mask, position_ids=position_ids, position_embeddings=rope)
+                x = out[0] if isinstance(out, tuple) else out
+                self._release(layer)
+            self._materialise(inner.norm, "model.norm.")
+            x = inner.norm(x)
+            self._release(inner.norm)
+        return x
+
+    def logits(self, ids: list[int]) -> np.ndarray:
+        torch, head = self.torch, self.model.lm_head
+        x = self._hidden(ids)
+        with torch.no_grad():
+            # a tied checkpoint has no lm_head.weight: the embedding table is the output matrix
+            self._materialise(head, "lm_head.", alias="model.embed_tokens.")
+            out = head(x)[0].float().numpy()
+            self._release(head)
+        return out
+
+    def greedy(self, ids: list[int], n: int) -> list[int]:
+        seq, out = list(ids), []
+        for _ in range(n):
+            nxt = int(self.logits(seq)[-1].argmax())
+            out.append(nxt)
+            seq.append(nxt)
+            if nxt in self._eos:
+                break
+        return out
+
+    @property
+    def _eos(self) -> set[int]:
+        """The checkpoint's end tokens, as generate() stops on them (generation_config, else config)."""
+        gen = self.path / "generation_config.json"
+        eos = json.loads(gen.read_text()).get("eos_token_id") if gen.is_file() else None
+        if eos is None:
+            eos = self.config.eos_token_id
+        return set(eos if isinstance(eos, list) else [] if eos is None else [eos])
+
+
+def _weight_map(folder: Path) -> dict[str, Path]:
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        return {k: folder / v for k, v in json.loads(index.read_text())["weight_map"].items()}
+    from safetensors import safe_open
+
+    with safe_open(str(folder / "model.safetensors"), framework="pt") as f:
+        return {k: folder / "model.safetensors" for k in f.keys()}
