@@ -58,11 +58,12 @@ def _reason(e: Exception) -> str:
 
 
 def quality(peers, args, log) -> dict[str, dict]:
-    from edgeqwen.quality.windows import compare_on_windows, default_text
+    from edgeqwen.corpus import held_out_text
+    from edgeqwen.quality.windows import compare_on_windows
     from edgeqwen.quality.reference import Reference
 
     ref = Reference(args.checkpoint)
-    text, name = (args.text.read_text(encoding="utf-8"), args.text.name) if args.text else default_text()
+    text, name = (args.text.read_text(encoding="utf-8"), args.text.name) if args.text else held_out_text()
     ids = ref.tokenizer(text, add_special_tokens=False).input_ids[: args.quality_tokens + 1]
     out = compare_on_windows(ref, ids, {p.name: p.logits for p in peers}, args.window, log)
     for peer_name, s in out.items():

@@ -97,11 +97,13 @@ def plot(reports: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def can_plot() -> bool:
-    return importlib.util.find_spec("matplotlib") is not None
-
-
-NO_PLOT = "no plot: matplotlib is not installed (pip install 'edgeqwen[bench]' for {name})"
+def _plot_if_possible(reports: list[dict[str, Any]], path: Path, say) -> bool:
+    """Plot where matplotlib is installed (the [bench] extra); otherwise say how to get the plot."""
+    if importlib.util.find_spec("matplotlib") is None:
+        say(f"no plot: matplotlib is not installed (pip install 'edgeqwen[bench]' for {path.name})")
+        return False
+    plot(reports, path)
+    return True
 
 
 def write(report: dict[str, Any], out: Path, say=lambda s: None) -> list[Path]:
@@ -111,11 +113,8 @@ def write(report: dict[str, Any], out: Path, say=lambda s: None) -> list[Path]:
     (out / "report.json").write_text(json.dumps(report, indent=2))
     (out / "report.md").write_text(markdown(report))
     files = [out / "report.json", out / "report.md"]
-    if can_plot():
-        plot([report], out / "speed.png")
+    if _plot_if_possible([report], out / "speed.png", say):
         files.append(out / "speed.png")
-    else:
-        say(NO_PLOT.format(name="speed.png"))
     return files
 
 
@@ -157,8 +156,5 @@ def compare(paths: list[Path], out: Path, say=lambda s: None) -> str:
         rows.append("| " + " | ".join(cells) + " |")
     table = "\n".join(rows) + "\n"
     (out / "compare.md").write_text(table)
-    if can_plot():
-        plot(reports, out / "compare.png")
-    else:
-        say(NO_PLOT.format(name="compare.png"))
+    _plot_if_possible(reports, out / "compare.png", say)
     return table

@@ -45,9 +45,10 @@ def bench(artifact: Path, out: Path, plan: SpeedPlan, threads: int | None = None
         "peak_rss_mb": rss,
     }
     if reference:
-        from edgeqwen.quality.windows import default_text, evaluate
+        from edgeqwen.corpus import held_out_text
+        from edgeqwen.quality.windows import evaluate
 
-        body, name = (text.read_text(encoding="utf-8"), text.name) if text else default_text()
+        body, name = (text.read_text(encoding="utf-8"), text.name) if text else held_out_text()
         log(f"== quality on {name}: perplexity and KL against {reference}")
         q = evaluate(engine, reference, body, max_tokens=quality_tokens, log=log)
         q["text"] = name

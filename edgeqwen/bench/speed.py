@@ -70,22 +70,25 @@ def measure_decode(engine, depth: int, n: int) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def skipped_lines(plan: SpeedPlan, ctx: int) -> list[str]:
-    """Why points of the plan are not measured: they need more than the artifact's context length."""
-    lines = [f"skipped prefill at {n} tokens: needs {n + 2} positions, the artifact's context length is {ctx}"
-             for n in plan.prompt_lengths if n + 2 > ctx]
-    lines += [f"skipped decode at KV depth {d}: needs {d + plan.decode_tokens + 2} positions "
-              f"({plan.decode_tokens} decoded tokens), the artifact's context length is {ctx}"
-              for d in plan.depths if d + plan.decode_tokens + 2 > ctx]
-    return lines
+def _prefill_positions(n: int) -> int:
+    return n + 2  # the prompt, the first token, one spare
+
+
+def _decode_positions(depth: int, plan: SpeedPlan) -> int:
+    return depth + plan.decode_tokens + 2
 
 
 def run_matrix(engine, plan: SpeedPlan, log: Callable[[str], None] = print) -> dict[str, Any]:
     ctx = engine.context_length
-    lengths = [n for n in plan.prompt_lengths if n + 2 <= ctx]
-    depths = [d for d in plan.depths if d + plan.decode_tokens + 2 <= ctx]
+    lengths = [n for n in plan.prompt_lengths if _prefill_positions(n) <= ctx]
+    depths = [d for d in plan.depths if _decode_positions(d, plan) <= ctx]
     skipped = sorted(set(plan.prompt_lengths) - set(lengths)) + sorted(set(plan.depths) - set(depths))
-    for line in skipped_lines(plan, ctx):
+    # Why points of the plan are not measured: they need more than the artifact's context length.
+    why = [f"skipped prefill at {n} tokens: needs {_prefill_positions(n)} positions, the artifact's context "
+           f"length is {ctx}" for n in plan.prompt_lengths if n not in lengths]
+    why += [f"skipped decode at KV depth {d}: needs {_decode_positions(d, plan)} positions ({plan.decode_tokens} "
+            f"decoded tokens), the artifact's context length is {ctx}" for d in plan.depths if d not in depths]
+    for line in why:
         log(f"    {line}")
     total = (len(lengths) + len(depths)) * plan.reps
     done = 0
@@ -108,4 +111,4 @@ def run_matrix(engine, plan: SpeedPlan, log: Callable[[str], None] = print) -> d
         decode[str(d)] = _stats(runs)
     return {"prefill_tokens_per_s": prefill, "ttft_s": ttft, "decode_tokens_per_s": decode,
             "decode_tokens": plan.decode_tokens, "reps": plan.reps, "skipped_beyond_context": skipped,
-            "skipped": skipped_lines(plan, ctx), "context_length": ctx}
+            "skipped": why, "context_length": ctx}

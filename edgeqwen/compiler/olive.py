@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 from pathlib import Path
@@ -12,7 +11,6 @@ from typing import Any
 from edgeqwen import providers
 from edgeqwen.compiler.progress import LayerCounter, LineFilter, Progress
 from edgeqwen.targets import TargetProfile
-
 
 
 def workflow_config(profile: TargetProfile, checkpoint: Path, work_dir: Path) -> dict[str, Any]:
@@ -35,7 +33,7 @@ def workflow_config(profile: TargetProfile, checkpoint: Path, work_dir: Path) ->
     }
 
 
-def run_olive(profile: TargetProfile, checkpoint: Path, work_dir: Path, progress: Progress) -> Path:
+def run_olive(profile: TargetProfile, checkpoint: Path, work_dir: Path, progress: Progress, layers: int) -> Path:
     """Run the workflow; return the folder holding model.onnx, genai_config.json and tokenizer files."""
     # No network here or on most build machines: Olive's telemetry would only time out.
     os.environ.setdefault("OLIVE_DISABLE_TELEMETRY", "1")
@@ -45,7 +43,6 @@ def run_olive(profile: TargetProfile, checkpoint: Path, work_dir: Path, progress
     config = workflow_config(profile, checkpoint, work_dir)
     logging.getLogger("olive").setLevel(logging.WARNING)
     logging.getLogger("olive.engine.engine").setLevel(logging.WARNING)
-    layers = int(json.loads((checkpoint / "config.json").read_text())["num_hidden_layers"])
     with contextlib.redirect_stdout(LineFilter(progress, LayerCounter(layers))):
         olive_run(config)
     out = work_dir / "olive_out"

@@ -36,6 +36,7 @@ class LayeredReference(Reference):
         rotary = self.model.model.rotary_emb
         self.model.model.rotary_emb = type(rotary)(config=self.model.config)
         self.files = _weight_map(self.path)
+        self.eos = _eos_ids(self.path, self.config)
 
     # -- weights ------------------------------------------------------------------------------------
     def _materialise(self, module, prefix: str, alias: str | None = None) -> None:
@@ -43,14 +44,17 @@ class LayeredReference(Reference):
         from safetensors import safe_open
 
         torch = self.torch
-        wanted = [name for name, _ in module.named_parameters()]
         module.to_empty(device="cpu")
+        keys: dict[Path, dict[str, str]] = {}  # shard -> {parameter: checkpoint key}: each shard opened once
+        for name, _ in module.named_parameters():
+            key = prefix + name if prefix + name in self.files or alias is None else alias + name
+            keys.setdefault(self.files[key], {})[name] = key
         with torch.no_grad():
             params = dict(module.named_parameters())
-            for name in wanted:
-                key = prefix + name if prefix + name in self.files or alias is None else alias + name
-                with safe_open(str(self.files[key]), framework="pt") as f:
-                    params[name].copy_(f.get_tensor(key).to(torch.float32))
+            for shard, names in keys.items():
+                with safe_open(str(shard), framework="pt") as f:
+                    for name, key in names.items():
+                        params[name].copy_(f.get_tensor(key).to(torch.float32))
 
     def _release(self, module) -> None:
         module.to("meta")
@@ -95,18 +99,18 @@ class LayeredReference(Reference):
             nxt = int(self.logits(seq)[-1].argmax())
             out.append(nxt)
             seq.append(nxt)
-            if nxt in self._eos:
+            if nxt in self.eos:
                 break
         return out
 
-    @property
-    def _eos(self) -> set[int]:
-        """The checkpoint's end tokens, as generate() stops on them (generation_config, else config)."""
-        gen = self.path / "generation_config.json"
-        eos = json.loads(gen.read_text()).get("eos_token_id") if gen.is_file() else None
-        if eos is None:
-            eos = self.config.eos_token_id
-        return set(eos if isinstance(eos, list) else [] if eos is None else [eos])
+
+def _eos_ids(folder: Path, config) -> set[int]:
+    """The checkpoint's end tokens, as generate() stops on them (generation_config, else config)."""
+    gen = folder / "generation_config.json"
+    eos = json.loads(gen.read_text()).get("eos_token_id") if gen.is_file() else None
+    if eos is None:
+        eos = config.eos_token_id
+    return set(eos if isinstance(eos, list) else [] if eos is None else [eos])
 
 
 def _weight_map(folder: Path) -> dict[str, Path]:

@@ -13,13 +13,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from edgeqwen.corpus import held_out_text
 from edgeqwen.quality.metrics import per_token, summarize
-
-
-def default_text() -> tuple[str, str]:
-    """The held-out CPython stdlib modules, which the small trained model never saw."""
-    return held_out_text()
 
 
 def compare_on_windows(reference, ids: list[int], candidates: dict[str, Callable[[list[int]], np.ndarray]],

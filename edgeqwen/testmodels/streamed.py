@@ -3,9 +3,8 @@
 A 7B-shaped checkpoint is 15 GB in bf16; holding it in memory (as ``fixtures.make_checkpoint`` does
 with a transformers model) would need 30 GB in fp32. Here every tensor is generated from its own
 seed in row blocks and written straight into its place in a safetensors shard, so memory stays
-at one block (16 MB of fp32 and its temporaries) whatever the model size. The initialisation follows the rules of
-``fixtures._init_weights`` (norm gains around 1, visible q/k/v biases, embeddings at ``embed_std``,
-projections at ``block_gain / sqrt(fan_in)``), so greedy output is not one repeated token.
+at one block (16 MB of fp32 and its temporaries) whatever the model size. Values follow the same
+rules as the in-memory fixtures (``fixtures.scaled``), so greedy output is not one repeated token.
 """
 
 from __future__ import annotations
@@ -18,35 +17,36 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from edgeqwen.testmodels.fixtures import scaled, weight_kind
+
 BLOCK_VALUES = 4 * 2**20  # values generated at a time: 16 MB of fp32
 DEFAULT_SHARD_BYTES = 4 * 2**30  # Qwen's own shards are about 4 GB
 
 
-def tensor_table(spec) -> list[tuple[str, tuple[int, ...], str]]:
-    """(name, shape, kind) of every tensor of a Qwen2/Qwen3 checkpoint of ``spec``'s shape, in file order.
-    kind: "norm", "bias", "embed" or "proj"."""
+def tensor_table(spec) -> list[tuple[str, tuple[int, ...]]]:
+    """(name, shape) of every tensor of a Qwen2/Qwen3 checkpoint of ``spec``'s shape, in file order."""
     h, hd = spec.hidden, spec.head_dim or spec.hidden // spec.heads
     q, kv, inter, vocab = spec.heads * hd, spec.kv_heads * hd, spec.intermediate, spec.vocab
-    rows: list[tuple[str, tuple[int, ...], str]] = [("model.embed_tokens.weight", (vocab, h), "embed")]
+    rows: list[tuple[str, tuple[int, ...]]] = [("model.embed_tokens.weight", (vocab, h))]
     for i in range(spec.layers):
         p = f"model.layers.{i}"
-        rows += [(f"{p}.input_layernorm.weight", (h,), "norm"),
-                 (f"{p}.self_attn.q_proj.weight", (q, h), "proj"),
-                 (f"{p}.self_attn.k_proj.weight", (kv, h), "proj"),
-                 (f"{p}.self_attn.v_proj.weight", (kv, h), "proj")]
+        rows += [(f"{p}.input_layernorm.weight", (h,)),
+                 (f"{p}.self_attn.q_proj.weight", (q, h)),
+                 (f"{p}.self_attn.k_proj.weight", (kv, h)),
+                 (f"{p}.self_attn.v_proj.weight", (kv, h))]
         if spec.family == "qwen2":  # Qwen2/2.5: q/k/v bias
-            rows += [(f"{p}.self_attn.q_proj.bias", (q,), "bias"), (f"{p}.self_attn.k_proj.bias", (kv,), "bias"),
-                     (f"{p}.self_attn.v_proj.bias", (kv,), "bias")]
+            rows += [(f"{p}.self_attn.q_proj.bias", (q,)), (f"{p}.self_attn.k_proj.bias", (kv,)),
+                     (f"{p}.self_attn.v_proj.bias", (kv,))]
         else:  # Qwen3: per-head RMSNorm of q and k
-            rows += [(f"{p}.self_attn.q_norm.weight", (hd,), "norm"), (f"{p}.self_attn.k_norm.weight", (hd,), "norm")]
-        rows += [(f"{p}.self_attn.o_proj.weight", (h, q), "proj"),
-                 (f"{p}.post_attention_layernorm.weight", (h,), "norm"),
-                 (f"{p}.mlp.gate_proj.weight", (inter, h), "proj"),
-                 (f"{p}.mlp.up_proj.weight", (inter, h), "proj"),
-                 (f"{p}.mlp.down_proj.weight", (h, inter), "proj")]
-    rows.append(("model.norm.weight", (h,), "norm"))
+            rows += [(f"{p}.self_attn.q_norm.weight", (hd,)), (f"{p}.self_attn.k_norm.weight", (hd,))]
+        rows += [(f"{p}.self_attn.o_proj.weight", (h, q)),
+                 (f"{p}.post_attention_layernorm.weight", (h,)),
+                 (f"{p}.mlp.gate_proj.weight", (inter, h)),
+                 (f"{p}.mlp.up_proj.weight", (inter, h)),
+                 (f"{p}.mlp.down_proj.weight", (h, inter))]
+    rows.append(("model.norm.weight", (h,)))
     if not spec.tied:
-        rows.append(("lm_head.weight", (vocab, h), "embed"))
+        rows.append(("lm_head.weight", (vocab, h)))
     return rows
 
 
@@ -60,8 +60,9 @@ def to_bf16(x: np.ndarray) -> np.ndarray:
     return rounded.astype(np.uint16)
 
 
-def blocks(spec, index: int, shape: tuple[int, ...], kind: str) -> Iterator[np.ndarray]:
+def blocks(spec, index: int, name: str, shape: tuple[int, ...]) -> Iterator[np.ndarray]:
     """The tensor's values as bf16 bits, row block by row block (each block from its own seed)."""
+    kind = weight_kind(name)
     n = int(np.prod(shape))
     width = shape[-1]
     rows_per_block = max(1, BLOCK_VALUES // width)
@@ -69,21 +70,13 @@ def blocks(spec, index: int, shape: tuple[int, ...], kind: str) -> Iterator[np.n
         rows = min(rows_per_block, n // width - start)
         rng = np.random.default_rng([spec.seed, index, b])
         x = rng.standard_normal((rows, width), dtype=np.float32)
-        if kind == "norm":
-            x = 1.0 + 0.1 * x
-        elif kind == "bias":
-            x *= 0.5
-        elif kind == "embed":
-            x *= spec.embed_std
-        else:
-            x *= spec.block_gain / width**0.5  # width = fan_in of an [out, in] weight
-        yield to_bf16(x)
+        yield to_bf16(scaled(x, kind, spec, fan_in=width))  # width = fan_in of an [out, in] weight
 
 
 def plan_shards(table, shard_bytes: int) -> list[list[int]]:
     """Tensor indices per shard, in order; a shard closes once it would pass ``shard_bytes``."""
     shards, current, size = [], [], 0
-    for i, (_, shape, _) in enumerate(table):
+    for i, (_, shape) in enumerate(table):
         nbytes = int(np.prod(shape)) * 2
         if current and size + nbytes > shard_bytes:
             shards.append(current)
@@ -99,14 +92,14 @@ def write_weights(spec, out: Path, shard_bytes: int = DEFAULT_SHARD_BYTES,
     """Write the safetensors shards (and their index when there are several); return total bytes."""
     table = tensor_table(spec)
     shards = plan_shards(table, shard_bytes)
-    total = sum(int(np.prod(s)) * 2 for _, s, _ in table)
+    total = sum(int(np.prod(s)) * 2 for _, s in table)
     names = [f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors" for k in range(len(shards))] \
         if len(shards) > 1 else ["model.safetensors"]
     t0, written, weight_map = time.perf_counter(), 0, {}
     for file, members in zip(names, shards):
         header, offset = {"__metadata__": {"format": "pt"}}, 0
         for i in members:
-            name, shape, _ = table[i]
+            name, shape = table[i]
             nbytes = int(np.prod(shape)) * 2
             header[name] = {"dtype": "BF16", "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
             offset += nbytes
@@ -116,8 +109,8 @@ def write_weights(spec, out: Path, shard_bytes: int = DEFAULT_SHARD_BYTES,
         with open(out / file, "wb") as f:
             f.write(struct.pack("<Q", len(raw)) + raw)
             for i in members:
-                name, shape, kind = table[i]
-                for block in blocks(spec, i, shape, kind):
+                name, shape = table[i]
+                for block in blocks(spec, i, name, shape):
                     f.write(block.tobytes())
                 written += int(np.prod(shape)) * 2
                 elapsed = time.perf_counter() - t0

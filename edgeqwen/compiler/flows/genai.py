@@ -19,7 +19,7 @@ def run(ckpt: Checkpoint, profile: TargetProfile, work: Path, art: Path, progres
     from edgeqwen.compiler.olive import run_olive
 
     with progress.step(f"Olive passes for {profile.name}: " + " -> ".join(p.type for p in profile.olive_passes)):
-        olive_out = run_olive(profile, ckpt.path, work, progress)
+        olive_out = run_olive(profile, ckpt.path, work, progress, layers=int(ckpt.config["num_hidden_layers"]))
     with progress.step("Graph passes and packaging"):
         return _package(olive_out, art, ckpt, profile, progress)
 

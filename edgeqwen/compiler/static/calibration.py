@@ -1,8 +1,8 @@
 """Calibration data for static (uint8 QDQ) quantisation of the static graphs.
 
 The fp32 graphs are run over local text - CPython standard-library modules from the training split
-of edgeqwen.testmodels.trained (never the held-out split that quality reports use) - and every feed they
-receive is recorded: prefill chunks and single decode steps, with the KV cache as it really is at
+of edgeqwen.corpus (never the held-out split that quality reports use) - and every feed they receive
+is recorded: prefill chunks and single decode steps, with the KV cache as it really is at
 that point, so activation ranges come from the graphs' real inputs. Olive reads the recording
 through the two components registered below (this file is Olive's ``user_script``).
 """

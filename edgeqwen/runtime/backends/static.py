@@ -2,9 +2,8 @@
 (chunk 1), with the KV cache as fixed numpy buffers this module owns.
 
 Used for accelerators that need every shape known when the graph is compiled (Android NNAPI). The
-graphs' calling convention is described in edgeqwen/compiler/static/decoder.py (the artifact's
-runtime.static table); everything needed to
-drive them (files, chunk, cache length, mask value) comes from the manifest's runtime section.
+graphs' calling convention is described in edgeqwen/compiler/static/decoder.py; everything needed to
+drive them (files, chunk, cache length, mask value) comes from the manifest's runtime.static table.
 """
 
 from __future__ import annotations
