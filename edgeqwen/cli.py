@@ -7,10 +7,11 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import warnings
 from pathlib import Path
 
-from edgeqwen.argtypes import int_list, positive_int
+from edgeqwen.argtypes import int_list, positive_float, positive_int
 from edgeqwen.errors import EdgeQwenError
 from edgeqwen.extras import require
 
@@ -36,7 +37,8 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
     target = args.target or default_profile_name()
     result = build(args.model, target, Path(args.output) if args.output else None, validate=not args.no_validate,
-                   force=args.force, revision=args.revision, quiet=args.quiet)
+                   force=args.force, revision=args.revision, quiet=args.quiet, adapter=args.adapter,
+                   adapter_scale=args.adapter_scale)
     print(format_manifest(result.manifest, str(result.folder)))
     return 0
 
@@ -56,9 +58,30 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         print(f"edgeqwen: note: {line}", file=sys.stderr)
     profile = TargetProfile.from_dict(engine.manifest["profile"], f"{args.artifact} manifest")
     log = (lambda s: print(s, file=sys.stderr)) if args.json else print
-    result = validate(engine, Reference(ckpt.path), profile.validation, log=log)
+    with tempfile.TemporaryDirectory(prefix="edgeqwen-validate-") as tmp:
+        reference = _reference_with_adapter(engine.manifest, ckpt, args.adapter, Path(tmp))
+        result = validate(engine, Reference(reference), profile.validation, log=log)
     print(json.dumps(result, indent=2) if args.json else "\n".join(validation_lines(result)))
     return 0 if result["passed"] else 3
+
+
+def _reference_with_adapter(manifest: dict, ckpt, adapter: str | None, tmp: Path) -> Path:
+    """The checkpoint the artifact's weights came from: the base, or the base with its LoRA merged."""
+    from edgeqwen.compiler.adapter import merge, open_adapter
+
+    recorded = manifest.get("adapter")
+    if recorded is None:
+        if adapter:
+            raise EdgeQwenError("this artifact was built without an adapter; drop --adapter")
+        return ckpt.path
+    if not adapter:
+        raise EdgeQwenError(f"this artifact has a LoRA adapter merged in (sha256 {recorded['sha256'][:12]}, built from "
+                            f"{recorded['path']}): pass it with --adapter DIR")
+    lora = open_adapter(adapter, recorded.get("user_scale", 1.0))
+    if lora.sha256 != recorded["sha256"]:
+        raise EdgeQwenError(f"adapter {adapter} (sha256 {lora.sha256[:12]}) is not the one merged into this artifact "
+                            f"(sha256 {recorded['sha256'][:12]})")
+    return merge(ckpt.path, list(ckpt.weight_files), lora, tmp / "merged")
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
@@ -123,6 +146,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--target", "-t", help="profile name or .toml path (default: the default profile)")
     s.add_argument("-o", "--output", help="artifact folder (default: <model>-<target>)")
     s.add_argument("--revision", help="Hub revision")
+    s.add_argument("--adapter", help="peft LoRA adapter folder to merge into the weights before quantisation")
+    s.add_argument("--adapter-scale", type=positive_float, default=1.0, help="multiplies the adapter's scaling")
     s.add_argument("--no-validate", action="store_true", help="skip the comparison with transformers")
     s.add_argument("--force", action="store_true", help="replace an existing artifact folder")
     s.add_argument("--quiet", "-q", action="store_true", help="no progress lines")
@@ -131,6 +156,7 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("validate", help="compare an artifact with its transformers reference (needs [build])")
     s.add_argument("artifact")
     s.add_argument("--reference", required=True, help="the checkpoint the artifact was built from")
+    s.add_argument("--adapter", help="the LoRA adapter folder merged into it at build, if any")
     s.add_argument("--json", action="store_true", help="machine-readable result on stdout")
     s.set_defaults(func=_cmd_validate)
 
@@ -166,6 +192,10 @@ def parser() -> argparse.ArgumentParser:
     from edgeqwen.runtime.cli import register as register_runtime
 
     register_runtime(sub)
+
+    from edgeqwen.server.cli import register as register_server
+
+    register_server(sub)
 
     s = sub.add_parser("demo", help="end to end on the embedded default model: build, validate, generate (needs [build])")
     s.add_argument("--workdir", default="edgeqwen-demo")

@@ -11,6 +11,7 @@ from edgeqwen.errors import EdgeQwenError
 EXTRAS: dict[str, tuple[str, ...]] = {
     "build": ("torch", "transformers", "onnx", "olive", "safetensors"),
     "bench": ("matplotlib",),
+    "serve": ("starlette", "uvicorn", "prometheus_client", "llguidance"),
 }
 
 

@@ -76,6 +76,9 @@ def format_manifest(m: dict[str, Any], folder: str = "") -> str:
         + (f" in {m['build']['seconds']}s" if m.get("build", {}).get("seconds") else ""),
         f"  source: {src.get('model_id')} ({src.get('architecture')}, {src.get('parameters', 0) / 1e6:.1f}M params, "
         f"{src.get('dtype')}, config sha256 {str(src.get('config_sha256'))[:12]})",
+        *([f"  adapter: LoRA r={ad.get('r')} alpha {ad.get('lora_alpha')}{' (rsLoRA)' if ad.get('use_rslora') else ''}"
+           f", scale {ad.get('merged_scale'):g}, {ad.get('layers')} layers ({', '.join(ad.get('target_modules', []))}), "
+           f"sha256 {str(ad.get('sha256'))[:12]}, merged before quantisation"] if (ad := m.get("adapter")) else []),
         f"  target: {prof['name']} - {prof['description']}",
         f"  runtime: backend {rt['backend']} on {rt['execution_provider']}, context {rt['context_length']}, "
         f"threads {rt.get('threads', 'auto')}, family {rt['family']}" + (", thinking" if rt.get("thinking") else ""),

@@ -7,7 +7,8 @@ import textwrap
 import pytest
 
 BLOCKED = ["torch", "transformers", "olive", "onnx", "onnxscript", "onnx_ir", "safetensors", "huggingface_hub",
-           "edgeqwen.compiler", "edgeqwen.quality", "edgeqwen.bench", "edgeqwen.testmodels"]
+           "edgeqwen.compiler", "edgeqwen.quality", "edgeqwen.bench", "edgeqwen.testmodels", "edgeqwen.server",
+           "starlette", "uvicorn", "llguidance"]
 
 SCRIPT = textwrap.dedent(
     """

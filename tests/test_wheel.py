@@ -1,5 +1,5 @@
 """The wheel as a user installs it (not editable), in fresh virtual environments: the runtime alone,
-and with the [build] extra. Slow: each venv installs its dependencies (from pip's cache when warm)."""
+with the [serve] extra, and with the [build] extra. Slow: each venv installs its dependencies (from pip's cache when warm)."""
 
 from __future__ import annotations
 
@@ -62,10 +62,11 @@ def test_runtime_only_install_runs_an_artifact(wheel, artifacts, tmp_path):
     assert "cpu-int4" in r.stdout and "(default)" in r.stdout
 
     # commands of extras that are not installed: one line naming the extra, no traceback
-    for cmd in (["build", "some-checkpoint"], ["validate", str(folder), "--reference", "x"], ["demo"]):
+    for cmd, extra in ((["build", "some-checkpoint"], "build"), (["validate", str(folder), "--reference", "x"], "build"),
+                       (["demo"], "build"), (["serve", str(folder)], "serve")):
         r = run(bin_ / "edgeqwen", *cmd, env=env, check=False)
         assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
-        assert "[build] extra" in r.stderr and "pip install 'edgeqwen[build]'" in r.stderr
+        assert f"[{extra}] extra" in r.stderr and f"pip install 'edgeqwen[{extra}]'" in r.stderr
         assert len(r.stderr.strip().splitlines()) == 1
     # bench without matplotlib still writes its JSON and Markdown, and says how to get the plot
     out = tmp_path / "bench"
@@ -84,3 +85,38 @@ def test_build_extra_install_lists_targets_and_builds(wheel, checkpoints, tmp_pa
     assert "verdict: PASS" in r.stdout
     r = run(bin_ / "edgeqwen", "run", out, "Hello", "--max-new-tokens", "3", "--json", env=env)
     assert json.loads(r.stdout)["metrics"]["generated_tokens"] == 3
+
+
+def test_serve_extra_serves_without_the_compiler(wheel, artifacts, tmp_path):
+    bin_, env = fresh_venv(tmp_path / "venv", f"{wheel}[serve]")
+    present = run(bin_ / "python", "-c", "import importlib.util as u; print([m for m in ('torch', 'transformers', "
+                  "'olive', 'onnx') if u.find_spec(m)])", env=env).stdout.strip()
+    assert present == "[]", f"the serve install pulled in compiler packages: {present}"
+    sys.path.insert(0, str(REPO / "tests"))
+    from serving import free_port
+
+    port = free_port()
+    folder = artifacts("tiny-qwen2.5", "cpu-int4").folder
+    proc = subprocess.Popen([str(bin_ / "edgeqwen"), "serve", str(folder), "--port", str(port)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        import time
+        import urllib.request
+
+        body = json.dumps({"model": folder.name, "messages": [{"role": "user", "content": "Hi"}],
+                           "max_tokens": 3}).encode()
+        reply: dict = {"usage": {}}
+        for _ in range(150):
+            try:
+                req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", data=body,
+                                             headers={"Content-Type": "application/json"})
+                with urllib.request.urlopen(req, timeout=30) as r:
+                    reply = json.loads(r.read())
+                break
+            except OSError:
+                assert proc.poll() is None, proc.stderr.read()
+                time.sleep(0.2)
+        assert reply["usage"].get("completion_tokens") == 3, "no answer within 30 s"
+    finally:
+        proc.terminate()
+        assert proc.wait(30) == 0

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from edgeqwen.artifact import staged_folder, write_manifest
+from edgeqwen.compiler.adapter import Adapter, check_against, open_adapter, tensor_shapes
+from edgeqwen.compiler.adapter import merge as merge_adapter
 from edgeqwen.compiler.checkpoint import Checkpoint, open_checkpoint
 from edgeqwen.compiler.flows import FlowOutput, get_flow, known_flows
 from edgeqwen.compiler.progress import Progress
@@ -52,28 +54,41 @@ def check_profile(profile: TargetProfile) -> None:
 
 
 def build(model: str, target: str, out: Path | None = None, *, validate: bool = True, force: bool = False,
-          revision: str | None = None, quiet: bool = False) -> BuildResult:
+          revision: str | None = None, quiet: bool = False, adapter: str | Path | None = None,
+          adapter_scale: float = 1.0) -> BuildResult:
+    """``adapter``: a peft LoRA adapter folder, merged into the weights before the build (and into the
+    validation reference); ``adapter_scale`` multiplies its lora_alpha scaling."""
     t0 = time.perf_counter()
     profile = load_profile(target)
     check_profile(profile)
-    progress = Progress(4 if validate else 3, quiet=quiet)
+    progress = Progress(3 + validate + (adapter is not None), quiet=quiet)
     with progress.step("Checking checkpoint"):
         ckpt = open_checkpoint(model, revision)
         progress.say(f"    {ckpt.architecture} ({ckpt.family}), {ckpt.parameter_count / 1e6:.1f}M parameters, "
                      f"{ckpt.dtype}, tied embeddings: {ckpt.tied_embeddings}")
-    out = Path(out) if out else Path(f"{Path(ckpt.model_id).name}-{profile.name}")
+        lora = _open_lora(adapter, adapter_scale, ckpt)
+    name = Path(ckpt.model_id).name + (f"+{lora.path.name}" if lora else "")
+    out = Path(out) if out else Path(f"{name}-{profile.name}")
     with staged_folder(out, force=force) as stage:
         work, art = stage / "work", stage / "artifact"
         work.mkdir()
         art.mkdir()
-        flow = get_flow(profile.backend)(ckpt, profile, work, art, progress)
+        built_from = ckpt
+        if lora is not None:
+            with progress.step("Merging the LoRA adapter"):
+                merged = merge_adapter(ckpt.path, list(ckpt.weight_files), lora, stage / "merged", progress.say)
+                built_from = open_checkpoint(str(merged))
+        flow = get_flow(profile.backend)(built_from, profile, work, art, progress)
         manifest = _manifest(ckpt, profile, flow)
+        if lora is not None:
+            manifest["adapter"] = lora.describe(adapter_scale)
         shutil.rmtree(work)  # Olive's cache and intermediate models: not part of the artifact
         if validate:
             with progress.step("Validating against the transformers reference"):
-                manifest["validation"] = _validate(art, manifest, ckpt, profile, progress)
+                manifest["validation"] = _validate(art, manifest, built_from, profile, progress)
         else:
             manifest["validation"] = {"skipped": True}
+        shutil.rmtree(stage / "merged", ignore_errors=True)  # the merged checkpoint was the build's input only
         manifest["build"]["seconds"] = round(time.perf_counter() - t0, 1)
         manifest["build"]["step_seconds"] = progress.timings
         manifest["build"]["peak_rss_mb_after_step"] = progress.peak_rss_mb
@@ -90,6 +105,18 @@ def build(model: str, target: str, out: Path | None = None, *, validate: bool = 
                 f"the artifact was not published, it is kept for inspection in {rejected}"
             )
     return BuildResult(out.resolve(), manifest, time.perf_counter() - t0)
+
+
+def _open_lora(adapter: str | Path | None, scale: float, ckpt: Checkpoint) -> Adapter | None:
+    if adapter is None:
+        return None
+    lora = open_adapter(adapter, scale)
+    check_against(lora, tensor_shapes(ckpt.path, list(ckpt.weight_files)), ckpt.model_id)
+    base = lora.config.get("base_model_name_or_path")
+    if base and Path(str(base)).name != Path(ckpt.model_id).name:
+        warnings.warn(f"the adapter names {base} as its base model and the checkpoint is {ckpt.model_id}; the "
+                      f"shapes match, so it is merged", stacklevel=2)
+    return lora
 
 
 def _manifest(ckpt: Checkpoint, profile: TargetProfile, flow: FlowOutput) -> dict[str, Any]:

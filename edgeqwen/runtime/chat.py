@@ -24,13 +24,15 @@ class ChatTemplate:
         self.source = source
 
     def render(self, messages: Sequence[dict[str, Any]], add_generation_prompt: bool = True,
-               enable_thinking: bool | None = None) -> str:
+               enable_thinking: bool | None = None, tools: Sequence[dict[str, Any]] | None = None) -> str:
         for m in messages:
             if m.get("role") not in ("system", "user", "assistant", "tool"):
                 raise ValueError(f"message role must be system, user, assistant or tool, got {m.get('role')!r}")
         kwargs: dict[str, Any] = {}
         if enable_thinking is not None:
             kwargs["enable_thinking"] = enable_thinking
+        if tools:
+            kwargs["tools"] = list(tools)
         return self.template.render(messages=list(messages), add_generation_prompt=add_generation_prompt, **kwargs)
 
 

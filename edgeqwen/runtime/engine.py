@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, AsyncIterator, Sequence
+from typing import Any, AsyncIterator, Callable, Iterator, Sequence
 
 from edgeqwen.artifact import RuntimeSpec, load_verified, runtime_spec
 from edgeqwen.errors import ContextOverflow
@@ -15,22 +15,23 @@ from edgeqwen.runtime import backends
 from edgeqwen.runtime.backends import Backend
 from edgeqwen.runtime.chat import BUDGET_CLOSE, ChatTemplate, ThinkingState
 from edgeqwen.runtime.generate import Delta, Request, Result, Stream, run
-from edgeqwen.runtime.sampling import SamplingParams
+from edgeqwen.runtime.sampling import Constraint, SamplingParams
 from edgeqwen.runtime.threads import resolve_threads
 
 
 class Engine:
     def __init__(self, folder: str | Path, threads: int | str | None = None, verify: str = "full",
-                 provider: str | None = None) -> None:
+                 provider: str | None = None, backend: str | None = None) -> None:
         """``provider``: None runs on the provider the artifact was built for (CPU, with a warning, where
-        this onnxruntime build lacks it); "cpu" forces the CPU provider."""
+        this onnxruntime build lacks it); "cpu" forces the CPU provider. ``backend``: None uses the
+        manifest's; "batched" steps concurrent sequences of a genai artifact together (the server)."""
         self.folder = Path(folder)
         if verify not in ("full", "size"):
             raise ValueError("verify must be 'full' (sha256) or 'size'")
         self.manifest: dict[str, Any] = load_verified(self.folder, full=verify == "full")
         self.runtime: RuntimeSpec = runtime_spec(self.manifest, f"artifact {self.folder}")
         self.threads = resolve_threads(threads if threads is not None else self.runtime.threads)
-        self.backend: Backend = backends.create(self.folder, self.runtime, self.threads, provider)
+        self.backend: Backend = backends.create(self.folder, self.runtime, self.threads, provider, backend)
         self.provider: str = self.backend.provider
         self.context_length = self.runtime.context_length
         specials = self.runtime.special_tokens
@@ -70,21 +71,24 @@ class Engine:
             self._template = ChatTemplate((self.folder / self.runtime.chat_template).read_text(encoding="utf-8"))
         return self._template
 
-    def render(self, messages: Sequence[dict[str, Any]], think: bool | None = None) -> str:
-        """The prompt text for ``messages``; ``think`` sets Qwen3's enable_thinking (None: template default)."""
-        return self.template.render(messages, add_generation_prompt=True, enable_thinking=think)
+    def render(self, messages: Sequence[dict[str, Any]], think: bool | None = None,
+               tools: Sequence[dict[str, Any]] | None = None) -> str:
+        """The prompt text for ``messages``; ``think`` sets Qwen3's enable_thinking (None: template
+        default); ``tools`` are OpenAI-style tool definitions, rendered by the template."""
+        return self.template.render(messages, add_generation_prompt=True, enable_thinking=think, tools=tools)
 
     # -- generation ---------------------------------------------------------------------------------
     def _request(self, max_new_tokens: int = 256, sampling: SamplingParams | None = None, stop: Sequence[str] = (),
                  stop_tokens: Sequence[int] = (), thinking_budget: int | None = None,
-                 cancel: threading.Event | None = None, **sampling_kwargs: Any) -> Request:
+                 cancel: threading.Event | None = None, constraint: Constraint | None = None,
+                 **sampling_kwargs: Any) -> Request:
         if sampling is not None and sampling_kwargs:
             raise TypeError("give either sampling=SamplingParams(...) or sampling keywords, not both")
         if max_new_tokens < 1:
             raise ValueError("max_new_tokens must be >= 1")
         return Request(max_new_tokens=max_new_tokens, sampling=sampling or SamplingParams(**sampling_kwargs),
                        stop=tuple(stop), stop_tokens=tuple(stop_tokens), thinking_budget=thinking_budget,
-                       cancel=cancel or threading.Event())
+                       cancel=cancel or threading.Event(), constraint=constraint)
 
     def _check_context(self, total_prompt: int, req: Request) -> None:
         extra = len(self.budget_close_ids) if req.thinking_budget is not None else 0
@@ -121,9 +125,15 @@ class Engine:
     def generate(self, prompt: str | Sequence[int], **options: Any) -> Result:
         return self.stream(prompt, **options).finish()
 
-    def chat(self, messages: Sequence[dict[str, Any]], think: bool | None = None, **options: Any) -> Stream:
+    def chat(self, messages: Sequence[dict[str, Any]], think: bool | None = None,
+             tools: Sequence[dict[str, Any]] | None = None, **options: Any) -> Stream:
         """One assistant turn for ``messages`` with the checkpoint's chat template."""
-        return self._stream(self.render(messages, think), chat=True, **options)
+        return self._stream(self.render(messages, think, tools), chat=True, **options)
+
+    def open_stream(self, ids: Sequence[int], chat: bool, **options: Any) -> Stream:
+        """A stream over prompt token ids already rendered (``chat``: the turn also ends at <|im_end|>).
+        The sequence's KV memory is released when the stream ends, is cancelled or is dropped."""
+        return self._stream(list(ids), chat, **options)
 
     def _stream(self, prompt: str | Sequence[int], chat: bool, **options: Any) -> Stream:
         req = self._request(**options)
@@ -132,7 +142,7 @@ class Engine:
             raise ValueError("empty prompt")
         self._check_context(len(ids), req)
         state = self.backend.new_state(len(ids) + req.max_new_tokens + 64)
-        return Stream(run(self, state, ids, req, self._thinking(ids), self._stop_ids(req, chat)), req)
+        return Stream(_closing(run(self, state, ids, req, self._thinking(ids), self._stop_ids(req, chat)), state), req)
 
     def session(self, system: str | None = None, think: bool | None = None) -> "ChatSession":
         from edgeqwen.runtime.session import ChatSession
@@ -153,29 +163,11 @@ class Engine:
                       think: bool | None = None, **options: Any) -> AsyncIterator[Delta | Result]:
         """asyncio view of a stream: deltas as they come, then the Result. The model runs in a worker
         thread so the event loop stays free."""
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue = asyncio.Queue()
-        stream = self.chat(chat_messages, think, **options) if chat_messages is not None else self.stream(prompt, **options)
-        done = object()
+        def start() -> Stream:
+            return self.chat(chat_messages, think, **options) if chat_messages is not None else self.stream(prompt, **options)
 
-        def work() -> None:
-            try:
-                for d in stream:
-                    loop.call_soon_threadsafe(queue.put_nowait, d)
-                loop.call_soon_threadsafe(queue.put_nowait, stream.result)
-            except BaseException as e:  # surfaced in the awaiting task
-                loop.call_soon_threadsafe(queue.put_nowait, e)
-            loop.call_soon_threadsafe(queue.put_nowait, done)
-
-        worker = loop.run_in_executor(None, work)
-        try:
-            while (item := await queue.get()) is not done:
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-        finally:
-            stream.cancel()
-            await worker
+        async for item in aiterate(start):
+            yield item
 
     async def agenerate(self, prompt: str | Sequence[int], **options: Any) -> Result:
         result = None
@@ -184,6 +176,51 @@ class Engine:
                 result = item
         assert result is not None
         return result
+
+
+async def aiterate(start: Callable[[], Stream], executor: Executor | None = None) -> AsyncIterator[Delta | Result]:
+    """Run ``start()`` and its stream in a worker thread (``executor``, or asyncio's default); yield its
+    deltas, then its Result, on the event loop. Leaving early (a cancelled task) cancels the stream."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue = asyncio.Queue()
+    done = object()
+    holder: list[Stream] = []
+    stop = threading.Event()
+
+    def work() -> None:
+        try:
+            stream = start()
+            holder.append(stream)
+            if stop.is_set():
+                stream.cancel()
+            for d in stream:
+                loop.call_soon_threadsafe(queue.put_nowait, d)
+            loop.call_soon_threadsafe(queue.put_nowait, stream.result)
+        except BaseException as e:  # surfaced in the awaiting task
+            loop.call_soon_threadsafe(queue.put_nowait, e)
+        loop.call_soon_threadsafe(queue.put_nowait, done)
+
+    worker = loop.run_in_executor(executor, work)
+    try:
+        while (item := await queue.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        if holder:
+            holder[0].cancel()
+        try:
+            await asyncio.shield(worker)
+        except BaseException:
+            pass  # the worker's own error was raised above, or the caller is being cancelled
+
+
+def _closing(events: Iterator[Delta | Result], state) -> Iterator[Delta | Result]:
+    try:
+        yield from events
+    finally:
+        state.close()
 
 
 def load(folder: str | Path, **kwargs: Any) -> Engine:

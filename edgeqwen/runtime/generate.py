@@ -11,7 +11,7 @@ from typing import Any, Iterator, Sequence
 from edgeqwen.runtime.chat import ThinkingState
 from edgeqwen.runtime.detok import IncrementalDecoder
 from edgeqwen.runtime.memory import peak_rss_mb
-from edgeqwen.runtime.sampling import Sampler, SamplingParams
+from edgeqwen.runtime.sampling import Constraint, Sampler, SamplingParams, apply_mask
 from edgeqwen.runtime.stops import StopStrings
 
 
@@ -55,6 +55,7 @@ class Request:
     stop_tokens: Sequence[int] = ()
     thinking_budget: int | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
+    constraint: Constraint | None = None  # grammar applied to every sampled token
 
 
 class Stream:
@@ -112,18 +113,24 @@ def run(engine, state, new_ids: list[int], req: Request, thinking: ThinkingState
         if req.cancel.is_set():
             finish = "cancelled"
             break
-        tok = sampler(logits, state.tokens)
+        allowed = req.constraint.mask() if req.constraint is not None else None
+        tok = sampler(logits if allowed is None else apply_mask(logits, allowed), state.tokens)
         if i == 0:
             m.ttft_s = time.perf_counter() - t0
         if tok in stop_ids:
             finish = "stop"
             break
+        if req.constraint is not None:
+            req.constraint.advance(tok)
         generated.append(tok)
         kind = thinking.route(tok) if thinking else "content"
         if kind is not None:
             yield from emit(kind, decoders[kind].push(tok))
         if stops.hit is not None:
             finish, hit = "stop", stops.hit
+            break
+        if req.constraint is not None and req.constraint.done():
+            finish = "stop"
             break
         feed = [tok]
         if thinking and thinking.in_reasoning and req.thinking_budget is not None \

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Protocol, Sequence
 
 import numpy as np
 
@@ -30,6 +30,28 @@ class SamplingParams:
     @property
     def greedy(self) -> bool:
         return self.temperature == 0
+
+
+class Constraint(Protocol):
+    """A grammar that limits which tokens may come next (structured output, forced tool calls)."""
+
+    def mask(self) -> np.ndarray | None:
+        """bool [>= V]: the tokens allowed next (end-of-turn ids only where the grammar may end), or
+        None where anything goes."""
+
+    def advance(self, token_id: int) -> None:
+        """Consume the chosen token."""
+
+    def done(self) -> bool:
+        """The grammar is complete: generation must end here."""
+
+
+def apply_mask(logits: np.ndarray, allowed: np.ndarray) -> np.ndarray:
+    """A copy of logits [V] with the disallowed tokens at -inf."""
+    out = np.full_like(logits, -np.inf)
+    keep = allowed[: logits.shape[0]]
+    out[keep] = logits[keep]
+    return out
 
 
 class Sampler:

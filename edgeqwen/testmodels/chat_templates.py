@@ -4,15 +4,49 @@ Real checkpoints carry their template in tokenizer_config.json; the compiler cop
 checkpoint has. These two exist so locally built fixtures behave like Qwen2.5 and Qwen3.
 """
 
+
+# Tool use as Qwen2.5 and Qwen3 templates render it: the functions in the system turn, the
+# assistant's calls as <tool_call> blocks, consecutive tool results grouped in one user turn.
+_TOOLS_SYSTEM = """\
+{{- '<|im_start|>system\\n' }}
+{%- if messages[0].role == 'system' %}{{- messages[0].content + '\\n\\n' }}{%- elif default_system %}{{- default_system + '\\n\\n' }}{%- endif %}
+{{- '# Tools\\n\\nYou may call one or more functions to assist with the user query.\\n\\nYou are provided with function signatures within <tools></tools> XML tags:\\n<tools>' }}
+{%- for tool in tools %}{{- '\\n' + (tool | tojson) }}{%- endfor %}
+{{- '\\n</tools>\\n\\nFor each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:\\n<tool_call>\\n{"name": <function-name>, "arguments": <args-json-object>}\\n</tool_call><|im_end|>\\n' }}
+"""
+_TOOL_CALLS = """\
+{%- for tool_call in message.tool_calls or [] %}
+{%- set call = tool_call.function if tool_call.function is defined else tool_call %}
+{{- ('\\n' if content or not loop.first else '') + '<tool_call>\\n{"name": "' + call.name + '", "arguments": ' }}
+{{- call.arguments if call.arguments is string else (call.arguments | tojson) }}
+{{- '}\\n</tool_call>' }}
+{%- endfor %}
+"""
+_TOOL_RESULT = """\
+{%- elif message.role == 'tool' %}
+{%- if loop.first or messages[loop.index0 - 1].role != 'tool' %}{{- '<|im_start|>user' }}{%- endif %}
+{{- '\\n<tool_response>\\n' + content + '\\n</tool_response>' }}
+{%- if loop.last or messages[loop.index0 + 1].role != 'tool' %}{{- '<|im_end|>\\n' }}{%- endif %}
+"""
+
 QWEN25_CHATML = """\
-{%- if messages[0]['role'] == 'system' %}
+{%- if tools %}
+{%- set default_system = 'You are Qwen, created by Alibaba Cloud. You are a helpful assistant.' %}
+""" + _TOOLS_SYSTEM + """\
+{%- elif messages[0]['role'] == 'system' %}
 {{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}
 {%- else %}
 {{- '<|im_start|>system\\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\\n' }}
 {%- endif %}
 {%- for message in messages %}
-{%- if message.role == 'user' or (message.role == 'system' and not loop.first) or message.role == 'assistant' %}
-{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>\\n' }}
+{%- set content = message.content if message.content is string else '' %}
+{%- if message.role == 'user' or (message.role == 'system' and not loop.first) %}
+{{- '<|im_start|>' + message.role + '\\n' + content + '<|im_end|>\\n' }}
+{%- elif message.role == 'assistant' %}
+{{- '<|im_start|>assistant\\n' + content }}
+""" + _TOOL_CALLS + """\
+{{- '<|im_end|>\\n' }}
+""" + _TOOL_RESULT + """\
 {%- endif %}
 {%- endfor %}
 {%- if add_generation_prompt %}
@@ -23,7 +57,9 @@ QWEN25_CHATML = """\
 # Qwen3: reasoning of earlier turns is dropped from the history; only assistant turns after the
 # last user query keep their <think> block. enable_thinking=false pre-fills an empty think block.
 QWEN3_THINKING = """\
-{%- if messages[0].role == 'system' %}
+{%- if tools %}
+""" + _TOOLS_SYSTEM + """\
+{%- elif messages[0].role == 'system' %}
 {{- '<|im_start|>system\\n' + messages[0].content + '<|im_end|>\\n' }}
 {%- endif %}
 {%- set ns = namespace(found=false, last_query_index=messages|length - 1) %}
@@ -47,10 +83,13 @@ QWEN3_THINKING = """\
 {%- set content = content.split('</think>')[-1].lstrip('\\n') %}
 {%- endif %}
 {%- if loop.index0 > ns.last_query_index and reasoning_content %}
-{{- '<|im_start|>assistant\\n<think>\\n' + reasoning_content.strip('\\n') + '\\n</think>\\n\\n' + content.lstrip('\\n') + '<|im_end|>\\n' }}
+{{- '<|im_start|>assistant\\n<think>\\n' + reasoning_content.strip('\\n') + '\\n</think>\\n\\n' + content.lstrip('\\n') }}
 {%- else %}
-{{- '<|im_start|>assistant\\n' + content + '<|im_end|>\\n' }}
+{{- '<|im_start|>assistant\\n' + content }}
 {%- endif %}
+""" + _TOOL_CALLS + """\
+{{- '<|im_end|>\\n' }}
+""" + _TOOL_RESULT + """\
 {%- endif %}
 {%- endfor %}
 {%- if add_generation_prompt %}

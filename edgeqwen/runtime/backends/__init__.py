@@ -20,6 +20,8 @@ from edgeqwen.errors import ArtifactError
 _BACKENDS = {
     "genai": "edgeqwen.runtime.backends.genai:GenaiBackend",  # dynamic-KV graphs, KV cache held by genai
     "static": "edgeqwen.runtime.backends.static:StaticBackend",  # fixed shapes, KV as numpy buffers
+    # genai graphs stepped by plain onnxruntime, sequences joining and leaving one shared batch (serve)
+    "batched": "edgeqwen.runtime.backends.batched:BatchedBackend",
 }
 
 
@@ -33,6 +35,9 @@ class State(Protocol):
 
     def rewind(self, n: int) -> None:
         """Forget every cached token from position ``n`` on."""
+
+    def close(self) -> None:
+        """Release what the sequence holds (a no-op where the state is plain memory)."""
 
 
 class Backend(Protocol):
@@ -57,10 +62,35 @@ def known_backends() -> tuple[str, ...]:
     return tuple(_BACKENDS)
 
 
-def create(folder: Path, spec: RuntimeSpec, threads: int, provider: str | None = None) -> Backend:
-    target = _BACKENDS.get(spec.backend)
+def create(folder: Path, spec: RuntimeSpec, threads: int, provider: str | None = None,
+           name: str | None = None) -> Backend:
+    """The manifest's backend, or ``name`` where the caller picks one the artifact's graphs allow."""
+    target = _BACKENDS.get(name or spec.backend)
     if target is None:
-        raise ArtifactError(f"artifact {folder}: unknown runtime backend {spec.backend!r}; this edgeqwen has "
-                            f"{', '.join(_BACKENDS)}")
+        raise ArtifactError(f"artifact {folder}: unknown runtime backend {name or spec.backend!r}; this edgeqwen "
+                            f"has {', '.join(_BACKENDS)}")
     module, cls = target.split(":")
     return getattr(importlib.import_module(module), cls)(folder, spec, threads, provider)
+
+
+def teacher_forced_rows(state: State, ids: Sequence[int], prefill: int) -> np.ndarray:
+    """``Backend.teacher_forced_logits`` over any State: one prefill append, then one append per id."""
+    try:
+        rows = [state.append(ids[:prefill])]
+        rows += [state.append([t]) for t in ids[prefill:]]
+        return np.stack(rows)
+    finally:
+        state.close()
+
+
+def greedy_rows(state: State, ids: Sequence[int], max_new_tokens: int) -> list[int]:
+    """``Backend.greedy`` over any State."""
+    try:
+        logits, out = state.append(ids), []
+        while len(out) < max_new_tokens:
+            out.append(int(logits.argmax()))
+            if len(out) < max_new_tokens:
+                logits = state.append(out[-1:])
+        return out
+    finally:
+        state.close()

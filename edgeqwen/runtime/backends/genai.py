@@ -82,6 +82,9 @@ class GenaiState:
             self.gen.rewind_to(n)
             del self.tokens[n:]
 
+    def close(self) -> None:
+        pass  # the generator's KV buffer goes with the object
+
     def _grow(self, need: int) -> None:
         # genai sizes the KV buffer at creation (past_present_share_buffer); a larger one means a new
         # generator and one prefill of what was cached.

@@ -16,6 +16,7 @@ import numpy as np
 from edgeqwen.artifact import RuntimeSpec, StaticSpec
 from edgeqwen.errors import ArtifactError, ContextOverflow
 from edgeqwen.providers import PROVIDERS
+from edgeqwen.runtime.backends import greedy_rows, teacher_forced_rows
 from edgeqwen.runtime.providers import choose
 
 
@@ -61,19 +62,10 @@ class StaticBackend:
         return StaticState(self)
 
     def teacher_forced_logits(self, ids: Sequence[int], prefill: int) -> np.ndarray:
-        state = self.new_state(len(ids))
-        rows = [state.append(ids[:prefill])]
-        rows += [state.append([t]) for t in ids[prefill:]]
-        return np.stack(rows)
+        return teacher_forced_rows(self.new_state(len(ids)), ids, prefill)
 
     def greedy(self, ids: Sequence[int], max_new_tokens: int) -> list[int]:
-        state = self.new_state(len(ids) + max_new_tokens)
-        logits, out = state.append(ids), []
-        while len(out) < max_new_tokens:
-            out.append(int(logits.argmax()))
-            if len(out) < max_new_tokens:
-                logits = state.append(out[-1:])
-        return out
+        return greedy_rows(self.new_state(len(ids) + max_new_tokens), ids, max_new_tokens)
 
 
 class StaticState:
@@ -105,6 +97,9 @@ class StaticState:
     def rewind(self, n: int) -> None:
         # Slots past n are masked out on the next run and overwritten as tokens arrive.
         del self.tokens[n:]
+
+    def close(self) -> None:
+        pass  # plain numpy buffers
 
     def _run(self, role: str, ids: list[int]) -> np.ndarray:
         b = self.backend
