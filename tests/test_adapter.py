@@ -42,7 +42,7 @@ def peft_merged(base, adapter):
     return PeftModel.from_pretrained(model, str(adapter)).merge_and_unload().eval()
 
 
-@pytest.mark.parametrize("fixture", ["tiny-qwen2.5", "tiny-qwen3"])
+@pytest.mark.parametrize("fixture", ["tiny-qwen2.5", pytest.param("tiny-qwen3", marks=pytest.mark.slow)])
 def test_fp32_build_with_adapter_equals_peft_merged_model(checkpoints, adapters, artifacts, tmp_path, fixture):
     import torch
 
@@ -68,6 +68,7 @@ def test_fp32_build_with_adapter_equals_peft_merged_model(checkpoints, adapters,
     assert base_engine.backend.greedy(ids, 24) != want
 
 
+@pytest.mark.slow
 def test_int4_build_with_adapter_validates_and_records_it(checkpoints, adapters, tmp_path):
     r = build(str(checkpoints("tiny-qwen2.5")), "cpu-int4", tmp_path / "art", adapter=adapters["tiny-qwen2.5"],
               adapter_scale=0.5, quiet=True)
@@ -133,6 +134,7 @@ def test_an_adapter_for_another_base_is_refused_in_one_line(checkpoints, adapter
     assert r.returncode == 2 and "expected a peft adapter folder" in r.stderr
 
 
+@pytest.mark.slow
 def test_validate_asks_for_the_adapter_and_checks_it_is_the_same(checkpoints, adapters, tmp_path):
     base = checkpoints("tiny-qwen2.5")
     art = build(str(base), "cpu-fp32", tmp_path / "art", adapter=adapters["tiny-qwen2.5"], quiet=True).folder

@@ -146,9 +146,9 @@ def merge(ckpt_path: Path, weight_files: list[str], adapter: Adapter, out: Path,
     merged = 0
     with safe_open(str(adapter.path / WEIGHTS), framework="pt") as lora:
         for fname in weight_files:
-            with safe_open(str(ckpt_path / fname), framework="pt") as base:
+            with TensorFile(ckpt_path / fname) as base:
                 def tensor(name: str):
-                    w = base.get_tensor(name)
+                    w = base.get(name)
                     if name not in adapter.pairs:
                         return w
                     ka, kb = adapter.pairs[name]
@@ -156,17 +156,50 @@ def merge(ckpt_path: Path, weight_files: list[str], adapter: Adapter, out: Path,
                     delta = lora.get_tensor(kb).float() @ lora.get_tensor(ka).float()
                     return (w.float() + adapter.scale * delta).to(w.dtype)
 
-                layout = [(k, base.get_slice(k).get_dtype(), list(base.get_slice(k).get_shape())) for k in base.keys()]
-                unsupported = sorted({code for _, code, _ in layout} - set(_SIZES))
+                unsupported = sorted({code for _, code, _ in base.layout} - set(_SIZES))
                 if unsupported:
                     raise CheckpointError(f"{ckpt_path / fname}: tensors of type {', '.join(unsupported)} cannot "
                                           f"take a merged adapter (fp32, fp16 and bf16 can)")
-                merged += sum(1 for k in base.keys() if k in adapter.pairs)
-                write_safetensors(out / fname, layout, tensor, base.metadata())
+                merged += sum(1 for name, _, _ in base.layout if name in adapter.pairs)
+                write_safetensors(out / fname, base.layout, tensor, base.metadata)
     if merged != len(adapter.pairs):
         raise CheckpointError(f"adapter {adapter.path}: merged {merged} of its {len(adapter.pairs)} layers")
     log(f"    merged LoRA (r={adapter.config['r']}, scale {adapter.scale:g}) into {merged} layers")
     return out
+
+
+class TensorFile:
+    """A safetensors file read one tensor at a time with plain reads, not a memory map: a map keeps
+    every page it has touched resident (a 3 GB shard read through safe_open left 3.6 GB of RSS);
+    read() leaves them in the page cache, which the kernel reclaims, and RSS holds one tensor."""
+
+    def __init__(self, path: Path) -> None:
+        self.file = open(path, "rb")
+        size = int.from_bytes(self.file.read(8), "little")
+        header = json.loads(self.file.read(size))
+        self.metadata = header.pop("__metadata__", None)
+        self.data_start = 8 + size
+        self.entries: dict[str, dict[str, Any]] = header
+        # (name, dtype code, shape) in the order the bytes lie in the file: reads go front to back
+        self.layout = [(k, e["dtype"], list(e["shape"]))
+                       for k, e in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0])]
+
+    def get(self, name: str):
+        import torch
+
+        e = self.entries[name]
+        start, end = e["data_offsets"]
+        buf = bytearray(end - start)
+        self.file.seek(self.data_start + start)
+        self.file.readinto(buf)
+        dtype = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}[e["dtype"]]
+        return torch.frombuffer(buf, dtype=dtype).reshape(e["shape"]) if buf else torch.empty(e["shape"], dtype=dtype)
+
+    def __enter__(self) -> "TensorFile":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.file.close()
 
 
 def write_safetensors(path: Path, layout: list[tuple[str, str, list[int]]], tensor: Callable[[str], Any],

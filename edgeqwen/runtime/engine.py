@@ -7,7 +7,7 @@ import asyncio
 import threading
 from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterator, Sequence
 
 from edgeqwen.artifact import RuntimeSpec, load_verified, runtime_spec
 from edgeqwen.errors import ContextOverflow
@@ -17,6 +17,9 @@ from edgeqwen.runtime.chat import BUDGET_CLOSE, ChatTemplate, ThinkingState
 from edgeqwen.runtime.generate import Delta, Request, Result, Stream, run
 from edgeqwen.runtime.sampling import Constraint, SamplingParams
 from edgeqwen.runtime.threads import resolve_threads
+
+if TYPE_CHECKING:
+    from edgeqwen.runtime.session import ChatSession
 
 
 class Engine:
@@ -201,15 +204,18 @@ async def aiterate(start: Callable[[], Stream], executor: Executor | None = None
         loop.call_soon_threadsafe(queue.put_nowait, done)
 
     worker = loop.run_in_executor(executor, work)
+    finished = False
     try:
         while (item := await queue.get()) is not done:
             if isinstance(item, BaseException):
                 raise item
             yield item
+        finished = True
     finally:
-        stop.set()
-        if holder:
-            holder[0].cancel()
+        if not finished:  # the consumer left early: stop the generation (a finished one stays as it is)
+            stop.set()
+            if holder:
+                holder[0].cancel()
         try:
             await asyncio.shield(worker)
         except BaseException:

@@ -41,6 +41,7 @@ class Outcome:
     reasoning: list[str] = field(default_factory=list)
     tool_calls: list = field(default_factory=list)
     result: Result | None = None
+    first_token_s: float | None = None  # from the request's arrival (queue wait and prompt included)
 
     def finish_reason(self) -> str:
         if self.tool_calls:
@@ -165,10 +166,11 @@ class Server:
             m = outcome.result.metrics
             self.metrics.prompt_tokens.labels(model).inc(m.prompt_tokens)
             self.metrics.completion_tokens.labels(model).inc(m.generated_tokens)
-            self.metrics.ttft.labels(model).observe(m.ttft_s)
+            ttft = outcome.first_token_s if outcome.first_token_s is not None else m.ttft_s
+            self.metrics.ttft.labels(model).observe(ttft)
             if m.decode_tokens_per_s:
                 self.metrics.decode_rate.labels(model).observe(m.decode_tokens_per_s)
-            record.update(completion_tokens=m.generated_tokens, ttft_s=round(m.ttft_s, 4),
+            record.update(completion_tokens=m.generated_tokens, ttft_s=round(ttft, 4),
                           finish_reason=outcome.finish_reason())
         prompt = record.pop("_prompt", None)
         self.log.write(prompt, status=status, duration_s=round(time.perf_counter() - t0, 4), **record)
@@ -202,9 +204,11 @@ class Run:
                     self.cancel.set()
                     raise ApiError(504, f"the request ran past the server's timeout of "
                                         f"{self.server.config.request_timeout_s:g} s", code="timeout")
-                if isinstance(item, Result):
+                if isinstance(item, Result):  # the last item: the loop ends with the worker
                     self.outcome.result = item
-                    break
+                    continue
+                if self.outcome.first_token_s is None:
+                    self.outcome.first_token_s = time.perf_counter() - self.t0
                 for piece in self._pieces(item):
                     yield piece
         if self.splitter is not None:
@@ -242,12 +246,13 @@ class Run:
 
     # -- whole answers -------------------------------------------------------------------------------
     async def whole(self, request: Request) -> JSONResponse:
-        watcher = asyncio.create_task(_watch_disconnect(request, self.cancel))
+        gone = asyncio.Event()
+        watcher = asyncio.create_task(_watch_disconnect(request, self.cancel, gone))
         status = 200
         try:
             async for _ in self.events():
                 pass
-            if self.cancel.is_set():
+            if gone.is_set():
                 status = 499  # nginx's "client closed request": nobody reads this answer
                 return JSONResponse({}, status_code=499)
             return JSONResponse(self._whole_body())
@@ -340,9 +345,10 @@ def _event(obj: dict[str, Any]) -> bytes:
     return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n".encode("utf-8")
 
 
-async def _watch_disconnect(request: Request, cancel: threading.Event) -> None:
+async def _watch_disconnect(request: Request, cancel: threading.Event, gone: asyncio.Event) -> None:
     while not cancel.is_set():
         if await request.is_disconnected():
+            gone.set()
             cancel.set()
             return
         await asyncio.sleep(0.1)

@@ -33,6 +33,8 @@ class ServedModel:
         self.name, self.folder, self.config = name, folder, config
         backend = pick_backend(folder, config.backend)
         self.engine = Engine(folder, threads=config.threads or None, backend=backend)
+        self.engine.encode("warm-up")  # load the tokenizer and the template now, not inside a request
+        _ = self.engine.template
         self.backend_name = backend or self.engine.runtime.backend
         self.created = int(time.time())
         ends = sorted(self.engine.eos_ids | ({self.engine.im_end} if self.engine.im_end is not None else set()))
@@ -53,7 +55,10 @@ class ServedModel:
                            f"queued (the limit); retry shortly", code="server_busy", retry_after=1)
         self.waiting += 1
         try:
-            await asyncio.wait_for(self._slots.acquire(), timeout=max(0.0, wait_s))
+            if self._slots.locked():
+                await asyncio.wait_for(self._slots.acquire(), timeout=max(0.0, wait_s))
+            else:
+                await self._slots.acquire()  # free now: no wait to time out
         except asyncio.TimeoutError:
             raise ApiError(503, f"model {self.name} had no free slot within the request timeout",
                            code="server_busy", retry_after=5) from None
