@@ -163,6 +163,7 @@ def plot(report: dict, out: Path) -> None:
     a.plot(x, [p["aggregate_tokens_per_s"] for p in ph], "o-")
     a.set_xlabel("concurrent streaming clients")
     a.set_ylabel("aggregate tokens/s")
+    a.set_ylim(bottom=0)  # ratios read true from the bars' heights
     a.set_xticks(x)
     a.grid(alpha=0.3)
     b.plot(x, [p["ttft_p50_s"] for p in ph], "o-", label="TTFT p50")
