@@ -144,8 +144,9 @@ class Server:
             job = chat_job(body) if endpoint == "chat" else completion_job(body)
             model = self._model(job.model)
             record["model"] = model.name
-            text, ids = model.prompt(job)
-            options = model.options(job, len(ids))
+            # tokenising a long prompt or compiling a grammar (the first one loads llguidance's tokenizer,
+            # ~2 s) must not hold up the event loop and the streams it serves
+            text, ids, options = await asyncio.get_running_loop().run_in_executor(None, model.prepare, job)
             record["prompt_tokens"] = len(ids)
             record["_prompt"] = text
         except ApiError as e:

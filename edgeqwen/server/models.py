@@ -71,6 +71,11 @@ class ServedModel:
             self.active -= 1
             self._slots.release()
 
+    def prepare(self, job: Job) -> tuple[str, list[int], dict[str, Any]]:
+        """Prompt text, prompt ids and generation options of a request (ApiError where out of bounds)."""
+        text, ids = self.prompt(job)
+        return text, ids, self.options(job, len(ids))
+
     # -- Job -> prompt ---------------------------------------------------------------------------------
     def prompt(self, job: Job) -> tuple[str, list[int]]:
         """The prompt text (for the request log's hash) and its token ids, within the limits."""
