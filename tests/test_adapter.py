@@ -145,3 +145,11 @@ def test_validate_asks_for_the_adapter_and_checks_it_is_the_same(checkpoints, ad
     assert r.returncode == 2 and "is not the one merged into this artifact" in r.stderr
     r = subprocess.run(cli + ["--adapter", str(adapters["tiny-qwen2.5"])], capture_output=True, text=True)
     assert r.returncode == 0 and "verdict: PASS" in r.stdout
+
+
+def test_a_corrupt_adapter_file_is_one_line(checkpoints, adapters, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(adapters["tiny-qwen2.5"], bad)
+    (bad / "adapter_model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}")
+    with pytest.raises(CheckpointError, match="is not a readable safetensors file"):
+        open_adapter(bad)

@@ -82,6 +82,8 @@ def test_a_session_on_the_batched_backend_equals_a_fresh_run(artifacts):
         turn = session.send(text, max_new_tokens=6).finish()
         fresh = engine.chat(session.messages[:-1], max_new_tokens=6).finish()
         assert turn.token_ids == fresh.token_ids
+    session.close()
+    assert engine.backend.rows == []  # the session's row is given back
 
 
 def test_an_error_reaches_the_caller_and_the_scheduler_lives_on(artifacts):

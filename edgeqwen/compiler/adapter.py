@@ -77,11 +77,9 @@ def open_adapter(folder: str | Path, user_scale: float = 1.0) -> Adapter:
 
 
 def _pairs(weights: Path, where: str) -> dict[str, tuple[str, str]]:
-    from safetensors import safe_open
-
     found: dict[str, dict[str, str]] = {}
-    with safe_open(str(weights), framework="pt") as f:
-        for key in f.keys():
+    with TensorFile(weights) as f:
+        for key in f.entries:
             m = _KEY.match(key)
             if m is None:
                 raise CheckpointError(f"{where}: tensor {key} is not a LoRA A/B matrix; only LoRA weights can merge")
@@ -105,21 +103,17 @@ def _sha256(folder: Path) -> str:
 
 def tensor_shapes(path: Path, weight_files: list[str]) -> dict[str, tuple[int, ...]]:
     """name -> shape of every tensor of a checkpoint, from the safetensors headers (no data read)."""
-    from safetensors import safe_open
-
     shapes: dict[str, tuple[int, ...]] = {}
     for fname in weight_files:
-        with safe_open(str(path / fname), framework="pt") as f:
-            shapes.update({k: tuple(f.get_slice(k).get_shape()) for k in f.keys()})
+        with TensorFile(path / fname) as f:
+            shapes.update({name: f.shape(name) for name in f.entries})
     return shapes
 
 
 def check_against(adapter: Adapter, shapes: dict[str, tuple[int, ...]], model_id: str) -> None:
     """Every adapted layer must be a linear layer of this checkpoint with matching shapes."""
     where = f"adapter {adapter.path}"
-    from safetensors import safe_open
-
-    with safe_open(str(adapter.path / WEIGHTS), framework="pt") as f:
+    with TensorFile(adapter.path / WEIGHTS) as f:
         for name, (ka, kb) in adapter.pairs.items():
             if name.split(".")[-2] not in _LINEAR:
                 raise CheckpointError(f"{where}: target module {name} is not one of the linear layers "
@@ -127,7 +121,7 @@ def check_against(adapter: Adapter, shapes: dict[str, tuple[int, ...]], model_id
             if name not in shapes:
                 raise CheckpointError(f"{where}: targets {name}, which checkpoint {model_id} does not have "
                                       f"(an adapter for another base model?)")
-            a, b = f.get_slice(ka).get_shape(), f.get_slice(kb).get_shape()
+            a, b = f.shape(ka), f.shape(kb)
             out, inp = shapes[name]
             if len(a) != 2 or len(b) != 2 or a[1] != inp or b[0] != out or a[0] != b[1]:
                 raise CheckpointError(f"{where}: {name} is [{out}, {inp}] in checkpoint {model_id} but the adapter's "
@@ -137,14 +131,12 @@ def check_against(adapter: Adapter, shapes: dict[str, tuple[int, ...]], model_id
 def merge(ckpt_path: Path, weight_files: list[str], adapter: Adapter, out: Path,
           log: Callable[[str], None] = lambda s: None) -> Path:
     """Write ``ckpt_path`` with ``adapter`` merged into ``out`` (same files, same shard layout)."""
-    from safetensors import safe_open
-
     out.mkdir(parents=True)
     for item in ckpt_path.iterdir():
         if item.is_file() and item.name not in weight_files:
             shutil.copy2(item, out / item.name)
     merged = 0
-    with safe_open(str(adapter.path / WEIGHTS), framework="pt") as lora:
+    with TensorFile(adapter.path / WEIGHTS) as lora:
         for fname in weight_files:
             with TensorFile(ckpt_path / fname) as base:
                 def tensor(name: str):
@@ -153,7 +145,7 @@ def merge(ckpt_path: Path, weight_files: list[str], adapter: Adapter, out: Path,
                         return w
                     ka, kb = adapter.pairs[name]
                     # W [out, in] += s * B [out, r] @ A [r, in], summed in fp32, stored in W's dtype
-                    delta = lora.get_tensor(kb).float() @ lora.get_tensor(ka).float()
+                    delta = lora.get(kb).float() @ lora.get(ka).float()
                     return (w.float() + adapter.scale * delta).to(w.dtype)
 
                 unsupported = sorted({code for _, code, _ in base.layout} - set(_SIZES))
@@ -175,14 +167,25 @@ class TensorFile:
 
     def __init__(self, path: Path) -> None:
         self.file = open(path, "rb")
-        size = int.from_bytes(self.file.read(8), "little")
-        header = json.loads(self.file.read(size))
+        try:
+            size = int.from_bytes(self.file.read(8), "little")
+            if not 2 <= size <= path.stat().st_size - 8:
+                raise ValueError(f"header length {size} does not fit the file")
+            header = json.loads(self.file.read(size))
+            if not isinstance(header, dict):
+                raise ValueError("the header is not a table")
+        except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
+            self.file.close()
+            raise CheckpointError(f"{path} is not a readable safetensors file ({e})") from None
         self.metadata = header.pop("__metadata__", None)
         self.data_start = 8 + size
         self.entries: dict[str, dict[str, Any]] = header
         # (name, dtype code, shape) in the order the bytes lie in the file: reads go front to back
         self.layout = [(k, e["dtype"], list(e["shape"]))
                        for k, e in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0])]
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self.entries[name]["shape"])
 
     def get(self, name: str):
         import torch

@@ -155,8 +155,9 @@ class Engine:
     def generate_batch(self, prompts: Sequence[str | Sequence[int]], concurrency: int = 1,
                        **options: Any) -> list[Result]:
         """Several completions on this one loaded model. ``concurrency`` > 1 runs requests in threads
-        (each with its own KV cache); on a 2-core machine 1 is as fast, since each request already
-        uses every core."""
+        (each with its own KV cache); with the manifest's backend on a 2-core machine 1 is as fast,
+        since each request already uses every core; with ``backend="batched"`` the threads' sequences
+        share graph runs."""
         if concurrency <= 1:
             return [self.generate(p, **options) for p in prompts]
         with ThreadPoolExecutor(max_workers=concurrency) as pool:

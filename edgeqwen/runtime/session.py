@@ -34,6 +34,12 @@ class ChatSession:
 
     def reset(self) -> None:
         self.messages = [{"role": "system", "content": self.system}] if self.system else []
+        self.close()
+
+    def close(self) -> None:
+        """Give back the KV cache (on the batched backend a session otherwise keeps its row)."""
+        if self.state is not None:
+            self.state.close()
         self.state = None
 
     def send(self, text: str, **options: Any) -> Stream:

@@ -38,7 +38,6 @@ class Outcome:
     """What one generation produced, assembled from its stream."""
 
     text: list[str] = field(default_factory=list)
-    reasoning: list[str] = field(default_factory=list)
     tool_calls: list = field(default_factory=list)
     result: Result | None = None
     first_token_s: float | None = None  # from the request's arrival (queue wait and prompt included)
@@ -219,8 +218,7 @@ class Run:
                 yield {"content": rest}
 
     def _pieces(self, d: Delta) -> list[dict[str, Any]]:
-        if d.kind == "reasoning":
-            self.outcome.reasoning.append(d.text)
+        if d.kind == "reasoning":  # whole answers take it from the Result (no layout newlines)
             return [{"reasoning_content": d.text}]
         if self.splitter is None:
             self.outcome.text.append(d.text)
@@ -274,9 +272,8 @@ class Run:
                     "choices": [{"index": 0, "text": "".join(o.text), "finish_reason": o.finish_reason(),
                                  "logprobs": None}], "usage": self.usage()}
         message: dict[str, Any] = {"role": "assistant", "content": "".join(o.text) or (None if o.tool_calls else "")}
-        reasoning = o.result.reasoning if o.result is not None else "".join(o.reasoning)
-        if reasoning:
-            message["reasoning_content"] = reasoning  # as the runtime's Result has it (no layout newlines)
+        if o.result is not None and o.result.reasoning:
+            message["reasoning_content"] = o.result.reasoning
         if o.tool_calls:
             message["tool_calls"] = [c.to_openai() for c in o.tool_calls]
         return {"id": rid, "object": "chat.completion", "created": self.created, "model": self.model.name,

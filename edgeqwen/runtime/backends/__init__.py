@@ -73,24 +73,30 @@ def create(folder: Path, spec: RuntimeSpec, threads: int, provider: str | None =
     return getattr(importlib.import_module(module), cls)(folder, spec, threads, provider)
 
 
-def teacher_forced_rows(state: State, ids: Sequence[int], prefill: int) -> np.ndarray:
-    """``Backend.teacher_forced_logits`` over any State: one prefill append, then one append per id."""
-    try:
-        rows = [state.append(ids[:prefill])]
-        rows += [state.append([t]) for t in ids[prefill:]]
-        return np.stack(rows)
-    finally:
-        state.close()
+class StateLoops:
+    """``teacher_forced_logits`` and ``greedy`` for a backend whose States do all the work (static,
+    batched): one prefill append, then one append per token; the state is closed afterwards."""
 
+    def new_state(self, capacity: int) -> State:
+        raise NotImplementedError
 
-def greedy_rows(state: State, ids: Sequence[int], max_new_tokens: int) -> list[int]:
-    """``Backend.greedy`` over any State."""
-    try:
-        logits, out = state.append(ids), []
-        while len(out) < max_new_tokens:
-            out.append(int(logits.argmax()))
-            if len(out) < max_new_tokens:
-                logits = state.append(out[-1:])
-        return out
-    finally:
-        state.close()
+    def teacher_forced_logits(self, ids: Sequence[int], prefill: int) -> np.ndarray:
+        state = self.new_state(len(ids))
+        try:
+            rows = [state.append(ids[:prefill])]
+            rows += [state.append([t]) for t in ids[prefill:]]
+            return np.stack(rows)
+        finally:
+            state.close()
+
+    def greedy(self, ids: Sequence[int], max_new_tokens: int) -> list[int]:
+        state = self.new_state(len(ids) + max_new_tokens)
+        try:
+            logits, out = state.append(ids), []
+            while len(out) < max_new_tokens:
+                out.append(int(logits.argmax()))
+                if len(out) < max_new_tokens:
+                    logits = state.append(out[-1:])
+            return out
+        finally:
+            state.close()

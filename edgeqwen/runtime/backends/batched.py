@@ -1,10 +1,11 @@
 """Batched backend: the genai artifact's dynamic-KV graph run by plain onnxruntime, so that sequences
 that decode at the same time share one graph run.
 
-Decode is memory-bound (every weight is read once per step whatever the batch), so stepping four
-sequences together costs little more than stepping one. onnxruntime-genai 0.14 batches only
-sequences that start together; a server's requests join and leave at any step, so this backend
-owns the KV cache itself:
+Where decode is memory-bound (every weight is read once per run whatever the batch), stepping four
+sequences together costs little more than stepping one; where it is compute-bound it still saves
+(the 0.5B int4 shape on 2 cores: 4 rows per run give 1.5-1.9x the tokens of one row,
+benchmarks/batched_step.py). onnxruntime-genai 0.14 batches only sequences that start together; a
+server's requests join and leave at any step, so this backend owns the KV cache itself:
 
     keys/values per layer: [slots, kv_heads, capacity, head_dim], one row per live sequence
 
@@ -15,8 +16,9 @@ each row's own sequence length, rotary positions and write slot. A row that has 
 rides along with its last token again; its KV slot is rewritten by its next real step.
 
 One scheduler thread runs every graph call; a sequence's ``append`` (from any thread) queues its
-tokens and waits. Multi-token appends (prompts) run alone, one per round; single tokens of all rows
-run as one batch. Rows are kept packed at the front, so a step runs on [:live rows] only.
+tokens and waits. Multi-token appends (prompts) run alone in chunks of PREFILL_CHUNK tokens, taking
+turns with decode rounds; single tokens of all rows run as one batch. Rows are kept packed at the
+front, so a step runs on [:live rows] only.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import numpy as np
 
 from edgeqwen.artifact import RuntimeSpec
 from edgeqwen.errors import ArtifactError, ContextOverflow
-from edgeqwen.runtime.backends import greedy_rows, teacher_forced_rows
+from edgeqwen.runtime.backends import StateLoops
 from edgeqwen.runtime.providers import choose
 
 # How long a decode round waits for live rows that have not queued their next token yet (they are
@@ -47,7 +49,7 @@ PREFILL_CHUNK = 256
 INITIAL = (4, 256)
 
 
-class BatchedBackend:
+class BatchedBackend(StateLoops):
     def __init__(self, folder: Path, runtime: RuntimeSpec, threads: int, provider: str | None = None) -> None:
         import onnxruntime as ort
 
@@ -77,19 +79,12 @@ class BatchedBackend:
         self.steps = 0  # graph runs, and how many rows they carried (for tests and metrics)
         self.rows_stepped = 0
         self._queue: queue.Queue = queue.Queue()
-        self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._loop, name="edgeqwen-batch", daemon=True)
         self._thread.start()
 
     # -- the Backend interface ----------------------------------------------------------------------
     def new_state(self, capacity: int) -> "BatchedState":
         return BatchedState(self)
-
-    def teacher_forced_logits(self, ids: Sequence[int], prefill: int) -> np.ndarray:
-        return teacher_forced_rows(self.new_state(len(ids)), ids, prefill)
-
-    def greedy(self, ids: Sequence[int], max_new_tokens: int) -> list[int]:
-        return greedy_rows(self.new_state(len(ids) + max_new_tokens), ids, max_new_tokens)
 
     # -- called from request threads ------------------------------------------------------------------
     def _submit(self, op: tuple) -> Future:
@@ -172,7 +167,7 @@ class BatchedBackend:
         """Wait briefly until every live row has queued its token, so they step together."""
         deadline = time.perf_counter() + GATHER_S
         while True:
-            waiting = {id(op[1]) for op, _ in pending if op[0] == "append"}
+            waiting = {id(op[1]) for op, _ in pending}  # _control left only appends
             if len(waiting) >= len(self.rows) or time.perf_counter() >= deadline:
                 return pending
             try:

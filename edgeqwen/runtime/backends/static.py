@@ -16,11 +16,11 @@ import numpy as np
 from edgeqwen.artifact import RuntimeSpec, StaticSpec
 from edgeqwen.errors import ArtifactError, ContextOverflow
 from edgeqwen.providers import PROVIDERS
-from edgeqwen.runtime.backends import greedy_rows, teacher_forced_rows
+from edgeqwen.runtime.backends import StateLoops
 from edgeqwen.runtime.providers import choose
 
 
-class StaticBackend:
+class StaticBackend(StateLoops):
     def __init__(self, folder: Path, runtime: RuntimeSpec, threads: int, provider: str | None = None) -> None:
         spec = runtime.static
         if spec is None:
@@ -60,12 +60,6 @@ class StaticBackend:
 
     def new_state(self, capacity: int) -> "StaticState":
         return StaticState(self)
-
-    def teacher_forced_logits(self, ids: Sequence[int], prefill: int) -> np.ndarray:
-        return teacher_forced_rows(self.new_state(len(ids)), ids, prefill)
-
-    def greedy(self, ids: Sequence[int], max_new_tokens: int) -> list[int]:
-        return greedy_rows(self.new_state(len(ids) + max_new_tokens), ids, max_new_tokens)
 
 
 class StaticState:
