@@ -38,7 +38,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
     target = args.target or default_profile_name()
     result = build(args.model, target, Path(args.output) if args.output else None, validate=not args.no_validate,
                    force=args.force, revision=args.revision, quiet=args.quiet, adapter=args.adapter,
-                   adapter_scale=args.adapter_scale)
+                   adapter_scale=args.adapter_scale, exporter=args.exporter)
     print(format_manifest(result.manifest, str(result.folder)))
     return 0
 
@@ -148,6 +148,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--revision", help="Hub revision")
     s.add_argument("--adapter", help="peft LoRA adapter folder to merge into the weights before quantisation")
     s.add_argument("--adapter-scale", type=positive_float, default=1.0, help="multiplies the adapter's scaling")
+    s.add_argument("--exporter", choices=("streaming", "olive"), default="streaming",
+                   help="genai graphs: streaming (default; memory bounded by one tensor, any model size) or olive "
+                        "(Olive's ModelBuilder and quantisation passes; about 10 bytes of RAM per parameter)")
     s.add_argument("--no-validate", action="store_true", help="skip the comparison with transformers")
     s.add_argument("--force", action="store_true", help="replace an existing artifact folder")
     s.add_argument("--quiet", "-q", action="store_true", help="no progress lines")

@@ -32,6 +32,10 @@ def quantization_lines(q: dict[str, Any]) -> list[str]:
         lines.append(f"  embedding: {emb['op']}{bits}, {shared}")
     if q.get("lm_head_last_position_only"):
         lines.append("  lm_head: last position only (prompt positions skip it)")
+    ex = q.get("export")
+    if ex:
+        lines.append(f"  written by the {ex['exporter']} exporter in {ex.get('seconds', '?')}s: "
+                     + "; ".join(f"{s['profile_pass']} by {s['done_by']}" for s in ex.get("steps", [])))
     for role, g in q.get("graphs", {}).items():  # static-shape builds: one line per graph
         shapes = ", ".join(f"{k} {v}" for k, v in g.get("inputs", {}).items())
         weights = ", ".join(f"{human_bytes(b)} {t}" for t, b in g.get("initializer_bytes", {}).items())
@@ -59,6 +63,7 @@ def validation_lines(v: dict[str, Any]) -> list[str]:
     verdict = "PASS" if v["passed"] else "FAIL: " + "; ".join(v["failures"])
     return [
         f"  verdict: {verdict}",
+        *([f"  reference: {v['reference']} on {v.get('execution_provider', '?')}"] if v.get("reference") else []),
         f"  {s['positions']} teacher-forced positions: max |dlogit| {s['max_abs_logit_diff']:.3g}, "
         f"KL mean {s['kl_mean']:.3g} / p99 {s['kl_p99']:.3g} nats, top-1 agreement {s['top1_agreement']:.1%}",
         f"  greedy decoding: identical to transformers for the first {s['greedy_match_min']}"

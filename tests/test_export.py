@@ -124,11 +124,11 @@ def test_manifest_is_complete(artifacts):
 
 @pytest.mark.slow
 def test_yarn_rope_scaling_matches_transformers(artifacts):
-    """The builder gets YaRN wrong; the rope_caches pass must make it exact."""
+    """The builder gets YaRN wrong (its tables were off by up to 2.3); the streaming exporter takes the
+    tables from transformers' own rope code, as the rope_caches pass does on the Olive path."""
     m = artifacts("tiny-qwen2.5-yarn", "cpu-fp32").manifest
     assert m["source"]["rope"]["rope_type"] == "yarn"
-    assert m["graph_passes"]["rope_caches"]["rope_type"] == "yarn"
-    assert m["graph_passes"]["rope_caches"]["max_change"] > 1.0  # the builder's tables were far off
+    assert m["graph_passes"]["rope_caches"]["by"] == "streaming exporter"
     assert m["validation"]["passed"] and m["validation"]["summary"]["top1_agreement"] == 1.0
 
 

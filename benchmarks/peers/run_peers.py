@@ -29,21 +29,29 @@ SCHEMA = "edgeqwen.bench.peers/1"
 
 def make_peers(args, cache: Path, log) -> tuple[list, dict[str, str]]:
     peers, skipped = [EdgeQwenPeer(a, args.threads) for a in args.artifact], {}
-    try:
-        folder = genai_peer.build_default(args.checkpoint, cache / "genai-default-int4")
-        peers.append(genai_peer.GenaiReadme(folder, threads=args.threads))  # same threads as every engine
-    except Exception as e:
-        skipped["onnxruntime-genai default"] = _reason(e)
+    if args.no_genai_builder:
+        skipped["onnxruntime-genai default"] = "--no-genai-builder (its builder holds the whole model: ~90 GB for 7B)"
+    else:
+        try:
+            folder = genai_peer.build_default(args.checkpoint, cache / "genai-default-int4")
+            peers.append(genai_peer.GenaiReadme(folder, threads=args.threads))  # same threads as every engine
+        except Exception as e:
+            skipped["onnxruntime-genai default"] = _reason(e)
     why = llamacpp_peer.available()
     if why:
         skipped["llama.cpp"] = why
         return peers, skipped
     try:
         src = llamacpp_peer.converter_source(cache)
-        f32 = llamacpp_peer.convert(args.checkpoint, cache / "model-f32.gguf", src)
-        for kind in ("Q4_0", "Q4_K_M"):
-            gguf = llamacpp_peer.quantize(f32, cache / f"model-{kind}.gguf", kind, args.threads)
+        for kind in args.llama_kinds:
+            gguf = cache / f"model-{kind}.gguf"
+            if not gguf.is_file():
+                full = llamacpp_peer.convert(args.checkpoint, cache / f"model-{args.gguf_outtype}.gguf", src,
+                                             args.gguf_outtype)
+                llamacpp_peer.quantize(full, gguf, kind, args.threads)
             peers.append(llamacpp_peer.LlamaCpp(gguf, kind, args.threads, logits_all=args.quality))
+        if not args.keep_full_gguf:  # the unquantised GGUF is as large as the checkpoint (or twice, in f32)
+            (cache / f"model-{args.gguf_outtype}.gguf").unlink(missing_ok=True)
     except Exception as e:
         skipped["llama.cpp"] = _reason(e)
     return peers, skipped
@@ -88,6 +96,12 @@ def main() -> int:
     p.add_argument("--text", type=Path)
     p.add_argument("--quality-tokens", type=int, default=1024)
     p.add_argument("--window", type=int, default=512)
+    p.add_argument("--llama-kinds", nargs="+", default=["Q4_0", "Q4_K_M"], help="llama.cpp quantisation types")
+    p.add_argument("--gguf-outtype", default="f32", choices=("f32", "bf16", "f16"),
+                   help="the converter's output before quantising (bf16 halves the disk a 7B needs: 15 vs 30 GB)")
+    p.add_argument("--keep-full-gguf", action="store_true", help="keep the unquantised GGUF in the cache")
+    p.add_argument("--no-genai-builder", action="store_true",
+                   help="skip onnxruntime-genai's own builder (it needs about 12 bytes of RAM per parameter)")
     p.add_argument("-o", "--output", type=Path, default=Path("benchmarks/reports/peers"))
     args = p.parse_args()
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from edgeqwen.compiler.tensors import SIZES, TensorFile, write_safetensors
 from edgeqwen.errors import CheckpointError
 
 CONFIG = "adapter_config.json"
@@ -148,7 +149,7 @@ def merge(ckpt_path: Path, weight_files: list[str], adapter: Adapter, out: Path,
                     delta = lora.get(kb).float() @ lora.get(ka).float()
                     return (w.float() + adapter.scale * delta).to(w.dtype)
 
-                unsupported = sorted({code for _, code, _ in base.layout} - set(_SIZES))
+                unsupported = sorted({code for _, code, _ in base.layout} - set(SIZES))
                 if unsupported:
                     raise CheckpointError(f"{ckpt_path / fname}: tensors of type {', '.join(unsupported)} cannot "
                                           f"take a merged adapter (fp32, fp16 and bf16 can)")
@@ -158,77 +159,3 @@ def merge(ckpt_path: Path, weight_files: list[str], adapter: Adapter, out: Path,
         raise CheckpointError(f"adapter {adapter.path}: merged {merged} of its {len(adapter.pairs)} layers")
     log(f"    merged LoRA (r={adapter.config['r']}, scale {adapter.scale:g}) into {merged} layers")
     return out
-
-
-class TensorFile:
-    """A safetensors file read one tensor at a time with plain reads, not a memory map: a map keeps
-    every page it has touched resident (a 3 GB shard read through safe_open left 3.6 GB of RSS);
-    read() leaves them in the page cache, which the kernel reclaims, and RSS holds one tensor."""
-
-    def __init__(self, path: Path) -> None:
-        self.file = open(path, "rb")
-        try:
-            size = int.from_bytes(self.file.read(8), "little")
-            if not 2 <= size <= path.stat().st_size - 8:
-                raise ValueError(f"header length {size} does not fit the file")
-            header = json.loads(self.file.read(size))
-            if not isinstance(header, dict):
-                raise ValueError("the header is not a table")
-        except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
-            self.file.close()
-            raise CheckpointError(f"{path} is not a readable safetensors file ({e})") from None
-        self.metadata = header.pop("__metadata__", None)
-        self.data_start = 8 + size
-        self.entries: dict[str, dict[str, Any]] = header
-        # (name, dtype code, shape) in the order the bytes lie in the file: reads go front to back
-        self.layout = [(k, e["dtype"], list(e["shape"]))
-                       for k, e in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0])]
-
-    def shape(self, name: str) -> tuple[int, ...]:
-        return tuple(self.entries[name]["shape"])
-
-    def get(self, name: str):
-        import torch
-
-        e = self.entries[name]
-        start, end = e["data_offsets"]
-        buf = bytearray(end - start)
-        self.file.seek(self.data_start + start)
-        self.file.readinto(buf)
-        dtype = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}[e["dtype"]]
-        return torch.frombuffer(buf, dtype=dtype).reshape(e["shape"]) if buf else torch.empty(e["shape"], dtype=dtype)
-
-    def __enter__(self) -> "TensorFile":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.file.close()
-
-
-def write_safetensors(path: Path, layout: list[tuple[str, str, list[int]]], tensor: Callable[[str], Any],
-                      metadata: dict | None) -> None:
-    """A safetensors file written one tensor at a time. ``layout``: (name, dtype code, shape) in file
-    order, so the header is written first; ``tensor(name)`` gives each tensor when its bytes are due."""
-    import torch
-
-    codes = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}
-    header: dict[str, Any] = {"__metadata__": metadata} if metadata else {}
-    offset = 0
-    for name, code, shape in layout:
-        n = math.prod(shape) * _SIZES[code]
-        header[name] = {"dtype": code, "shape": shape, "data_offsets": [offset, offset + n]}
-        offset += n
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)  # the format aligns the data on 8 bytes
-    with open(path, "wb") as f:
-        f.write(len(raw).to_bytes(8, "little"))
-        f.write(raw)
-        for name, code, shape in layout:
-            t = tensor(name).contiguous()
-            if list(t.shape) != shape or codes.get(t.dtype) != code:
-                raise ValueError(f"{name}: produced {t.dtype} {list(t.shape)}, the header says {code} {shape}")
-            f.write(t.reshape(-1).view(torch.uint8).numpy())  # the tensor's own bytes, no copy
-            del t
-
-
-_SIZES = {"F32": 4, "F16": 2, "BF16": 2}

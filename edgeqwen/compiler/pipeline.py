@@ -22,6 +22,7 @@ from edgeqwen.compiler.checkpoint import Checkpoint, open_checkpoint
 from edgeqwen.compiler.flows import FlowOutput, get_flow, known_flows
 from edgeqwen.compiler.progress import Progress
 from edgeqwen.errors import ProfileError, ValidationFailed
+from edgeqwen.runtime.memory import peak_rss_mb
 from edgeqwen.targets import TargetProfile, load_profile
 
 
@@ -55,9 +56,10 @@ def check_profile(profile: TargetProfile) -> None:
 
 def build(model: str, target: str, out: Path | None = None, *, validate: bool = True, force: bool = False,
           revision: str | None = None, quiet: bool = False, adapter: str | Path | None = None,
-          adapter_scale: float = 1.0) -> BuildResult:
+          adapter_scale: float = 1.0, exporter: str = "streaming") -> BuildResult:
     """``adapter``: a peft LoRA adapter folder, merged into the weights before the build (and into the
-    validation reference); ``adapter_scale`` multiplies its lora_alpha scaling."""
+    validation reference); ``adapter_scale`` multiplies its lora_alpha scaling. ``exporter``: how a
+    genai graph is written, "streaming" (memory bounded by one tensor) or "olive" (Olive's passes)."""
     t0 = time.perf_counter()
     profile = load_profile(target)
     check_profile(profile)
@@ -78,7 +80,7 @@ def build(model: str, target: str, out: Path | None = None, *, validate: bool = 
             with progress.step("Merging the LoRA adapter"):
                 merged = merge_adapter(ckpt.path, list(ckpt.weight_files), lora, stage / "merged", progress.say)
                 built_from = open_checkpoint(str(merged))
-        flow = get_flow(profile.backend)(built_from, profile, work, art, progress)
+        flow = get_flow(profile.backend)(built_from, profile, work, art, progress, exporter=exporter)
         manifest = _manifest(ckpt, profile, flow)
         if lora is not None:
             manifest["adapter"] = lora.describe(adapter_scale)
@@ -138,18 +140,29 @@ def _manifest(ckpt: Checkpoint, profile: TargetProfile, flow: FlowOutput) -> dic
 
 def _validate(art: Path, manifest: dict[str, Any], ckpt: Checkpoint, profile: TargetProfile,
               progress: Progress) -> dict[str, Any]:
-    from edgeqwen.quality.reference import Reference
-    from edgeqwen.quality.validation import validate
+    """The artifact's side first, then the reference's, never both in memory: the peak is the larger."""
+    import gc
+    from edgeqwen.quality.reference import load_tokenizer, open_reference
+    from edgeqwen.quality.validation import compare, run_artifact
     from edgeqwen.runtime.engine import Engine
 
+    t0 = time.perf_counter()
     # The engine only loads verified artifacts: give it a provisional manifest (the final one replaces it).
     write_manifest(art, {**manifest, "validation": {"pending": True}})
     with warnings.catch_warnings():  # a DirectML/NNAPI artifact runs on the CPU provider here: recorded below
         warnings.simplefilter("ignore", RuntimeWarning)
         engine = Engine(art, verify="size")
-    reference = Reference(ckpt.path)
-    result = validate(engine, reference, profile.validation, log=progress.say)
-    result["execution_provider"] = engine.provider
+    provider = engine.provider
+    tokenizer = load_tokenizer(ckpt.path)
+    outputs = run_artifact(engine, tokenizer, profile.validation.greedy_tokens)
+    del engine  # the genai model and its weights go with the last reference
+    gc.collect()
+    progress.say(f"    artifact side done in {time.perf_counter() - t0:.0f} s (peak RSS so far {peak_rss_mb()} MB)")
+    reference = open_reference(ckpt.path, ckpt.parameter_count)
+    result = compare(reference, outputs, profile.validation, log=progress.say)
+    result["execution_provider"] = provider
+    result["reference"] = type(reference).__name__
+    result["seconds"] = round(time.perf_counter() - t0, 2)
     verdict = "PASS" if result["passed"] else "FAIL: " + "; ".join(result["failures"])
     progress.say(f"    verdict: {verdict}")
     return result

@@ -21,6 +21,9 @@ import numpy as np
 from edgeqwen.quality.reference import Reference
 
 
+HEAD_ROWS = 16384  # lm_head rows per block: 230 MB of fp32 at hidden 3584
+
+
 class LayeredReference(Reference):
     def __init__(self, model_path: str | Path) -> None:  # builds on meta; Reference's loading is not used
         import torch
@@ -39,36 +42,39 @@ class LayeredReference(Reference):
         self.eos = _eos_ids(self.path, self.config)
 
     # -- weights ------------------------------------------------------------------------------------
-    def _materialise(self, module, prefix: str, alias: str | None = None) -> None:
-        """Give ``module`` its weights ``prefix``* (or ``alias``* where a tied checkpoint lacks them)."""
-        from safetensors import safe_open
+    def _tensors(self):
+        from edgeqwen.compiler.tensors import CheckpointTensors
 
+        files = sorted({p.name for p in self.files.values()})
+        return CheckpointTensors(self.path, files)
+
+    def _materialise(self, module, prefix: str) -> None:
+        """Give ``module`` its weights ``prefix``*, read with plain reads (a memory map would keep every
+        page it touched resident) and upcast to fp32 (exact for bf16 and fp16)."""
         torch = self.torch
         module.to_empty(device="cpu")
-        keys: dict[Path, dict[str, str]] = {}  # shard -> {parameter: checkpoint key}: each shard opened once
-        for name, _ in module.named_parameters():
-            key = prefix + name if prefix + name in self.files or alias is None else alias + name
-            keys.setdefault(self.files[key], {})[name] = key
-        with torch.no_grad():
-            params = dict(module.named_parameters())
-            for shard, names in keys.items():
-                with safe_open(str(shard), framework="pt") as f:
-                    for name, key in names.items():
-                        params[name].copy_(f.get_tensor(key).to(torch.float32))
+        with torch.no_grad(), self._tensors() as src:
+            for name, param in module.named_parameters():
+                param.copy_(torch.from_numpy(src.rows(prefix + name)))
 
     def _release(self, module) -> None:
         module.to("meta")
 
     # -- forward ------------------------------------------------------------------------------------
+    def _embed(self, ids: list[int]):
+        """[1, T, H]: the rows of the embedding table the ids name, not the table (2.2 GB of fp32 on a 7B)."""
+        torch = self.torch
+        with self._tensors() as src:
+            rows = {i: src.rows("model.embed_tokens.weight", i, i + 1)[0] for i in sorted(set(ids))}
+        return torch.from_numpy(np.stack([rows[i] for i in ids]))[None]
+
     def _hidden(self, ids: list[int]):
         """Final-norm hidden states [1, T, H] for ``ids``, one decoder layer in memory at a time."""
         from transformers.masking_utils import create_causal_mask
 
         torch, inner = self.torch, self.model.model
         with torch.no_grad():
-            self._materialise(inner.embed_tokens, "model.embed_tokens.")
-            x = inner.embed_tokens(torch.tensor([ids]))
-            self._release(inner.embed_tokens)
+            x = self._embed(ids)
             position_ids = torch.arange(len(ids)).unsqueeze(0)
             mask = create_causal_mask(config=self.model.config, inputs_embeds=x, attention_mask=None,
                                       past_key_values=None, position_ids=position_ids)
@@ -84,13 +90,17 @@ class LayeredReference(Reference):
         return x
 
     def logits(self, ids: list[int]) -> np.ndarray:
-        torch, head = self.torch, self.model.lm_head
-        x = self._hidden(ids)
-        with torch.no_grad():
-            # a tied checkpoint has no lm_head.weight: the embedding table is the output matrix
-            self._materialise(head, "lm_head.", alias="model.embed_tokens.")
-            out = head(x)[0].float().numpy()
-            self._release(head)
+        """[T, V]: the lm_head one block of vocabulary rows at a time (a tied checkpoint has no
+        lm_head.weight: the embedding table is the output matrix)."""
+        torch = self.torch
+        x = self._hidden(ids)[0]  # [T, H]
+        key = "lm_head.weight" if "lm_head.weight" in self.files else "model.embed_tokens.weight"
+        with torch.no_grad(), self._tensors() as src:
+            vocab = src.shape(key)[0]
+            out = np.empty((x.shape[0], vocab), dtype=np.float32)
+            for v0 in range(0, vocab, HEAD_ROWS):
+                w = torch.from_numpy(src.rows(key, v0, min(vocab, v0 + HEAD_ROWS)))  # [rows, H]
+                out[:, v0:v0 + w.shape[0]] = torch.nn.functional.linear(x, w).numpy()
         return out
 
     def greedy(self, ids: list[int], n: int) -> list[int]:

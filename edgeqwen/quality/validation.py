@@ -1,21 +1,28 @@
 """Teacher-forced comparison of an artifact with its transformers reference.
 
-For every built-in text the reference runs one full forward pass; the artifact takes the first
-quarter as one prefill step and then every following token as a decode step, so both the prefill
-and the KV-cache path are compared at each position. Then both decode greedily from each prompt.
+For every built-in text the artifact takes the first quarter as one prefill step and then every
+following token as a decode step, so both the prefill and the KV-cache path are compared with one
+full forward pass of the reference at each position. The artifact also decodes greedily from each
+prompt; the reference checks that continuation in one teacher-forced pass: greedy decoding of the
+reference would have produced the same tokens exactly up to the first position where its argmax
+differs from the artifact's token, so ``greedy_match`` is that position (or the whole length).
+
+The two sides run one after the other (``run_artifact``, then ``compare``): the artifact's outputs
+are kept (a few MB of logits) and the engine can be closed before the reference loads, so a
+validation needs the larger of the two in memory, not both.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from edgeqwen.quality.metrics import kl_divergence
-from edgeqwen.quality.reference import Reference
-from edgeqwen.runtime.session import common_prefix
+from edgeqwen.quality.reference import Reference, prompt_ids
 from edgeqwen.targets import ValidationBounds
 
 PROMPTS: list[tuple[str, str]] = [
@@ -44,24 +51,52 @@ def compare_logits(ref: np.ndarray, test: np.ndarray) -> dict[str, Any]:
     }
 
 
-def validate(engine, reference: Reference, bounds: ValidationBounds, log=print) -> dict[str, Any]:
+@dataclass
+class ArtifactOutputs:
+    """What the artifact computed for each validation prompt."""
+
+    ids: dict[str, list[int]]  # the reference tokenizer's ids
+    tokenizer_match: dict[str, bool]
+    logits: dict[str, np.ndarray]  # [positions from the end of the prefill, vocab]
+    prefill: dict[str, int]
+    gen_prompt: dict[str, list[int]]
+    generated: dict[str, list[int]]
+
+
+def run_artifact(engine, tokenizer, greedy_tokens: int) -> ArtifactOutputs:
+    """``tokenizer``: the reference's (transformers) tokenizer, which defines the prompts' ids."""
+    out = ArtifactOutputs({}, {}, {}, {}, {}, {})
+    for name, text in PROMPTS:
+        ids = prompt_ids(tokenizer, text)
+        prefill = max(1, len(ids) // 4)
+        out.ids[name], out.prefill[name] = ids, prefill
+        out.tokenizer_match[name] = engine.encode(tokenizer.decode(ids)) == ids
+        out.logits[name] = engine.backend.teacher_forced_logits(ids, prefill)
+        # The chat turn is generated from the whole templated prompt (it ends with the assistant header).
+        out.gen_prompt[name] = ids if text == "CHAT" else ids[:prefill]
+        out.generated[name] = engine.backend.greedy(out.gen_prompt[name], greedy_tokens)
+    return out
+
+
+def greedy_agreement(ref_logits: np.ndarray, prompt_len: int, generated: list[int]) -> int:
+    """How many of the artifact's greedy tokens the reference's own greedy decoding reproduces.
+    ``ref_logits``: the reference over prompt + generated[:-1]; row prompt_len - 1 + i predicts token i."""
+    choices = ref_logits[prompt_len - 1:prompt_len - 1 + len(generated)].argmax(-1)
+    differ = np.nonzero(choices != np.asarray(generated))[0]
+    return int(differ[0]) if differ.size else len(generated)
+
+
+def compare(reference: Reference, art: ArtifactOutputs, bounds: ValidationBounds, log=print) -> dict[str, Any]:
     t0 = time.perf_counter()
     per_prompt, kls = [], []
-    for name, text in PROMPTS:
-        ids = reference.prompt_ids(name, text)
-        prefill = max(1, len(ids) // 4)
-        art_ids = engine.encode(reference.tokenizer.decode(ids))
-        ref = reference.logits(ids)[prefill - 1:]
-        test = engine.backend.teacher_forced_logits(ids, prefill)
-        m = compare_logits(ref, test)
+    for name, _ in PROMPTS:
+        ids, prefill, gen = art.ids[name], art.prefill[name], art.generated[name]
+        m = compare_logits(reference.logits(ids)[prefill - 1:], art.logits[name])
         kls.append(m.pop("_kl"))
-        # The chat turn is generated from the whole templated prompt (it ends with the assistant header).
-        gen_prompt = ids if text == "CHAT" else ids[:prefill]
-        ref_gen = reference.greedy(gen_prompt, bounds.greedy_tokens)
-        art_gen = engine.backend.greedy(gen_prompt, bounds.greedy_tokens)
-        m["greedy_match"] = common_prefix(ref_gen, art_gen)
-        m["greedy_tokens"] = len(ref_gen)
-        m["tokenizer_match"] = art_ids == ids
+        prompt = art.gen_prompt[name]
+        m["greedy_match"] = greedy_agreement(reference.logits(prompt + gen[:-1]), len(prompt), gen) if gen else 0
+        m["greedy_tokens"] = len(gen)
+        m["tokenizer_match"] = art.tokenizer_match[name]
         m["prompt"] = name
         per_prompt.append(m)
         log(f"    {name:8s} positions {m['positions']:3d}  max|dlogit| {m['max_abs_logit_diff']:.2e}  "
@@ -86,6 +121,15 @@ def validate(engine, reference: Reference, bounds: ValidationBounds, log=print) 
         "prompts": per_prompt,
         "seconds": round(time.perf_counter() - t0, 2),
     }
+
+
+def validate(engine, reference: Reference, bounds: ValidationBounds, log=print) -> dict[str, Any]:
+    """Both sides with both in memory (small models); the build runs them apart."""
+    t0 = time.perf_counter()
+    art = run_artifact(engine, reference.tokenizer, bounds.greedy_tokens)
+    result = compare(reference, art, bounds, log)
+    result["seconds"] = round(time.perf_counter() - t0, 2)
+    return result
 
 
 def _check(s: dict[str, Any], b: ValidationBounds) -> list[str]:

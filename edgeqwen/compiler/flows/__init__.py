@@ -1,6 +1,6 @@
 """Build flows: checkpoint -> graphs -> packaged artifact files, one module per runtime backend.
 
-A flow is ``run(ckpt, profile, work, art, progress) -> FlowOutput``: it writes the artifact's files
+A flow is ``run(ckpt, profile, work, art, progress, exporter=...) -> FlowOutput``: it writes the artifact's files
 into ``art`` (``work`` is scratch space, removed afterwards) in two progress steps, and returns the
 manifest sections it knows. The profile's ``backend`` picks the flow here and the runtime backend at
 load time; a new kind of artifact is a new flow module plus one line in ``_FLOWS``.

@@ -1,5 +1,12 @@
-"""The genai flow: Olive's passes (ModelBuilder, then quantisation) write a dynamic-KV graph for
-onnxruntime-genai; our graph passes fix it up; the package steps finish the artifact."""
+"""The genai flow: a dynamic-KV graph for onnxruntime-genai, then the package steps.
+
+Two exporters compute the profile's passes:
+  streaming (default): edgeqwen.compiler.export writes the graph tensor by tensor and quantises each
+      weight block with onnxruntime's kernel as it passes; memory does not grow with the model.
+  olive: Olive runs the passes (ModelBuilder, then quantisation) and our graph passes fix up the
+      result; it holds the whole model several times over (about 10 bytes per parameter), so it is
+      for small models and for checking the streaming exporter against Olive.
+"""
 
 from __future__ import annotations
 
@@ -15,13 +22,42 @@ from edgeqwen.compiler.progress import Progress
 from edgeqwen.targets import TargetProfile
 
 
-def run(ckpt: Checkpoint, profile: TargetProfile, work: Path, art: Path, progress: Progress) -> FlowOutput:
+EXPORTERS = ("streaming", "olive")
+
+
+def run(ckpt: Checkpoint, profile: TargetProfile, work: Path, art: Path, progress: Progress,
+        exporter: str = "streaming") -> FlowOutput:
+    if exporter == "streaming":
+        return _run_streaming(ckpt, profile, art, progress)
     from edgeqwen.compiler.olive import run_olive
 
     with progress.step(f"Olive passes for {profile.name}: " + " -> ".join(p.type for p in profile.olive_passes)):
         olive_out = run_olive(profile, ckpt.path, work, progress, layers=int(ckpt.config["num_hidden_layers"]))
     with progress.step("Graph passes and packaging"):
         return _package(olive_out, art, ckpt, profile, progress)
+
+
+def _run_streaming(ckpt: Checkpoint, profile: TargetProfile, art: Path, progress: Progress) -> FlowOutput:
+    import onnx
+
+    from edgeqwen.compiler.export.genai import write
+    from edgeqwen.compiler.export.plan import GRAPH_PASSES_BUILT_IN, genai_plan
+    from edgeqwen.compiler.graph_report import quantization_report
+
+    plan, records = genai_plan(profile)
+    steps = " -> ".join(p.type for p in profile.olive_passes)
+    with progress.step(f"Streaming export for {profile.name} ({steps}, weight by weight)"):
+        done = write(ckpt, plan, art, progress.say)
+    with progress.step("Packaging"):
+        quant = quantization_report(onnx.load(str(art / package.MODEL_FILE), load_external_data=False))
+        quant["export"] = {"exporter": "streaming", "steps": records, **done}
+        template = package.copy_side_files(ckpt.path, art, ckpt)
+        cfg = package.write_genai_config(art, art, profile.session_options)
+        runtime = runtime_spec(cfg, ckpt, profile, template, package.special_tokens(art), quant)
+        steps_done = package.run_steps(art, runtime, profile, progress.say)
+    passes = {name: {"applied": True, "by": "streaming exporter", "summary": GRAPH_PASSES_BUILT_IN[name]}
+              for name in profile.graph_passes}
+    return FlowOutput(runtime=runtime, quantization=quant, package_steps=steps_done, graph_passes=passes)
 
 
 def _package(olive_out: Path, art: Path, ckpt: Checkpoint, profile: TargetProfile, progress: Progress) -> FlowOutput:

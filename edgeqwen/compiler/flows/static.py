@@ -17,7 +17,9 @@ from edgeqwen.compiler.progress import Progress
 from edgeqwen.targets import TargetProfile
 
 
-def run(ckpt: Checkpoint, profile: TargetProfile, work: Path, art: Path, progress: Progress) -> FlowOutput:
+def run(ckpt: Checkpoint, profile: TargetProfile, work: Path, art: Path, progress: Progress,
+        exporter: str = "streaming") -> FlowOutput:
+    # ``exporter`` concerns genai graphs; static graphs have one exporter (edgeqwen.compiler.static)
     passes = " -> ".join(["static export"] + [p.type for p in profile.olive_passes])
     with progress.step(f"Static graphs for {profile.name}: {passes}"):
         spec = export_graphs(ckpt, profile, work, art, progress)

@@ -1,0 +1,340 @@
+"""The dynamic-KV decoder graph for onnxruntime-genai, written tensor by tensor.
+
+The graph is the one Olive's ModelBuilder pass writes for Qwen2/Qwen3 (same ops, inputs, outputs and
+genai_config.json, so the pinned onnxruntime-genai and our own backends load it unchanged), with what
+our graph passes used to fix already right: logits named as genai_config says, the tied embedding read
+from the lm_head's table (stored once), rotary tables from transformers' own rope code.
+
+Two layouts, as the builder does per execution provider:
+  fused (CPU): one qkv MatMul [H, q+2kv]; GroupQueryAttention applies the rotary embedding itself.
+  split (DirectML): q, k, v MatMuls apart, RotaryEmbedding ops fed by a ``position_ids`` input.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from edgeqwen.compiler.checkpoint import Checkpoint
+from edgeqwen.compiler.export.data_file import DataFile
+from edgeqwen.compiler.export.weights import MS, FloatWeights, NBitsWeights, Sink, WeightFormat
+from edgeqwen.compiler.tensors import SIZES, CheckpointTensors
+
+MODEL_FILE, DATA_FILE = "model.onnx", "model.onnx.data"
+MASK = "/model/attn_mask_reformat/attn_mask_subgraph"
+
+
+@dataclass(frozen=True)
+class GenaiPlan:
+    io_dtype: np.dtype  # activations, KV cache, logits, norm weights
+    weights: WeightFormat  # every decoder linear layer
+    lm_head: WeightFormat
+    quantized_embedding: bool  # GatherBlockQuantized (sharing the lm_head's blocks when tied) vs a float table
+    layout: str  # "fused" | "split"
+    prune_lm_head: bool = True  # logits of the last position only
+    execution_provider: str = "cpu"  # named in genai_config.json's provider options
+
+
+@dataclass(frozen=True)
+class Shape:
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+    eps: float
+    positions: int
+
+    @classmethod
+    def of(cls, c: dict[str, Any]) -> "Shape":
+        return cls(c["hidden_size"], c["num_hidden_layers"], c["num_attention_heads"], c["num_key_value_heads"],
+                   c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"], c["vocab_size"],
+                   float(c.get("rms_norm_eps", 1e-6)), int(c.get("max_position_embeddings", 4096)))
+
+
+class Writer:
+    """Builds the graph's node list in order while weights stream into the data file."""
+
+    def __init__(self, ckpt: Checkpoint, plan: GenaiPlan, src: CheckpointTensors, data: DataFile,
+                 log: Callable[[str], None]) -> None:
+        self.ckpt, self.plan, self.shape = ckpt, plan, Shape.of(ckpt.config)
+        self.sink = Sink(data, src, [], [], set())
+        self.io = plan.io_dtype
+        self.consts: dict[str, str] = {}
+        self.log = log
+        self.t0 = time.perf_counter()
+        self.total_bytes = sum(_nbytes(tf, n) for tf in src.files for n in tf.entries)
+
+    # -- small helpers -------------------------------------------------------------------------------
+    def const(self, values: list[int] | int) -> str:
+        """An int64 constant, one initializer per distinct value."""
+        name = f"/model/constants/INT64/{values}"
+        if name not in self.consts:
+            self.sink.inits.append(helper.make_tensor(name, TensorProto.INT64, [len(values)] if isinstance(values, list)
+                                                      else [], values if isinstance(values, list) else [values]))
+            self.consts[name] = name
+        return name
+
+    def vector(self, init: str, name: str) -> str:
+        """A 1-D checkpoint tensor (norm weight, bias) in the io type."""
+        self.sink.inits.append(self.sink.data.tensor(init, self.sink.src.rows(name).astype(self.io)))
+        self.sink.consumed.add(name)
+        return init
+
+    def node(self, op: str, inputs: list[str], name: str, n_out: int = 1, domain: str = "", **attrs) -> list[str]:
+        outs = [f"{name}/output_{i}" for i in range(n_out)]
+        self.sink.node(op, inputs, outs, name, domain, **attrs)
+        return outs
+
+    def linear(self, fmt: WeightFormat, x: str, prefix: str, names: tuple[str, ...]) -> str:
+        out = f"{prefix}/MatMul/output_0"
+        fmt.matmul(self.sink, x, out, prefix, names)
+        return out
+
+    def rms(self, x: str, weight: str, name: str) -> str:
+        return self.node("SimplifiedLayerNormalization", [x, weight], name, epsilon=self.shape.eps, axis=-1,
+                         stash_type=1)[0]
+
+    def progress(self, what: str) -> None:
+        done = sum(_nbytes(self.sink.src.where[n], n) for n in self.sink.consumed)
+        elapsed = time.perf_counter() - self.t0
+        left = elapsed / done * (self.total_bytes - done) if done else 0.0
+        written = self.sink.data.size / 2**30
+        self.log(f"    {what}: {len(self.sink.consumed)}/{len(self.sink.src.where)} tensors, "
+                 f"{written:.2f} GiB written, {elapsed:.0f} s elapsed, ~{left:.0f} s left")
+
+
+def _nbytes(tf, name: str) -> int:
+    e = tf.entries[name]
+    return int(np.prod(e["shape"], dtype=np.int64)) * SIZES[e["dtype"]]
+
+
+def write(ckpt: Checkpoint, plan: GenaiPlan, out: Path, log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
+    """Write model.onnx, model.onnx.data and genai_config.json into ``out``; returns what it did."""
+    from edgeqwen.compiler.export.genai_config import genai_config
+
+    with CheckpointTensors(ckpt.path, list(ckpt.weight_files)) as src:
+        data = DataFile(out / DATA_FILE)
+        try:
+            w = Writer(ckpt, plan, src, data, log)
+            inputs, outputs = _io(w)
+            head = _head_weights(w)
+            embedded = _embedding(w, head)
+            mask = _mask(w)
+            rope = _rope(w)
+            hidden, residual = embedded, embedded
+            for i in range(w.shape.layers):
+                hidden, residual = _layer(w, i, hidden, residual, mask, rope)
+                w.progress(f"layer {i + 1}/{w.shape.layers}")
+            _lm_head(w, hidden, residual, head)
+            unused = set(src.where) - w.sink.consumed
+            if unused:
+                raise RuntimeError(f"checkpoint tensors the graph does not use: {sorted(unused)[:5]}")
+        finally:
+            data.close()
+    graph = helper.make_graph(w.sink.nodes, "edgeqwen-genai", inputs, outputs, initializer=w.sink.inits)
+    model = helper.make_model(graph, producer_name="edgeqwen", ir_version=10,
+                              opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid(MS, 1)])
+    onnx.save_model(model, str(out / MODEL_FILE))
+    (out / "genai_config.json").write_text(json.dumps(genai_config(ckpt, plan, w.shape), indent=4))
+    return {"seconds": round(time.perf_counter() - w.t0, 1), "data_bytes": data.size,
+            "tensors_read": len(w.sink.consumed), "layout": plan.layout}
+
+
+def _io(w: Writer) -> tuple[list, list]:
+    s, io = w.shape, helper.np_dtype_to_tensor_dtype(np.dtype(w.io))
+    kv = ["batch_size", s.kv_heads, "past_sequence_length", s.head_dim]
+    present = ["batch_size", s.kv_heads, "total_sequence_length", s.head_dim]
+    inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch_size", "sequence_length"]),
+              helper.make_tensor_value_info("attention_mask", TensorProto.INT64,
+                                            ["batch_size", "total_sequence_length"])]
+    if w.plan.layout == "split":
+        inputs.append(helper.make_tensor_value_info("position_ids", TensorProto.INT64, ["batch_size", "sequence_length"]))
+    outputs = [helper.make_tensor_value_info("logits", io, ["batch_size", 1 if w.plan.prune_lm_head
+                                                              else "sequence_length", s.vocab])]
+    for i in range(s.layers):
+        for kind in ("key", "value"):
+            inputs.append(helper.make_tensor_value_info(f"past_key_values.{i}.{kind}", io, kv))
+            outputs.append(helper.make_tensor_value_info(f"present.{i}.{kind}", io, present))
+    return inputs, outputs
+
+
+def _head_weights(w: Writer) -> tuple[str, list[str]]:
+    """The lm_head's initializers, written first so a tied embedding can read them: (kind, names)."""
+    tied = "lm_head.weight" not in w.sink.src
+    source = ("model.embed_tokens.weight",) if tied else ("lm_head.weight",)
+    fmt = w.plan.lm_head
+    if isinstance(fmt, NBitsWeights):
+        names, _, _ = fmt.quantized(w.sink, "lm_head.MatMul.weight", source)
+        return "nbits", names
+    assert isinstance(fmt, FloatWeights)
+    fmt.transposed(w.sink, "lm_head.MatMul.weight", source)  # [H, V]
+    return "float", ["lm_head.MatMul.weight"]
+
+
+def _embedding(w: Writer, head: tuple[str, list[str]]) -> str:
+    """Token ids -> [batch, seq, H]."""
+    s, src, plan = w.shape, w.sink.src, w.plan
+    tied = "lm_head.weight" not in src
+    kind, names = head
+    fmt = plan.lm_head if tied else plan.weights
+    shareable = isinstance(fmt, NBitsWeights) and fmt.symmetric and s.hidden % fmt.block_size == 0
+    if plan.quantized_embedding and shareable:
+        if not tied:
+            names, _, _ = fmt.quantized(w.sink, "model.embed_tokens.weight", ("model.embed_tokens.weight",))
+        return _gather_blocks(w, fmt, names)
+    if tied and kind == "float":
+        # the lm_head holds E^T [H, V]; the embedding gathers rows of its transpose (stored once)
+        table = w.node("Transpose", [names[0]], "/model/embed_tokens/Transpose", perm=[1, 0])[0]
+        return w.node("Gather", [table, "input_ids"], "/model/embed_tokens/Gather", axis=0)[0]
+    FloatWeights(w.io).table(w.sink, "model.embed_tokens.weight", "model.embed_tokens.weight")
+    return w.node("Gather", ["model.embed_tokens.weight", "input_ids"], "/model/embed_tokens/Gather", axis=0)[0]
+
+
+def _gather_blocks(w: Writer, fmt: NBitsWeights, names: list[str]) -> str:
+    """GatherBlockQuantized on MatMulNBits-layout blocks: B [V, K/block, block*bits/8] is quantised along
+    its last axis per row, exactly GatherBlockQuantized's data with quantize_axis=2; only the scales
+    ([V * K/block] -> [V, K/block, 1], 1/(2*block/bits) of the table) need a reshape."""
+    s = w.shape
+    kb = s.hidden // fmt.block_size
+    scales = w.node("Reshape", [names[1], w.const([s.vocab, kb, 1])], "/model/embed_tokens/ReshapeScales")[0]
+    blocks = w.node("GatherBlockQuantized", [names[0], "input_ids", scales], "/model/embed_tokens/GatherBlockQuantized",
+                    domain=MS, bits=fmt.bits, block_size=fmt.block_size, gather_axis=0, quantize_axis=2)[0]
+    # [batch, seq, K/block, block] -> [batch, seq, H]
+    return w.node("Reshape", [blocks, w.const([0, 0, s.hidden])], "/model/embed_tokens/ReshapeHidden")[0]
+
+
+def _mask(w: Writer) -> tuple[str, str]:
+    """GroupQueryAttention's seqlens_k (tokens in the mask - 1) and total_sequence_length, as int32."""
+    one = w.const([1])
+    total = w.node("ReduceSum", ["attention_mask", one], f"{MASK}/ReduceSum", keepdims=0)[0]
+    seqlens = w.node("Sub", [total, one], f"{MASK}/Sub")[0]
+    seqlens = w.node("Cast", [seqlens], f"{MASK}/Sub/Cast", to=TensorProto.INT32)[0]
+    shape = w.node("Shape", ["attention_mask"], f"{MASK}/Shape")[0]
+    length = w.node("Gather", [shape, w.const(1)], f"{MASK}/Gather", axis=0)[0]
+    length = w.node("Cast", [length], f"{MASK}/Gather/Cast", to=TensorProto.INT32)[0]
+    return seqlens, length
+
+
+def _rope(w: Writer) -> tuple[str, str]:
+    """cos/sin tables [positions, head_dim/2] computed by transformers' own rotary module."""
+    from edgeqwen.compiler.passes.rope_caches import reference_tables
+
+    cos, sin, _ = reference_tables(w.ckpt.config, w.ckpt.architecture, w.shape.positions)
+    w.sink.inits.append(w.sink.data.tensor("cos_cache", cos.astype(w.io)))
+    w.sink.inits.append(w.sink.data.tensor("sin_cache", sin.astype(w.io)))
+    return "cos_cache", "sin_cache"
+
+
+def _layer(w: Writer, i: int, hidden: str, residual: str, mask: tuple[str, str], rope: tuple[str, str]) -> tuple[str, str]:
+    """One decoder layer. ``hidden``: the previous layer's MLP output (the embedding for layer 0),
+    ``residual``: the running residual sum. Returns the same pair for the next layer."""
+    p, q = f"model.layers.{i}", f"/model/layers.{i}"
+    w_in = w.vector(f"{p}.input_layernorm.weight", f"{p}.input_layernorm.weight")
+    if i == 0:
+        normed = w.rms(hidden, w_in, f"{q}/input_layernorm/LayerNorm")
+    else:
+        outs = [f"{q}/input_layernorm/output_0", "", "", f"{q}/input_layernorm/output_3"]
+        w.sink.node("SkipSimplifiedLayerNormalization", [residual, hidden, w_in], outs,
+                    f"{q}/input_layernorm/SkipLayerNorm", MS, epsilon=w.shape.eps)
+        normed, residual = outs[0], outs[3]
+    attn = _attention(w, i, normed, mask, rope)
+    w_post = w.vector(f"{p}.post_attention_layernorm.weight", f"{p}.post_attention_layernorm.weight")
+    outs = [f"{q}/post_attention_layernorm/output_0", "", "", f"{q}/post_attention_layernorm/output_3"]
+    w.sink.node("SkipSimplifiedLayerNormalization", [residual, attn, w_post], outs,
+                f"{q}/post_attention_layernorm/SkipLayerNorm", MS, epsilon=w.shape.eps)
+    return _mlp(w, i, outs[0]), outs[3]
+
+
+def _attention(w: Writer, i: int, x: str, mask: tuple[str, str], rope: tuple[str, str]) -> str:
+    s, src = w.shape, w.sink.src
+    p, q = f"model.layers.{i}.self_attn", f"/model/layers.{i}/attn"
+    q_dim, kv_dim = s.heads * s.head_dim, s.kv_heads * s.head_dim
+    names = tuple(f"{p}.{n}_proj.weight" for n in "qkv")
+    has_bias = f"{p}.q_proj.bias" in src
+    has_norm = f"{p}.q_norm.weight" in src
+    if w.plan.layout == "fused":
+        qkv = w.linear(w.plan.weights, x, f"{q}/qkv_proj", names)
+        if has_bias:
+            bias = np.concatenate([src.rows(f"{p}.{n}_proj.bias") for n in "qkv"]).astype(w.io)
+            w.sink.inits.append(w.sink.data.tensor(f"model.layers.{i}.attn.qkv_proj.Add.bias", bias))
+            w.sink.consumed.update(f"{p}.{n}_proj.bias" for n in "qkv")
+            qkv = w.node("Add", [qkv, f"model.layers.{i}.attn.qkv_proj.Add.bias"], f"{q}/qkv_proj/Add")[0]
+        if has_norm:
+            qs, ks, vs = w.node("Split", [qkv, w.const([q_dim, kv_dim, kv_dim])], f"{q}/qkv_proj/Split", 3, axis=-1)
+            qkv_in = [_head_norm(w, i, "q", qs, q_dim), _head_norm(w, i, "k", ks, kv_dim), vs]
+        else:
+            qkv_in = [qkv, "", ""]
+        rotary = [*rope]
+    else:
+        parts = []
+        for n, dim in zip("qkv", (q_dim, kv_dim, kv_dim)):
+            y = w.linear(w.plan.weights, x, f"{q}/{n}_proj", (f"{p}.{n}_proj.weight",))
+            if has_bias:
+                b = w.vector(f"model.layers.{i}.attn.{n}_proj.Add.bias", f"{p}.{n}_proj.bias")
+                y = w.node("Add", [y, b], f"{q}/{n}_proj/Add")[0]
+            if has_norm and n != "v":
+                y = _head_norm(w, i, n, y, dim)
+            if n != "v":
+                y = w.node("RotaryEmbedding", [y, "position_ids", *rope], f"{q}/{n}_rotary/RotaryEmbedding",
+                           domain=MS, interleaved=0, num_heads=0, rotary_embedding_dim=0)[0]
+            parts.append(y)
+        qkv_in, rotary = parts, ["", ""]
+    out = [f"{q}/GroupQueryAttention/output_0", f"present.{i}.key", f"present.{i}.value"]
+    w.sink.node("GroupQueryAttention",
+                [*qkv_in, f"past_key_values.{i}.key", f"past_key_values.{i}.value", *mask, *rotary, "", "", ""],
+                out, f"{q}/GroupQueryAttention", MS, num_heads=s.heads, kv_num_heads=s.kv_heads,
+                scale=float(1 / np.sqrt(s.head_dim)), softcap=0.0, do_rotary=int(w.plan.layout == "fused"),
+                rotary_interleaved=0)
+    return w.linear(w.plan.weights, out[0], f"{q}/o_proj", (f"{p}.o_proj.weight",))
+
+
+def _head_norm(w: Writer, i: int, which: str, x: str, dim: int) -> str:
+    """Qwen3's per-head RMSNorm of q or k: [B, S, heads*D] -> [B, S*heads, D] -> norm -> back."""
+    q, d = f"/model/layers.{i}/attn/{which}_norm", w.shape.head_dim
+    weight = w.vector(f"model.layers.{i}.attn.{which}_norm.layernorm.weight",
+                      f"model.layers.{i}.self_attn.{which}_norm.weight")
+    y = w.node("Reshape", [x, w.const([0, -1, d])], f"{q}/Reshape_1")[0]
+    y = w.rms(y, weight, f"{q}/SimplifiedLayerNormalization")
+    return w.node("Reshape", [y, w.const([0, -1, dim])], f"{q}/Reshape_2")[0]
+
+
+def _mlp(w: Writer, i: int, x: str) -> str:
+    p, q = f"model.layers.{i}.mlp", f"/model/layers.{i}/mlp"
+    gate = w.linear(w.plan.weights, x, f"{q}/gate_proj", (f"{p}.gate_proj.weight",))
+    up = w.linear(w.plan.weights, x, f"{q}/up_proj", (f"{p}.up_proj.weight",))
+    sig = w.node("Sigmoid", [gate], f"{q}/act_fn/Sigmoid")[0]
+    act = w.node("Mul", [gate, sig], f"{q}/act_fn/Mul")[0]
+    prod = w.node("Mul", [act, up], f"{q}/Mul")[0]
+    return w.linear(w.plan.weights, prod, f"{q}/down_proj", (f"{p}.down_proj.weight",))
+
+
+def _lm_head(w: Writer, hidden: str, residual: str, head: tuple[str, list[str]]) -> None:
+    """Final norm, last position only, lm_head -> logits."""
+    n = w.shape.layers
+    norm = w.vector(f"model.layers.{n}.final_norm_layernorm.weight", "model.norm.weight")
+    q = f"/model/layers.{n}/final_norm_layernorm"
+    w.sink.node("SkipSimplifiedLayerNormalization", [residual, hidden, norm],
+                [f"{q}/output_0"], f"{q}/SkipLayerNorm", MS, epsilon=w.shape.eps)
+    x = f"{q}/output_0"
+    if w.plan.prune_lm_head:
+        last = w.node("Gather", [x, w.const(-1)], "/lm_head/prune/Gather", axis=1)[0]  # [B, H]
+        x = w.node("Unsqueeze", [last, w.const([1])], "/lm_head/prune/Unsqueeze")[0]  # [B, 1, H]
+    kind, names = head
+    fmt = w.plan.lm_head
+    if kind == "nbits":
+        assert isinstance(fmt, NBitsWeights)
+        attrs = {"K": w.shape.hidden, "N": w.shape.vocab, "bits": fmt.bits, "block_size": fmt.block_size}
+        if fmt.accuracy_level:
+            attrs["accuracy_level"] = fmt.accuracy_level
+        w.sink.node("MatMulNBits", [x, *names], ["logits"], f"/lm_head/MatMul_Q{fmt.bits}", MS, **attrs)
+    else:
+        w.sink.node("MatMul", [x, names[0]], ["logits"], "/lm_head/MatMul")

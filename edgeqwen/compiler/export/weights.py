@@ -1,0 +1,146 @@
+"""Weight formats: how one checkpoint linear layer becomes initializers and a node.
+
+A source is one or more checkpoint tensors [n_i, K] stacked along their rows (q, k and v make one
+fused qkv weight of N = sum n_i rows). Rows are read in blocks of about ``BLOCK_VALUES`` values, so a
+weight of any size passes through memory one block at a time.
+
+``FloatWeights``: MatMul with the weight transposed to [K, N] in the graph's float type.
+``NBitsWeights``: MatMulNBits, blocks quantised by onnxruntime's own ``quantize_matmul_{4,8}bits``
+(the kernel Olive's OnnxBlockWiseRtnQuantization calls on the whole graph), one block of rows at a
+time: B [N, K/block, block*bits/8] uint8, scales [N * K/block], zero points when asymmetric.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterator, Protocol
+
+import numpy as np
+from onnx import helper
+
+from edgeqwen.compiler.export.data_file import DataFile
+from edgeqwen.compiler.tensors import CheckpointTensors
+
+MS = "com.microsoft"
+BLOCK_VALUES = 8 * 2**20  # values read at a time: 32 MB as fp32
+
+
+@dataclass
+class Sink:
+    """What a weight format writes into: the data file, the graph's lists, and a counter of source
+    tensors consumed (for progress)."""
+
+    data: DataFile
+    src: CheckpointTensors
+    nodes: list
+    inits: list
+    consumed: set
+
+    def node(self, op: str, inputs: list[str], outputs: list[str], name: str, domain: str = "", **attrs) -> None:
+        self.nodes.append(helper.make_node(op, inputs, outputs, name=name, domain=domain, **attrs))
+
+
+def row_blocks(sink: Sink, names: tuple[str, ...]) -> Iterator[tuple[int, np.ndarray]]:
+    """(first row in the stacked weight, fp32 block [n, K]) over the stacked source tensors."""
+    at = 0
+    for name in names:
+        rows, k = sink.src.shape(name)
+        step = max(1, BLOCK_VALUES // k)
+        for r in range(0, rows, step):
+            yield at + r, sink.src.rows(name, r, min(rows, r + step))
+        at += rows
+        sink.consumed.add(name)
+
+
+def stacked_shape(sink: Sink, names: tuple[str, ...]) -> tuple[int, int]:
+    """(N, K) of the stacked sources."""
+    shapes = [sink.src.shape(n) for n in names]
+    ks = {s[1] for s in shapes}
+    if len(ks) != 1:
+        raise ValueError(f"{names}: stacked weights need one input size, got {shapes}")
+    return sum(s[0] for s in shapes), ks.pop()
+
+
+class WeightFormat(Protocol):
+    def matmul(self, sink: Sink, x: str, out: str, prefix: str, names: tuple[str, ...]) -> None: ...
+
+
+@dataclass(frozen=True)
+class FloatWeights:
+    dtype: np.dtype
+
+    def transposed(self, sink: Sink, init: str, names: tuple[str, ...]) -> None:
+        """Write the stacked [N, K] sources as one [K, N] initializer, a column strip per row block."""
+        n_total, k = stacked_shape(sink, names)
+        t, region = sink.data.reserve(init, self.dtype, (k, n_total))
+        item = np.dtype(self.dtype).itemsize
+        for c0, block in row_blocks(sink, names):
+            strip = np.ascontiguousarray(block.T, dtype=self.dtype)  # [K, n]
+            if strip.shape[1] == n_total:
+                region.write(0, strip)
+            else:
+                for row in range(k):  # row k of [K, N]: columns c0 .. c0+n
+                    region.write((row * n_total + c0) * item, strip[row])
+        sink.inits.append(t)
+
+    def matmul(self, sink: Sink, x: str, out: str, prefix: str, names: tuple[str, ...]) -> None:
+        init = f"{prefix.strip('/').replace('/', '.')}.MatMul.weight"
+        self.transposed(sink, init, names)
+        sink.node("MatMul", [x, init], [out], f"{prefix}/MatMul")
+
+    def table(self, sink: Sink, init: str, name: str) -> None:
+        """An embedding table [V, H] as stored, in the graph's float type."""
+        v, h = sink.src.shape(name)
+        t, region = sink.data.reserve(init, self.dtype, (v, h))
+        for r0, block in row_blocks(sink, (name,)):
+            region.write(r0 * h * np.dtype(self.dtype).itemsize, block.astype(self.dtype))
+        sink.inits.append(t)
+
+
+@dataclass(frozen=True)
+class NBitsWeights:
+    bits: int
+    block_size: int
+    symmetric: bool = True
+    accuracy_level: int = 0  # 4: int8 activations, the fast CPU kernel; 0: the op's default
+    dtype: np.dtype = np.dtype(np.float32)  # activations and scales (fp16 on DirectML)
+    scales_2d: bool = False  # [N, K/block] (the builder's DirectML layout) instead of [N * K/block]
+
+    def quantized(self, sink: Sink, base: str, names: tuple[str, ...]) -> tuple[list[str], int, int]:
+        """Quantise the stacked sources block by block; returns (B, scales[, zero points]) names, N, K."""
+        from onnxruntime.capi import _pybind_state as ort_c
+
+        kernel = {4: ort_c.quantize_matmul_4bits, 8: ort_c.quantize_matmul_8bits}[self.bits]
+        n_total, k = stacked_shape(sink, names)
+        kb = math.ceil(k / self.block_size)
+        blob = self.block_size * self.bits // 8
+        zp_per_col = math.ceil(kb / (8 // self.bits))
+        b_t, b = sink.data.reserve(f"{base}_Q{self.bits}", np.uint8, (n_total, kb, blob))
+        s_shape = (n_total, kb) if self.scales_2d else (n_total * kb,)
+        s_t, s = sink.data.reserve(f"{base}_scales", self.dtype, s_shape)
+        z_t, z = sink.data.reserve(f"{base}_zero_point", np.uint8, (n_total * zp_per_col,)) \
+            if not self.symmetric else (None, None)
+        item = np.dtype(self.dtype).itemsize
+        for c0, block in row_blocks(sink, names):
+            n = block.shape[0]
+            w = np.zeros((kb * self.block_size, n), dtype=self.dtype)  # [K padded to whole blocks, n]
+            w[:k] = block.T
+            packed = np.zeros((n, kb, blob), dtype=np.uint8)
+            scales = np.zeros(n * kb, dtype=self.dtype)
+            zero = np.zeros(n * zp_per_col, dtype=np.uint8)
+            kernel(packed, w, scales, zero, self.block_size, n, k, self.symmetric)
+            b.write(c0 * kb * blob, packed)
+            s.write(c0 * kb * item, scales)
+            if z is not None:
+                z.write(c0 * zp_per_col, zero)
+        sink.inits.extend(t for t in (b_t, s_t, z_t) if t is not None)
+        return [t.name for t in (b_t, s_t, z_t) if t is not None], n_total, k
+
+    def matmul(self, sink: Sink, x: str, out: str, prefix: str, names: tuple[str, ...]) -> None:
+        base = f"{prefix.strip('/').replace('/', '.')}.MatMul.weight"
+        inputs, n, k = self.quantized(sink, base, names)
+        attrs = {"K": k, "N": n, "bits": self.bits, "block_size": self.block_size}
+        if self.accuracy_level:
+            attrs["accuracy_level"] = self.accuracy_level
+        sink.node("MatMulNBits", [x, *inputs], [out], f"{prefix}/MatMul_Q{self.bits}", MS, **attrs)
