@@ -45,22 +45,23 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     require("build", "edgeqwen validate")
+    from edgeqwen.artifact import load_verified
     from edgeqwen.compiler.checkpoint import open_checkpoint
-    from edgeqwen.quality.reference import Reference
-    from edgeqwen.quality.validation import validate
+    from edgeqwen.quality.validation import validate_apart
     from edgeqwen.runtime.engine import Engine
     from edgeqwen.summary import reference_mismatch, validation_lines
     from edgeqwen.targets import TargetProfile
 
-    engine = Engine(args.artifact)
+    manifest = load_verified(Path(args.artifact))  # every file against its hash, once
     ckpt = open_checkpoint(args.reference)  # a missing or broken reference is a one-line error
-    for line in reference_mismatch(engine.manifest.get("source", {}), ckpt.describe()):
+    for line in reference_mismatch(manifest.get("source", {}), ckpt.describe()):
         print(f"edgeqwen: note: {line}", file=sys.stderr)
-    profile = TargetProfile.from_dict(engine.manifest["profile"], f"{args.artifact} manifest")
+    profile = TargetProfile.from_dict(manifest["profile"], f"{args.artifact} manifest")
     log = (lambda s: print(s, file=sys.stderr)) if args.json else print
     with tempfile.TemporaryDirectory(prefix="edgeqwen-validate-") as tmp:
-        reference = _reference_with_adapter(engine.manifest, ckpt, args.adapter, Path(tmp))
-        result = validate(engine, Reference(reference), profile.validation, log=log)
+        reference = _reference_with_adapter(manifest, ckpt, args.adapter, Path(tmp))
+        result = validate_apart(lambda: Engine(args.artifact, verify="size"), reference, ckpt.parameter_count,
+                                profile.validation, log=log)
     print(json.dumps(result, indent=2) if args.json else "\n".join(validation_lines(result)))
     return 0 if result["passed"] else 3
 

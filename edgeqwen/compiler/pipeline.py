@@ -22,7 +22,6 @@ from edgeqwen.compiler.checkpoint import Checkpoint, open_checkpoint
 from edgeqwen.compiler.flows import FlowOutput, get_flow, known_flows
 from edgeqwen.compiler.progress import Progress
 from edgeqwen.errors import ProfileError, ValidationFailed
-from edgeqwen.runtime.memory import peak_rss_mb
 from edgeqwen.targets import TargetProfile, load_profile
 
 
@@ -140,29 +139,18 @@ def _manifest(ckpt: Checkpoint, profile: TargetProfile, flow: FlowOutput) -> dic
 
 def _validate(art: Path, manifest: dict[str, Any], ckpt: Checkpoint, profile: TargetProfile,
               progress: Progress) -> dict[str, Any]:
-    """The artifact's side first, then the reference's, never both in memory: the peak is the larger."""
-    import gc
-    from edgeqwen.quality.reference import load_tokenizer, open_reference
-    from edgeqwen.quality.validation import compare, run_artifact
+    from edgeqwen.quality.validation import validate_apart
     from edgeqwen.runtime.engine import Engine
 
-    t0 = time.perf_counter()
     # The engine only loads verified artifacts: give it a provisional manifest (the final one replaces it).
     write_manifest(art, {**manifest, "validation": {"pending": True}})
-    with warnings.catch_warnings():  # a DirectML/NNAPI artifact runs on the CPU provider here: recorded below
-        warnings.simplefilter("ignore", RuntimeWarning)
-        engine = Engine(art, verify="size")
-    provider = engine.provider
-    tokenizer = load_tokenizer(ckpt.path)
-    outputs = run_artifact(engine, tokenizer, profile.validation.greedy_tokens)
-    del engine  # the genai model and its weights go with the last reference
-    gc.collect()
-    progress.say(f"    artifact side done in {time.perf_counter() - t0:.0f} s (peak RSS so far {peak_rss_mb()} MB)")
-    reference = open_reference(ckpt.path, ckpt.parameter_count)
-    result = compare(reference, outputs, profile.validation, log=progress.say)
-    result["execution_provider"] = provider
-    result["reference"] = type(reference).__name__
-    result["seconds"] = round(time.perf_counter() - t0, 2)
+
+    def open_engine() -> Engine:
+        with warnings.catch_warnings():  # a DirectML/NNAPI artifact runs on the CPU provider here: recorded
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return Engine(art, verify="size")
+
+    result = validate_apart(open_engine, ckpt.path, ckpt.parameter_count, profile.validation, log=progress.say)
     verdict = "PASS" if result["passed"] else "FAIL: " + "; ".join(result["failures"])
     progress.say(f"    verdict: {verdict}")
     return result

@@ -14,15 +14,19 @@ validation needs the larger of the two in memory, not both.
 
 from __future__ import annotations
 
+import gc
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
 from typing import Any
 
 import numpy as np
 
 from edgeqwen.quality.metrics import kl_divergence
-from edgeqwen.quality.reference import Reference, prompt_ids
+from edgeqwen.quality.reference import Reference, load_tokenizer, open_reference, prompt_ids
+from edgeqwen.runtime.memory import peak_rss_mb
 from edgeqwen.targets import ValidationBounds
 
 PROMPTS: list[tuple[str, str]] = [
@@ -121,6 +125,26 @@ def compare(reference: Reference, art: ArtifactOutputs, bounds: ValidationBounds
         "prompts": per_prompt,
         "seconds": round(time.perf_counter() - t0, 2),
     }
+
+
+def validate_apart(open_engine: Callable[[], Any], model_path: Path, parameters: int, bounds: ValidationBounds,
+                   log=print) -> dict[str, Any]:
+    """The artifact's side first, then the reference's, never both in memory: the peak is the larger
+    of the two. ``open_engine()`` gives the runtime Engine (nobody else may hold it, so that it is
+    freed before the reference loads); the reference is whole or layer by layer (``open_reference``)."""
+    t0 = time.perf_counter()
+    engine = open_engine()
+    provider = engine.provider
+    outputs = run_artifact(engine, load_tokenizer(model_path), bounds.greedy_tokens)
+    del engine  # the model and its weights go with the last reference
+    gc.collect()
+    log(f"    artifact side done in {time.perf_counter() - t0:.0f} s (peak RSS so far {peak_rss_mb()} MB)")
+    reference = open_reference(model_path, parameters)
+    result = compare(reference, outputs, bounds, log)
+    result["execution_provider"] = provider
+    result["reference"] = type(reference).__name__
+    result["seconds"] = round(time.perf_counter() - t0, 2)
+    return result
 
 
 def validate(engine, reference: Reference, bounds: ValidationBounds, log=print) -> dict[str, Any]:

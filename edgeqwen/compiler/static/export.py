@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Callable
 
@@ -9,6 +10,7 @@ import numpy as np
 
 from edgeqwen.compiler.checkpoint import Checkpoint
 from edgeqwen.compiler.static.decoder import MASK_VALUE, Dims, Weights, decoder_graph
+from edgeqwen.compiler.tensors import CheckpointTensors
 
 # Files of the two graphs, by role; the manifest's runtime section carries them to the runtime.
 GRAPHS = {"prefill": "prefill.onnx", "decode": "decode.onnx"}
@@ -31,15 +33,28 @@ def dims_of(config: dict[str, Any], architecture: str) -> Dims:
     )
 
 
-def load_weights(ckpt: Checkpoint, cache: int) -> tuple[Weights, Dims]:
-    import torch
-    from transformers import AutoModelForCausalLM
+class LazyTensors(Mapping):
+    """Checkpoint tensors by name, read from the shards (upcast to fp32) each time one is asked for
+    and kept by nobody but the caller: a graph holds its own copy of each weight, so keeping a
+    second copy of the whole model (as loading it in transformers did) doubled the build's memory."""
 
+    def __init__(self, src: CheckpointTensors) -> None:
+        self.src = src
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.src.rows(name)
+
+    def __iter__(self):
+        return iter(self.src.where)
+
+    def __len__(self) -> int:
+        return len(self.src.where)
+
+
+def load_weights(ckpt: Checkpoint, cache: int, src: CheckpointTensors) -> tuple[Weights, Dims]:
     from edgeqwen.compiler.passes.rope_caches import reference_tables
 
-    model = AutoModelForCausalLM.from_pretrained(str(ckpt.path), dtype=torch.float32)
-    tensors = {k: v.detach().numpy() for k, v in model.state_dict().items()}
-    del model
+    tensors = LazyTensors(src)
     dims = dims_of(ckpt.config, ckpt.architecture)
     cos, sin, _ = reference_tables(ckpt.config, ckpt.architecture, cache)  # [S, D/2] each
     full = lambda t: np.concatenate([t, t], axis=1).astype(np.float32)  # HF duplicates the half table
@@ -49,13 +64,20 @@ def load_weights(ckpt: Checkpoint, cache: int) -> tuple[Weights, Dims]:
 def export(ckpt: Checkpoint, folder: Path, chunk: int, cache: int, say: Callable[[str], None] = print) -> dict[str, Any]:
     """Write prefill.onnx (C = ``chunk``) and decode.onnx (C = 1) into ``folder``; return the runtime's
     description of them."""
-    import onnx
 
     if ckpt.config.get("use_sliding_window"):
         raise RuntimeError("sliding-window attention is not supported by the static export")
-    weights, dims = load_weights(ckpt, cache)
+    with CheckpointTensors(ckpt.path, list(ckpt.weight_files)) as src:
+        return _export(ckpt, folder, chunk, cache, say, src)
+
+
+def _export(ckpt: Checkpoint, folder: Path, chunk: int, cache: int, say: Callable[[str], None],
+            src: CheckpointTensors) -> dict[str, Any]:
+    import onnx
+
+    weights, dims = load_weights(ckpt, cache, src)
     # a tied lm_head is the embedding table: stored once in the graph
-    params = sum(a.size for k, a in weights.t.items() if not (weights.tied and k == "lm_head.weight"))
+    params = sum(int(np.prod(src.shape(k))) for k in src.where if not (weights.tied and k == "lm_head.weight"))
     if params * 4 > _PROTO_LIMIT:
         raise RuntimeError(f"{params / 1e6:.0f}M fp32 parameters do not fit one inline ONNX file (2 GB protobuf "
                            "limit); the static export takes models up to ~500M parameters")
