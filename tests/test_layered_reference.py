@@ -19,6 +19,10 @@ def test_same_logits_and_greedy_as_the_whole_model(checkpoints, name, dtype):
     ids = whole.prompt_ids("code", "def fibonacci(n: int) -> list[int]:\n    result = [0, 1]\n")
     assert np.array_equal(whole.logits(ids), layered.logits(ids))  # measured: bit for bit
     assert whole.greedy(ids, 12) == layered.greedy(ids, 12)
+    # several sequences in one pass (each layer loaded once): the same logits as one by one
+    seqs = [ids, ids[:5], [785, 3974]]
+    for a, b in zip(whole.logits_many(seqs), layered.logits_many(seqs)):
+        assert np.array_equal(a, b)
     assert whole.prompt_ids("chat", "CHAT") == layered.prompt_ids("chat", "CHAT")
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from edgeqwen.compiler.tensors import SIZES, TensorFile, write_safetensors
+from edgeqwen.safetensors_io import SIZES, TensorFile, write_safetensors
 from edgeqwen.errors import CheckpointError
 
 CONFIG = "adapter_config.json"

@@ -43,7 +43,7 @@ class LayeredReference(Reference):
 
     # -- weights ------------------------------------------------------------------------------------
     def _tensors(self):
-        from edgeqwen.compiler.tensors import CheckpointTensors
+        from edgeqwen.safetensors_io import CheckpointTensors
 
         files = sorted({p.name for p in self.files.values()})
         return CheckpointTensors(self.path, files)
@@ -68,40 +68,48 @@ class LayeredReference(Reference):
             rows = {i: src.rows("model.embed_tokens.weight", i, i + 1)[0] for i in sorted(set(ids))}
         return torch.from_numpy(np.stack([rows[i] for i in ids]))[None]
 
-    def _hidden(self, ids: list[int]):
-        """Final-norm hidden states [1, T, H] for ``ids``, one decoder layer in memory at a time."""
+    def _hidden_many(self, seqs: list[list[int]]) -> list:
+        """Final-norm hidden states [1, T, H] of each sequence, each decoder layer loaded once for all
+        of them (loading, not compute, is what a layer costs here: 15 GB of reads per pass on a 7B)."""
         from transformers.masking_utils import create_causal_mask
 
         torch, inner = self.torch, self.model.model
         with torch.no_grad():
-            x = self._embed(ids)
-            position_ids = torch.arange(len(ids)).unsqueeze(0)
-            mask = create_causal_mask(config=self.model.config, inputs_embeds=x, attention_mask=None,
-                                      past_key_values=None, position_ids=position_ids)
-            rope = inner.rotary_emb(x, position_ids)
+            xs = [self._embed(ids) for ids in seqs]
+            ctx = []
+            for ids, x in zip(seqs, xs):
+                position_ids = torch.arange(len(ids)).unsqueeze(0)
+                mask = create_causal_mask(config=self.model.config, inputs_embeds=x, attention_mask=None,
+                                          past_key_values=None, position_ids=position_ids)
+                ctx.append((position_ids, mask, inner.rotary_emb(x, position_ids)))
             for i, layer in enumerate(inner.layers):
                 self._materialise(layer, f"model.layers.{i}.")
-                out = layer(x, attention_mask=mask, position_ids=position_ids, position_embeddings=rope)
-                x = out[0] if isinstance(out, tuple) else out
+                for j, (position_ids, mask, rope) in enumerate(ctx):
+                    out = layer(xs[j], attention_mask=mask, position_ids=position_ids, position_embeddings=rope)
+                    xs[j] = out[0] if isinstance(out, tuple) else out
                 self._release(layer)
             self._materialise(inner.norm, "model.norm.")
-            x = inner.norm(x)
+            xs = [inner.norm(x) for x in xs]
             self._release(inner.norm)
-        return x
+        return xs
 
-    def logits(self, ids: list[int]) -> np.ndarray:
-        """[T, V]: the lm_head one block of vocabulary rows at a time (a tied checkpoint has no
-        lm_head.weight: the embedding table is the output matrix)."""
+    def logits_many(self, seqs: list[list[int]]) -> list[np.ndarray]:
+        """[T_i, V] for each sequence: the lm_head one block of vocabulary rows at a time (a tied
+        checkpoint has no lm_head.weight: the embedding table is the output matrix)."""
         torch = self.torch
-        x = self._hidden(ids)[0]  # [T, H]
+        xs = [x[0] for x in self._hidden_many(seqs)]  # [T_i, H] each
         key = "lm_head.weight" if "lm_head.weight" in self.files else "model.embed_tokens.weight"
         with torch.no_grad(), self._tensors() as src:
             vocab = src.shape(key)[0]
-            out = np.empty((x.shape[0], vocab), dtype=np.float32)
+            outs = [np.empty((x.shape[0], vocab), dtype=np.float32) for x in xs]
             for v0 in range(0, vocab, HEAD_ROWS):
                 w = torch.from_numpy(src.rows(key, v0, min(vocab, v0 + HEAD_ROWS)))  # [rows, H]
-                out[:, v0:v0 + w.shape[0]] = torch.nn.functional.linear(x, w).numpy()
-        return out
+                for x, out in zip(xs, outs):
+                    out[:, v0:v0 + w.shape[0]] = torch.nn.functional.linear(x, w).numpy()
+        return outs
+
+    def logits(self, ids: list[int]) -> np.ndarray:
+        return self.logits_many([ids])[0]
 
     def greedy(self, ids: list[int], n: int) -> list[int]:
         seq, out = list(ids), []

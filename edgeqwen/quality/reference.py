@@ -58,6 +58,9 @@ class Reference:
             out = self.model(self.torch.tensor([ids]))
         return out.logits[0].float().numpy()
 
+    def logits_many(self, seqs: list[list[int]]) -> list[np.ndarray]:
+        return [self.logits(ids) for ids in seqs]
+
     def greedy(self, ids: list[int], n: int) -> list[int]:
         with self.torch.no_grad():
             out = self.model.generate(self.torch.tensor([ids]), max_new_tokens=n, do_sample=False,

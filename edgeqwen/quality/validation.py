@@ -93,12 +93,16 @@ def greedy_agreement(ref_logits: np.ndarray, prompt_len: int, generated: list[in
 def compare(reference: Reference, art: ArtifactOutputs, bounds: ValidationBounds, log=print) -> dict[str, Any]:
     t0 = time.perf_counter()
     per_prompt, kls = [], []
-    for name, _ in PROMPTS:
-        ids, prefill, gen = art.ids[name], art.prefill[name], art.generated[name]
-        m = compare_logits(reference.logits(ids)[prefill - 1:], art.logits[name])
+    # every sequence the reference must score, in one call (a layered reference loads each layer once)
+    names = [name for name, _ in PROMPTS]
+    seqs = [art.ids[n] for n in names] + [art.gen_prompt[n] + art.generated[n][:-1] for n in names]
+    ref_logits = dict(zip([("text", n) for n in names] + [("greedy", n) for n in names], reference.logits_many(seqs)))
+    for name in names:
+        prefill, gen = art.prefill[name], art.generated[name]
+        m = compare_logits(ref_logits["text", name][prefill - 1:], art.logits[name])
         kls.append(m.pop("_kl"))
         prompt = art.gen_prompt[name]
-        m["greedy_match"] = greedy_agreement(reference.logits(prompt + gen[:-1]), len(prompt), gen) if gen else 0
+        m["greedy_match"] = greedy_agreement(ref_logits["greedy", name], len(prompt), gen) if gen else 0
         m["greedy_tokens"] = len(gen)
         m["tokenizer_match"] = art.tokenizer_match[name]
         m["prompt"] = name

@@ -25,7 +25,7 @@ from onnx import TensorProto, helper
 from edgeqwen.compiler.checkpoint import Checkpoint
 from edgeqwen.compiler.export.data_file import DataFile
 from edgeqwen.compiler.export.weights import MS, FloatWeights, NBitsWeights, Sink, WeightFormat
-from edgeqwen.compiler.tensors import SIZES, CheckpointTensors
+from edgeqwen.safetensors_io import SIZES, CheckpointTensors
 
 MODEL_FILE, DATA_FILE = "model.onnx", "model.onnx.data"
 MASK = "/model/attn_mask_reformat/attn_mask_subgraph"

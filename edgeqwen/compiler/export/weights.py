@@ -20,7 +20,7 @@ import numpy as np
 from onnx import helper
 
 from edgeqwen.compiler.export.data_file import DataFile
-from edgeqwen.compiler.tensors import CheckpointTensors
+from edgeqwen.safetensors_io import CheckpointTensors
 
 MS = "com.microsoft"
 BLOCK_VALUES = 8 * 2**20  # values read at a time: 32 MB as fp32

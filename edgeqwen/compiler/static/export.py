@@ -10,7 +10,7 @@ import numpy as np
 
 from edgeqwen.compiler.checkpoint import Checkpoint
 from edgeqwen.compiler.static.decoder import MASK_VALUE, Dims, Weights, decoder_graph
-from edgeqwen.compiler.tensors import CheckpointTensors
+from edgeqwen.safetensors_io import CheckpointTensors
 
 # Files of the two graphs, by role; the manifest's runtime section carries them to the runtime.
 GRAPHS = {"prefill": "prefill.onnx", "decode": "decode.onnx"}
