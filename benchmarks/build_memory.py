@@ -6,7 +6,7 @@ real-sizes issue bounds); the manifest adds the per-step timings and the peak RS
 so the table says where the peak happens (export or validation).
 
     python benchmarks/build_memory.py --checkpoint Q05 --checkpoint Q15 [--target cpu-int4 ...] \
-        [--exporter streaming|olive] [--no-validate] [-o benchmarks/reports/build-memory]
+        [--exporter streaming|olive] [--no-validate] [--merge] [-o benchmarks/reports/build-memory]
 
 Checkpoints are made locally, e.g. ``python tools/make_tiny_qwen.py qwen2.5-1.5b-shape -o Q15
 --dtype bfloat16``. Artifacts are written to a scratch folder and removed after each build unless
@@ -24,6 +24,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from report_files import write_report
 
 GENAI = ["cpu-int4", "cpu-int8", "cpu-fp32", "android-cpu-int4", "directml-int4", "directml-fp16"]
 SCHEMA = "edgeqwen.bench.build-memory/1"
@@ -62,15 +64,19 @@ def markdown(report: dict) -> str:
     lines = ["# Build peak memory (`/usr/bin/time -v`, maximum resident set size)", "",
              (f"exporter `{report['exporter']}`, validation {'on' if report['validate'] else 'off'}, "
               f"{report['machine']}"), "",
-             "| checkpoint | parameters | target | peak RSS | wall time | artifact | bytes/param (RSS) | status |",
+             "| checkpoint | parameters | target | peak RSS | of it: export | wall time | artifact | status |",
              "|---|---:|---|---:|---:|---:|---:|---|"]
     for r in report["builds"]:
         params = r.get("parameters", 0)
-        per = f"{r['peak_rss_mb'] * 2**20 / params:.2f}" if params else "-"
+        # the manifest's peak RSS after each step is the peak so far: after the export step, the export's
+        export = next((v for k, v in r.get("peak_rss_mb_after_step", {}).items() if k.startswith(("Streaming",
+                                                                                                 "Olive"))), None)
         status = "ok" if r["exit_status"] == 0 else f"exit {r['exit_status']}: {r.get('error', '')}"
+        if r.get("validation_passed") is False:
+            status = "built; validation failed its bound"
         size = f"{r['artifact_bytes'] / 2**30:.2f} GiB" if r.get("artifact_bytes") else "-"
         lines.append(f"| {r['checkpoint']} | {params / 1e9:.2f}B | {r['target']} | {r['peak_rss_mb']} MB | "
-                     f"{r['seconds']:.0f} s | {size} | {per} | {status} |")
+                     f"{export or '-'} MB | {r['seconds']:.0f} s | {size} | {status} |")
     return "\n".join(lines) + "\n"
 
 
@@ -100,7 +106,8 @@ def plot(report: dict, path: Path) -> None:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", type=Path, action="append", required=True)
+    p.add_argument("--checkpoint", type=Path, action="append", default=[])
+    p.add_argument("--merge", action="store_true", help="add these builds to the output folder's report.json")
     p.add_argument("--target", action="append", help=f"profiles (default: the genai ones, {', '.join(GENAI)})")
     p.add_argument("--exporter", default="streaming", choices=("streaming", "olive"))
     p.add_argument("--no-validate", action="store_true")
@@ -111,9 +118,11 @@ def main() -> int:
     from edgeqwen.bench.device import device_facts
 
     facts = device_facts()
+    old = args.output / "report.json"
+    previous = json.loads(old.read_text())["builds"] if args.merge and old.is_file() else []
     report = {"schema": SCHEMA, "exporter": args.exporter, "validate": not args.no_validate, "device": facts,
               "machine": f"{facts.get('cpu', '?')}, {facts.get('usable_cores', '?')} cores, {facts.get('ram_gb', '?')} GB",
-              "builds": []}
+              "builds": previous}
     with tempfile.TemporaryDirectory(prefix="edgeqwen-build-memory-", dir=args.keep) as scratch:
         for ckpt in args.checkpoint:
             for target in args.target or GENAI:
@@ -122,12 +131,7 @@ def main() -> int:
                 if not args.keep:
                     shutil.rmtree(out, ignore_errors=True)
                     shutil.rmtree(out.with_name(out.name + ".rejected"), ignore_errors=True)
-    args.output.mkdir(parents=True, exist_ok=True)
-    (args.output / "report.json").write_text(json.dumps(report, indent=2))
-    md = markdown(report)
-    (args.output / "report.md").write_text(md)
-    plot(report, args.output / "build-memory.png")
-    print(md)
+    print(write_report(args.output, report, markdown, plot, "build-memory.png"))
     return 0
 
 

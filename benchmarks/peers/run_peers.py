@@ -12,17 +12,17 @@ A peer that cannot be installed or built is reported as skipped with the reason,
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE), str(HERE.parent.parent)]
+sys.path[:0] = [str(HERE), str(HERE.parent), str(HERE.parent.parent)]
 
 import genai_peer  # noqa: E402
 import llamacpp_peer  # noqa: E402
 from edgeqwen_peer import EdgeQwenPeer  # noqa: E402
+from report_files import write_report  # noqa: E402
 
 SCHEMA = "edgeqwen.bench.peers/1"
 
@@ -127,12 +127,7 @@ def main() -> int:
               "skipped": skipped}
     if args.quality:
         report["quality"] = quality(peers, args, log)
-    args.output.mkdir(parents=True, exist_ok=True)
-    (args.output / "report.json").write_text(json.dumps(report, indent=2))
-    md = markdown(report)
-    (args.output / "report.md").write_text(md)
-    plot(report, args.output / "peers.png")
-    print(md)
+    print(write_report(args.output, report, markdown, plot, "peers.png"))
     return 0
 
 
