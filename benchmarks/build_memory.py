@@ -29,6 +29,7 @@ from report_files import write_report
 
 GENAI = ["cpu-int4", "cpu-int8", "cpu-fp32", "android-cpu-int4", "directml-int4", "directml-fp16"]
 SCHEMA = "edgeqwen.bench.build-memory/1"
+EXPORT_STEPS = ("Streaming export", "Static graphs", "Olive passes")  # the flows' first step titles
 
 
 def one_build(ckpt: Path, target: str, out: Path, exporter: str, validate: bool, log) -> dict:
@@ -69,8 +70,8 @@ def markdown(report: dict) -> str:
     for r in report["builds"]:
         params = r.get("parameters", 0)
         # the manifest's peak RSS after each step is the peak so far: after the export step, the export's
-        export = next((v for k, v in r.get("peak_rss_mb_after_step", {}).items() if k.startswith(("Streaming",
-                                                                                                 "Olive"))), None)
+        steps = r.get("peak_rss_mb_after_step", {})
+        export = next((v for k, v in steps.items() if k.startswith(EXPORT_STEPS)), None)
         status = "ok" if r["exit_status"] == 0 else f"exit {r['exit_status']}: {r.get('error', '')}"
         if r.get("validation_passed") is False:
             status = "built; validation failed its bound"

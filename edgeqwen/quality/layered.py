@@ -14,7 +14,9 @@ slow on large models: it is for validation, not for generating.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -25,7 +27,8 @@ HEAD_ROWS = 16384  # lm_head rows per block: 230 MB of fp32 at hidden 3584
 
 
 class LayeredReference(Reference):
-    def __init__(self, model_path: str | Path) -> None:  # builds on meta; Reference's loading is not used
+    def __init__(self, model_path: str | Path, log: Callable[[str], None] | None = None) -> None:
+        # builds on meta; Reference's loading is not used. ``log``: a progress line per layer pass
         import torch
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -39,6 +42,7 @@ class LayeredReference(Reference):
         rotary = self.model.model.rotary_emb
         self.model.model.rotary_emb = type(rotary)(config=self.model.config)
         self.files = _weight_map(self.path)
+        self.log = log
         self.eos = _eos_ids(self.path, self.config)
 
     # -- weights ------------------------------------------------------------------------------------
@@ -82,12 +86,17 @@ class LayeredReference(Reference):
                 mask = create_causal_mask(config=self.model.config, inputs_embeds=x, attention_mask=None,
                                           past_key_values=None, position_ids=position_ids)
                 ctx.append((position_ids, mask, inner.rotary_emb(x, position_ids)))
+            t0, n = time.perf_counter(), len(inner.layers)
             for i, layer in enumerate(inner.layers):
                 self._materialise(layer, f"model.layers.{i}.")
                 for j, (position_ids, mask, rope) in enumerate(ctx):
                     out = layer(xs[j], attention_mask=mask, position_ids=position_ids, position_embeddings=rope)
                     xs[j] = out[0] if isinstance(out, tuple) else out
                 self._release(layer)
+                if self.log:
+                    elapsed = time.perf_counter() - t0
+                    self.log(f"    reference layer {i + 1}/{n} ({len(seqs)} sequences), {elapsed:.0f} s elapsed, "
+                             f"~{elapsed / (i + 1) * (n - i - 1):.0f} s left")
             self._materialise(inner.norm, "model.norm.")
             xs = [inner.norm(x) for x in xs]
             self._release(inner.norm)

@@ -30,13 +30,14 @@ def load_tokenizer(model_path: str | Path):
 WHOLE_MODEL_LIMIT_BYTES = 1 * 2**30
 
 
-def open_reference(model_path: str | Path, parameters: int) -> "Reference":
-    """The whole transformers model when it is small, else the layer-by-layer one (same numerics)."""
+def open_reference(model_path: str | Path, parameters: int, log=None) -> "Reference":
+    """The whole transformers model when it is small, else the layer-by-layer one (same numerics;
+    ``log`` gets its progress lines)."""
     if parameters * 4 <= WHOLE_MODEL_LIMIT_BYTES:
         return Reference(model_path)
     from edgeqwen.quality.layered import LayeredReference
 
-    return LayeredReference(model_path)
+    return LayeredReference(model_path, log=log)
 
 
 class Reference:

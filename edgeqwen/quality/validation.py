@@ -143,7 +143,7 @@ def validate_apart(open_engine: Callable[[], Any], model_path: Path, parameters:
     del engine  # the model and its weights go with the last reference
     gc.collect()
     log(f"    artifact side done in {time.perf_counter() - t0:.0f} s (peak RSS so far {peak_rss_mb()} MB)")
-    reference = open_reference(model_path, parameters)
+    reference = open_reference(model_path, parameters, log)
     result = compare(reference, outputs, bounds, log)
     result["execution_provider"] = provider
     result["reference"] = type(reference).__name__
