@@ -4,6 +4,7 @@ what it did or why it did nothing."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -99,14 +100,19 @@ def test_cpu_fallback_warning_is_one_line_without_source(artifacts):
 
 
 @pytest.mark.slow
-def test_build_progress_is_for_people(checkpoints, tmp_path):
-    r = cli("build", checkpoints("tiny-qwen3"), "-t", "cpu-int4", "-o", tmp_path / "a", "--no-validate")
+@pytest.mark.parametrize("exporter", ["streaming", "olive"])
+def test_build_progress_is_for_people(checkpoints, tmp_path, exporter):
+    r = cli("build", checkpoints("tiny-qwen3"), "-t", "cpu-int4", "-o", tmp_path / "a", "--no-validate",
+            "--exporter", exporter)
     assert r.returncode == 0, r.stderr
     progress = r.stderr
-    assert "ModelBuilder: layer 2/2 read" in progress and "s left" in progress
+    if exporter == "streaming":  # layers, tensors and bytes done of total, elapsed, remaining
+        assert re.search(r"layer 2/2: \d+/\d+ tensors, [\d.]+ GiB written, \d+ s elapsed, ~\d+ s left", progress)
+    else:
+        assert "ModelBuilder: layer 2/2 read" in progress and "s left" in progress
+        assert "restore_io_names:" in progress and "share_tied_embeddings:" in progress
     assert "olive_cache" not in progress and "edgeqwen-partial" not in progress
     assert "{" not in progress and "}" not in progress  # no dict reprs
-    assert "restore_io_names:" in progress and "share_tied_embeddings:" in progress
 
 
 @needs_tmux
