@@ -70,7 +70,7 @@ class TensorFile:
         out_shape = (stop - start, *shape[1:])
         return to_fp32(np.frombuffer(buf, dtype=_NP[e["dtype"]]), e["dtype"]).reshape(out_shape)
 
-    def __enter__(self) -> "TensorFile":
+    def __enter__(self) -> TensorFile:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -136,7 +136,7 @@ class CheckpointTensors:
         for tf in self.files:
             tf.file.close()
 
-    def __enter__(self) -> "CheckpointTensors":
+    def __enter__(self) -> CheckpointTensors:
         return self
 
     def __exit__(self, *exc: object) -> None:

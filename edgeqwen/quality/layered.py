@@ -22,7 +22,6 @@ import numpy as np
 
 from edgeqwen.quality.reference import Reference
 
-
 HEAD_ROWS = 16384  # lm_head rows per block: 230 MB of fp32 at hidden 3584
 
 

@@ -30,7 +30,7 @@ def load_tokenizer(model_path: str | Path):
 WHOLE_MODEL_LIMIT_BYTES = 1 * 2**30
 
 
-def open_reference(model_path: str | Path, parameters: int, log=None) -> "Reference":
+def open_reference(model_path: str | Path, parameters: int, log=None) -> Reference:
     """The whole transformers model when it is small, else the layer-by-layer one (same numerics;
     ``log`` gets its progress lines)."""
     if parameters * 4 <= WHOLE_MODEL_LIMIT_BYTES:

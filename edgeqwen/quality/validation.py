@@ -19,13 +19,17 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from edgeqwen.quality.metrics import kl_divergence
-from edgeqwen.quality.reference import Reference, load_tokenizer, open_reference, prompt_ids
+from edgeqwen.quality.reference import (
+    Reference,
+    load_tokenizer,
+    open_reference,
+    prompt_ids,
+)
 from edgeqwen.runtime.memory import peak_rss_mb
 from edgeqwen.targets import ValidationBounds
 

@@ -24,7 +24,13 @@ from onnx import TensorProto, helper
 
 from edgeqwen.compiler.checkpoint import Checkpoint
 from edgeqwen.compiler.export.data_file import DataFile
-from edgeqwen.compiler.export.weights import MS, FloatWeights, NBitsWeights, Sink, WeightFormat
+from edgeqwen.compiler.export.weights import (
+    MS,
+    FloatWeights,
+    NBitsWeights,
+    Sink,
+    WeightFormat,
+)
 from edgeqwen.safetensors_io import SIZES, CheckpointTensors
 
 MODEL_FILE, DATA_FILE = "model.onnx", "model.onnx.data"
@@ -54,7 +60,7 @@ class Shape:
     positions: int
 
     @classmethod
-    def of(cls, c: dict[str, Any]) -> "Shape":
+    def of(cls, c: dict[str, Any]) -> Shape:
         return cls(c["hidden_size"], c["num_hidden_layers"], c["num_attention_heads"], c["num_key_value_heads"],
                    c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"], c["vocab_size"],
                    float(c.get("rms_norm_eps", 1e-6)), int(c.get("max_position_embeddings", 4096)))
