@@ -103,9 +103,6 @@ def write_safetensors(path: Path, layout: list[tuple[str, str, list[int]]], tens
             del t
 
 
-SIZES = {"F32": 4, "F16": 2, "BF16": 2}
-
-
 _NP = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16}
 
 
@@ -113,7 +110,7 @@ def to_fp32(raw: np.ndarray, code: str) -> np.ndarray:
     """Stored values -> fp32. bf16 is the top half of an fp32: widen the bit pattern, no rounding."""
     if code == "BF16":
         return (raw.astype(np.uint32) << 16).view(np.float32)
-    return raw.astype(np.float32, copy=code != "F32") if code != "F32" else raw.copy()
+    return raw.astype(np.float32) if code == "F16" else raw  # F32: the freshly read buffer itself
 
 
 class CheckpointTensors:
@@ -131,6 +128,11 @@ class CheckpointTensors:
 
     def rows(self, name: str, start: int = 0, stop: int | None = None) -> np.ndarray:
         return self.where[name].rows(name, start, stop)
+
+    def nbytes(self, name: str) -> int:
+        """Stored bytes of a tensor (in its checkpoint dtype)."""
+        e = self.where[name].entries[name]
+        return math.prod(e["shape"]) * SIZES[e["dtype"]]
 
     def close(self) -> None:
         for tf in self.files:

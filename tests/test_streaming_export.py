@@ -7,7 +7,6 @@ every genai profile and fixture family tried) with memory that does not grow wit
 
 from __future__ import annotations
 
-import dataclasses
 import subprocess
 import sys
 import warnings

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from edgeqwen.safetensors_io import SIZES, TensorFile, write_safetensors
 from edgeqwen.errors import CheckpointError
+from edgeqwen.safetensors_io import SIZES, TensorFile, write_safetensors
 
 CONFIG = "adapter_config.json"
 WEIGHTS = "adapter_model.safetensors"

@@ -155,15 +155,6 @@ def validate_apart(open_engine: Callable[[], Any], model_path: Path, parameters:
     return result
 
 
-def validate(engine, reference: Reference, bounds: ValidationBounds, log=print) -> dict[str, Any]:
-    """Both sides with both in memory (small models); the build runs them apart."""
-    t0 = time.perf_counter()
-    art = run_artifact(engine, reference.tokenizer, bounds.greedy_tokens)
-    result = compare(reference, art, bounds, log)
-    result["seconds"] = round(time.perf_counter() - t0, 2)
-    return result
-
-
 def _check(s: dict[str, Any], b: ValidationBounds) -> list[str]:
     fails = []
     if not s["tokenizer_match"]:

@@ -30,8 +30,9 @@ from edgeqwen.compiler.export.weights import (
     NBitsWeights,
     Sink,
     WeightFormat,
+    linear,
 )
-from edgeqwen.safetensors_io import SIZES, CheckpointTensors
+from edgeqwen.safetensors_io import CheckpointTensors
 
 MODEL_FILE, DATA_FILE = "model.onnx", "model.onnx.data"
 MASK = "/model/attn_mask_reformat/attn_mask_subgraph"
@@ -74,10 +75,10 @@ class Writer:
         self.ckpt, self.plan, self.shape = ckpt, plan, Shape.of(ckpt.config)
         self.sink = Sink(data, src, [], [], set())
         self.io = plan.io_dtype
-        self.consts: dict[str, str] = {}
+        self.consts: set[str] = set()
         self.log = log
         self.t0 = time.perf_counter()
-        self.total_bytes = sum(_nbytes(tf, n) for tf in src.files for n in tf.entries)
+        self.total_bytes = sum(src.nbytes(n) for n in src.where)
 
     # -- small helpers -------------------------------------------------------------------------------
     def const(self, values: list[int] | int) -> str:
@@ -86,7 +87,7 @@ class Writer:
         if name not in self.consts:
             self.sink.inits.append(helper.make_tensor(name, TensorProto.INT64, [len(values)] if isinstance(values, list)
                                                       else [], values if isinstance(values, list) else [values]))
-            self.consts[name] = name
+            self.consts.add(name)
         return name
 
     def vector(self, init: str, name: str) -> str:
@@ -102,7 +103,7 @@ class Writer:
 
     def linear(self, fmt: WeightFormat, x: str, prefix: str, names: tuple[str, ...]) -> str:
         out = f"{prefix}/MatMul/output_0"
-        fmt.matmul(self.sink, x, out, prefix, names)
+        linear(fmt, self.sink, x, out, prefix, names)
         return out
 
     def rms(self, x: str, weight: str, name: str) -> str:
@@ -110,17 +111,12 @@ class Writer:
                          stash_type=1)[0]
 
     def progress(self, what: str) -> None:
-        done = sum(_nbytes(self.sink.src.where[n], n) for n in self.sink.consumed)
+        done = sum(self.sink.src.nbytes(n) for n in self.sink.consumed)
         elapsed = time.perf_counter() - self.t0
         left = elapsed / done * (self.total_bytes - done) if done else 0.0
         written = self.sink.data.size / 2**30
         self.log(f"    {what}: {len(self.sink.consumed)}/{len(self.sink.src.where)} tensors, "
                  f"{written:.2f} GiB written, {elapsed:.0f} s elapsed, ~{left:.0f} s left")
-
-
-def _nbytes(tf, name: str) -> int:
-    e = tf.entries[name]
-    return int(np.prod(e["shape"], dtype=np.int64)) * SIZES[e["dtype"]]
 
 
 def write(ckpt: Checkpoint, plan: GenaiPlan, out: Path, log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
@@ -173,31 +169,24 @@ def _io(w: Writer) -> tuple[list, list]:
     return inputs, outputs
 
 
-def _head_weights(w: Writer) -> tuple[str, list[str]]:
-    """The lm_head's initializers, written first so a tied embedding can read them: (kind, names)."""
-    tied = "lm_head.weight" not in w.sink.src
-    source = ("model.embed_tokens.weight",) if tied else ("lm_head.weight",)
-    fmt = w.plan.lm_head
-    if isinstance(fmt, NBitsWeights):
-        names, _, _ = fmt.quantized(w.sink, "lm_head.MatMul.weight", source)
-        return "nbits", names
-    assert isinstance(fmt, FloatWeights)
-    fmt.transposed(w.sink, "lm_head.MatMul.weight", source)  # [H, V]
-    return "float", ["lm_head.MatMul.weight"]
+def _head_weights(w: Writer) -> tuple[list[str], int, int]:
+    """The lm_head's initializers, written first so a tied embedding can read them: (names, N, K)."""
+    source = ("lm_head.weight",) if "lm_head.weight" in w.sink.src else ("model.embed_tokens.weight",)
+    return w.plan.lm_head.write(w.sink, "lm_head.MatMul.weight", source)  # float: E^T [H, V]
 
 
-def _embedding(w: Writer, head: tuple[str, list[str]]) -> str:
+def _embedding(w: Writer, head: tuple[list[str], int, int]) -> str:
     """Token ids -> [batch, seq, H]."""
     s, src, plan = w.shape, w.sink.src, w.plan
     tied = "lm_head.weight" not in src
-    kind, names = head
+    names = head[0]
     fmt = plan.lm_head if tied else plan.weights
     shareable = isinstance(fmt, NBitsWeights) and fmt.symmetric and s.hidden % fmt.block_size == 0
     if plan.quantized_embedding and shareable:
         if not tied:
-            names, _, _ = fmt.quantized(w.sink, "model.embed_tokens.weight", ("model.embed_tokens.weight",))
+            names, _, _ = fmt.write(w.sink, "model.embed_tokens.weight", ("model.embed_tokens.weight",))
         return _gather_blocks(w, fmt, names)
-    if tied and kind == "float":
+    if tied and isinstance(plan.lm_head, FloatWeights):
         # the lm_head holds E^T [H, V]; the embedding gathers rows of its transpose (stored once)
         table = w.node("Transpose", [names[0]], "/model/embed_tokens/Transpose", perm=[1, 0])[0]
         return w.node("Gather", [table, "input_ids"], "/model/embed_tokens/Gather", axis=0)[0]
@@ -323,7 +312,7 @@ def _mlp(w: Writer, i: int, x: str) -> str:
     return w.linear(w.plan.weights, prod, f"{q}/down_proj", (f"{p}.down_proj.weight",))
 
 
-def _lm_head(w: Writer, hidden: str, residual: str, head: tuple[str, list[str]]) -> None:
+def _lm_head(w: Writer, hidden: str, residual: str, head: tuple[list[str], int, int]) -> None:
     """Final norm, last position only, lm_head -> logits."""
     n = w.shape.layers
     norm = w.vector(f"model.layers.{n}.final_norm_layernorm.weight", "model.norm.weight")
@@ -334,13 +323,4 @@ def _lm_head(w: Writer, hidden: str, residual: str, head: tuple[str, list[str]])
     if w.plan.prune_lm_head:
         last = w.node("Gather", [x, w.const(-1)], "/lm_head/prune/Gather", axis=1)[0]  # [B, H]
         x = w.node("Unsqueeze", [last, w.const([1])], "/lm_head/prune/Unsqueeze")[0]  # [B, 1, H]
-    kind, names = head
-    fmt = w.plan.lm_head
-    if kind == "nbits":
-        assert isinstance(fmt, NBitsWeights)
-        attrs = {"K": w.shape.hidden, "N": w.shape.vocab, "bits": fmt.bits, "block_size": fmt.block_size}
-        if fmt.accuracy_level:
-            attrs["accuracy_level"] = fmt.accuracy_level
-        w.sink.node("MatMulNBits", [x, *names], ["logits"], f"/lm_head/MatMul_Q{fmt.bits}", MS, **attrs)
-    else:
-        w.sink.node("MatMul", [x, names[0]], ["logits"], "/lm_head/MatMul")
+    w.plan.lm_head.node(w.sink, x, "logits", "/lm_head", *head)

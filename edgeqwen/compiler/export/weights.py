@@ -63,17 +63,27 @@ def stacked_shape(sink: Sink, names: tuple[str, ...]) -> tuple[int, int]:
 
 
 class WeightFormat(Protocol):
-    def matmul(self, sink: Sink, x: str, out: str, prefix: str, names: tuple[str, ...]) -> None: ...
+    def write(self, sink: Sink, base: str, names: tuple[str, ...]) -> tuple[list[str], int, int]:
+        """Write the stacked sources as initializers named after ``base``; returns their names, N, K."""
+
+    def node(self, sink: Sink, x: str, out: str, prefix: str, inputs: list[str], n: int, k: int) -> None:
+        """The node computing ``out`` = ``x`` @ W from the initializers ``write`` gave."""
+
+
+def linear(fmt: WeightFormat, sink: Sink, x: str, out: str, prefix: str, names: tuple[str, ...]) -> None:
+    """A linear layer: its weights written, then its node (initializers named after the node's path)."""
+    inputs, n, k = fmt.write(sink, f"{prefix.strip('/').replace('/', '.')}.MatMul.weight", names)
+    fmt.node(sink, x, out, prefix, inputs, n, k)
 
 
 @dataclass(frozen=True)
 class FloatWeights:
     dtype: np.dtype
 
-    def transposed(self, sink: Sink, init: str, names: tuple[str, ...]) -> None:
-        """Write the stacked [N, K] sources as one [K, N] initializer, a column strip per row block."""
+    def write(self, sink: Sink, base: str, names: tuple[str, ...]) -> tuple[list[str], int, int]:
+        """The stacked [N, K] sources as one [K, N] initializer, a column strip per row block."""
         n_total, k = stacked_shape(sink, names)
-        t, region = sink.data.reserve(init, self.dtype, (k, n_total))
+        t, region = sink.data.reserve(base, self.dtype, (k, n_total))
         item = np.dtype(self.dtype).itemsize
         for c0, block in row_blocks(sink, names):
             strip = np.ascontiguousarray(block.T, dtype=self.dtype)  # [K, n]
@@ -83,11 +93,10 @@ class FloatWeights:
                 for row in range(k):  # row k of [K, N]: columns c0 .. c0+n
                     region.write((row * n_total + c0) * item, strip[row])
         sink.inits.append(t)
+        return [base], n_total, k
 
-    def matmul(self, sink: Sink, x: str, out: str, prefix: str, names: tuple[str, ...]) -> None:
-        init = f"{prefix.strip('/').replace('/', '.')}.MatMul.weight"
-        self.transposed(sink, init, names)
-        sink.node("MatMul", [x, init], [out], f"{prefix}/MatMul")
+    def node(self, sink: Sink, x: str, out: str, prefix: str, inputs: list[str], n: int, k: int) -> None:
+        sink.node("MatMul", [x, *inputs], [out], f"{prefix}/MatMul")
 
     def table(self, sink: Sink, init: str, name: str) -> None:
         """An embedding table [V, H] as stored, in the graph's float type."""
@@ -107,7 +116,7 @@ class NBitsWeights:
     dtype: np.dtype = np.dtype(np.float32)  # activations and scales (fp16 on DirectML)
     scales_2d: bool = False  # [N, K/block] (the builder's DirectML layout) instead of [N * K/block]
 
-    def quantized(self, sink: Sink, base: str, names: tuple[str, ...]) -> tuple[list[str], int, int]:
+    def write(self, sink: Sink, base: str, names: tuple[str, ...]) -> tuple[list[str], int, int]:
         """Quantise the stacked sources block by block; returns (B, scales[, zero points]) names, N, K."""
         from onnxruntime.capi import _pybind_state as ort_c
 
@@ -137,9 +146,7 @@ class NBitsWeights:
         sink.inits.extend(t for t in (b_t, s_t, z_t) if t is not None)
         return [t.name for t in (b_t, s_t, z_t) if t is not None], n_total, k
 
-    def matmul(self, sink: Sink, x: str, out: str, prefix: str, names: tuple[str, ...]) -> None:
-        base = f"{prefix.strip('/').replace('/', '.')}.MatMul.weight"
-        inputs, n, k = self.quantized(sink, base, names)
+    def node(self, sink: Sink, x: str, out: str, prefix: str, inputs: list[str], n: int, k: int) -> None:
         attrs = {"K": k, "N": n, "bits": self.bits, "block_size": self.block_size}
         if self.accuracy_level:
             attrs["accuracy_level"] = self.accuracy_level

@@ -19,14 +19,16 @@ from edgeqwen.compiler import package
 from edgeqwen.compiler.checkpoint import Checkpoint
 from edgeqwen.compiler.flows import FlowOutput
 from edgeqwen.compiler.progress import Progress
+from edgeqwen.errors import ProfileError
 from edgeqwen.targets import TargetProfile
-
 
 EXPORTERS = ("streaming", "olive")
 
 
 def run(ckpt: Checkpoint, profile: TargetProfile, work: Path, art: Path, progress: Progress,
         exporter: str = "streaming") -> FlowOutput:
+    if exporter not in EXPORTERS:
+        raise ProfileError(f"unknown exporter '{exporter}'; one of {', '.join(EXPORTERS)}")
     if exporter == "streaming":
         return _run_streaming(ckpt, profile, art, progress)
     from edgeqwen.compiler.olive import run_olive
@@ -51,13 +53,9 @@ def _run_streaming(ckpt: Checkpoint, profile: TargetProfile, art: Path, progress
     with progress.step("Packaging"):
         quant = quantization_report(onnx.load(str(art / package.MODEL_FILE), load_external_data=False))
         quant["export"] = {"exporter": "streaming", "steps": records, **done}
-        template = package.copy_side_files(ckpt.path, art, ckpt)
-        cfg = package.write_genai_config(art, art, profile.session_options)
-        runtime = runtime_spec(cfg, ckpt, profile, template, package.special_tokens(art), quant)
-        steps_done = package.run_steps(art, runtime, profile, progress.say)
-    passes = {name: {"applied": True, "by": "streaming exporter", "summary": GRAPH_PASSES_BUILT_IN[name]}
-              for name in profile.graph_passes}
-    return FlowOutput(runtime=runtime, quantization=quant, package_steps=steps_done, graph_passes=passes)
+        passes = {name: {"applied": True, "by": "streaming exporter", "summary": GRAPH_PASSES_BUILT_IN[name]}
+                  for name in profile.graph_passes}
+        return _finish(ckpt.path, art, art, ckpt, profile, progress, quant, passes)
 
 
 def _package(olive_out: Path, art: Path, ckpt: Checkpoint, profile: TargetProfile, progress: Progress) -> FlowOutput:
@@ -77,11 +75,18 @@ def _package(olive_out: Path, art: Path, ckpt: Checkpoint, profile: TargetProfil
     quant = quantization_report(model)
     package.save_graph(model, art)
     del model
-    template = package.copy_side_files(olive_out, art, ckpt)
-    cfg = package.write_genai_config(olive_out, art, profile.session_options)
+    return _finish(olive_out, olive_out, art, ckpt, profile, progress, quant, applied)
+
+
+def _finish(side_src: Path, cfg_src: Path, art: Path, ckpt: Checkpoint, profile: TargetProfile,
+            progress: Progress, quant: dict[str, Any], passes: dict[str, Any]) -> FlowOutput:
+    """Tokenizer and side files from ``side_src``, genai_config.json from ``cfg_src`` with the profile's
+    session options, into the artifact; then the runtime contract and the profile's package steps."""
+    template = package.copy_side_files(side_src, art, ckpt)
+    cfg = package.write_genai_config(cfg_src, art, profile.session_options)
     runtime = runtime_spec(cfg, ckpt, profile, template, package.special_tokens(art), quant)
     steps = package.run_steps(art, runtime, profile, progress.say)
-    return FlowOutput(runtime=runtime, quantization=quant, package_steps=steps, graph_passes=applied)
+    return FlowOutput(runtime=runtime, quantization=quant, package_steps=steps, graph_passes=passes)
 
 
 def runtime_spec(cfg: dict[str, Any], ckpt: Checkpoint, profile: TargetProfile, template: str,
