@@ -40,25 +40,22 @@ class LayeredReference(Reference):
         # Rotary tables are buffers computed at construction: rebuild them on the CPU for real.
         rotary = self.model.model.rotary_emb
         self.model.model.rotary_emb = type(rotary)(config=self.model.config)
-        self.files = _weight_map(self.path)
+        from edgeqwen.safetensors_io import CheckpointTensors
+
+        # every shard opened once (headers parsed once) for the reference's life; reads are plain reads
+        self.src = CheckpointTensors(self.path, _shards(self.path))
         self.log = log
         self.eos = _eos_ids(self.path, self.config)
 
     # -- weights ------------------------------------------------------------------------------------
-    def _tensors(self):
-        from edgeqwen.safetensors_io import CheckpointTensors
-
-        files = sorted({p.name for p in self.files.values()})
-        return CheckpointTensors(self.path, files)
-
     def _materialise(self, module, prefix: str) -> None:
         """Give ``module`` its weights ``prefix``*, read with plain reads (a memory map would keep every
         page it touched resident) and upcast to fp32 (exact for bf16 and fp16)."""
         torch = self.torch
         module.to_empty(device="cpu")
-        with torch.no_grad(), self._tensors() as src:
+        with torch.no_grad():
             for name, param in module.named_parameters():
-                param.copy_(torch.from_numpy(src.rows(prefix + name)))
+                param.copy_(torch.from_numpy(self.src.rows(prefix + name)))
 
     def _release(self, module) -> None:
         module.to("meta")
@@ -67,8 +64,7 @@ class LayeredReference(Reference):
     def _embed(self, ids: list[int]):
         """[1, T, H]: the rows of the embedding table the ids name, not the table (2.2 GB of fp32 on a 7B)."""
         torch = self.torch
-        with self._tensors() as src:
-            rows = {i: src.rows("model.embed_tokens.weight", i, i + 1)[0] for i in sorted(set(ids))}
+        rows = {i: self.src.rows("model.embed_tokens.weight", i, i + 1)[0] for i in sorted(set(ids))}
         return torch.from_numpy(np.stack([rows[i] for i in ids]))[None]
 
     def _hidden_many(self, seqs: list[list[int]]) -> list:
@@ -106,8 +102,9 @@ class LayeredReference(Reference):
         checkpoint has no lm_head.weight: the embedding table is the output matrix)."""
         torch = self.torch
         xs = [x[0] for x in self._hidden_many(seqs)]  # [T_i, H] each
-        key = "lm_head.weight" if "lm_head.weight" in self.files else "model.embed_tokens.weight"
-        with torch.no_grad(), self._tensors() as src:
+        src = self.src
+        key = "lm_head.weight" if "lm_head.weight" in src else "model.embed_tokens.weight"
+        with torch.no_grad():
             vocab = src.shape(key)[0]
             outs = [np.empty((x.shape[0], vocab), dtype=np.float32) for x in xs]
             for v0 in range(0, vocab, HEAD_ROWS):
@@ -139,11 +136,9 @@ def _eos_ids(folder: Path, config) -> set[int]:
     return set(eos if isinstance(eos, list) else [] if eos is None else [eos])
 
 
-def _weight_map(folder: Path) -> dict[str, Path]:
+def _shards(folder: Path) -> list[str]:
+    """The checkpoint's safetensors files: those its index names, else every one in the folder."""
     index = folder / "model.safetensors.index.json"
     if index.is_file():
-        return {k: folder / v for k, v in json.loads(index.read_text())["weight_map"].items()}
-    from safetensors import safe_open
-
-    with safe_open(str(folder / "model.safetensors"), framework="pt") as f:
-        return {k: folder / "model.safetensors" for k in f.keys()}
+        return sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    return sorted(p.name for p in folder.glob("*.safetensors"))
