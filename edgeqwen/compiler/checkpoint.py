@@ -76,6 +76,21 @@ class Checkpoint:
         return h.hexdigest()
 
 
+def generation_token_ids(ckpt: Checkpoint) -> tuple[int | None, list[int], int | None]:
+    """(bos, eos in the file's order, pad) as generation uses them: generation_config.json first,
+    then config.json; pad falls back to the first end token."""
+    gen_file = ckpt.path / "generation_config.json"
+    gen = json.loads(gen_file.read_text()) if gen_file.is_file() else {}
+
+    def pick(key: str):
+        return gen.get(key) if gen.get(key) is not None else ckpt.config.get(key)
+
+    eos = pick("eos_token_id")
+    eos = eos if isinstance(eos, list) else [] if eos is None else [eos]
+    pad = pick("pad_token_id")
+    return pick("bos_token_id"), eos, pad if pad is not None else (eos[0] if eos else None)
+
+
 def _rope_of(config: dict[str, Any]) -> dict[str, Any]:
     rope = dict(config.get("rope_parameters") or config.get("rope_scaling") or {})
     if "rope_theta" in config:

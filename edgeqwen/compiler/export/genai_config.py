@@ -2,25 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from edgeqwen.compiler.checkpoint import Checkpoint
-
-
-def _token_ids(ckpt: Checkpoint) -> tuple[int, list[int], int]:
-    gen_file = ckpt.path / "generation_config.json"
-    gen = json.loads(gen_file.read_text()) if gen_file.is_file() else {}
-    cfg = ckpt.config
-    bos = gen.get("bos_token_id", cfg.get("bos_token_id"))
-    eos = gen.get("eos_token_id", cfg.get("eos_token_id"))
-    eos = eos if isinstance(eos, list) else [eos]
-    pad = gen.get("pad_token_id", cfg.get("pad_token_id", eos[0]))
-    return bos, eos, pad
+from edgeqwen.compiler.checkpoint import Checkpoint, generation_token_ids
 
 
 def genai_config(ckpt: Checkpoint, plan, shape) -> dict[str, Any]:
-    bos, eos, pad = _token_ids(ckpt)
+    bos, eos, pad = generation_token_ids(ckpt)
     inputs = {"input_ids": "input_ids", "attention_mask": "attention_mask"}
     if plan.layout == "split":
         inputs["position_ids"] = "position_ids"

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -11,7 +10,7 @@ from typing import Any
 
 from edgeqwen.artifact import RuntimeSpec, StaticSpec
 from edgeqwen.compiler import package
-from edgeqwen.compiler.checkpoint import Checkpoint
+from edgeqwen.compiler.checkpoint import Checkpoint, generation_token_ids
 from edgeqwen.compiler.flows import FlowOutput
 from edgeqwen.compiler.progress import Progress
 from edgeqwen.targets import TargetProfile
@@ -96,14 +95,6 @@ def graph_record(model) -> dict[str, Any]:
     }
 
 
-def _eos_ids(ckpt: Checkpoint) -> list[int]:
-    gen = ckpt.path / "generation_config.json"
-    eos = json.loads(gen.read_text()).get("eos_token_id") if gen.is_file() else None
-    if eos is None:
-        eos = ckpt.config.get("eos_token_id")
-    return sorted(set(eos if isinstance(eos, list) else [eos])) if eos is not None else []
-
-
 def runtime_spec(spec: dict[str, Any], ckpt: Checkpoint, profile: TargetProfile, template: str,
                  specials: dict[str, int]) -> RuntimeSpec:
     static = StaticSpec.from_dict(spec)
@@ -111,7 +102,7 @@ def runtime_spec(spec: dict[str, Any], ckpt: Checkpoint, profile: TargetProfile,
         **package.common_runtime(ckpt, profile, template, specials),
         context_length=static.cache_length,
         vocab_size=static.vocab_size,
-        eos_token_ids=_eos_ids(ckpt),
+        eos_token_ids=sorted(set(generation_token_ids(ckpt)[1])),
         logits="last_position",
         static=static,
     )
