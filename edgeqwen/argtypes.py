@@ -41,3 +41,19 @@ def int_list(minimum: int) -> Callable[[str], tuple[int, ...]]:
         return values
 
     return parse
+
+
+_UNITS = {"": 1, "B": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def byte_size(text: str) -> int:
+    """'8G', '512M', '7.5GiB', '8GB' -> bytes (binary units: what `free -g` and phone specs mean by GB)."""
+    t = text.strip().upper().removesuffix("IB").removesuffix("B")
+    unit = t[-1:] if t[-1:] in _UNITS else ""
+    try:
+        value = float(t[: len(t) - len(unit)])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size like 8G or 512M") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text} is out of range: must be > 0")
+    return int(value * _UNITS[unit])

@@ -11,7 +11,7 @@ import tempfile
 import warnings
 from pathlib import Path
 
-from edgeqwen.argtypes import int_list, positive_float, positive_int
+from edgeqwen.argtypes import byte_size, int_list, positive_float, positive_int
 from edgeqwen.errors import EdgeQwenError
 from edgeqwen.extras import require
 
@@ -38,7 +38,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
     target = args.target or default_profile_name()
     result = build(args.model, target, Path(args.output) if args.output else None, validate=not args.no_validate,
                    force=args.force, revision=args.revision, quiet=args.quiet, adapter=args.adapter,
-                   adapter_scale=args.adapter_scale, exporter=args.exporter)
+                   adapter_scale=args.adapter_scale, exporter=args.exporter, max_kl=args.max_kl)
     print(format_manifest(result.manifest, str(result.folder)))
     return 0
 
@@ -61,7 +61,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="edgeqwen-validate-") as tmp:
         reference = _reference_with_adapter(manifest, ckpt, args.adapter, Path(tmp))
         result = validate_apart(lambda: Engine(args.artifact, verify="size"), reference, ckpt.parameter_count,
-                                profile.validation, log=log)
+                                profile.validation, log=log, quality=profile.quality)
     print(json.dumps(result, indent=2) if args.json else "\n".join(validation_lines(result)))
     return 0 if result["passed"] else 3
 
@@ -127,6 +127,25 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from edgeqwen.plan.model import builtin_calibration
+    from edgeqwen.plan.recommend import plan, report_device, this_device
+    from edgeqwen.plan.table import explain, render
+
+    cal = builtin_calibration()
+    device = this_device(cal, args.ram) if args.device == "this" else report_device(cal, Path(args.device), args.ram)
+    result = plan(cal, device, args.context, args.task, args.min_tokens_per_s, args.target, args.prompt_tokens)
+    if args.json:
+        if args.explain:
+            result["calibration"] = cal.to_dict()
+        print(json.dumps(result, indent=2))
+        return 0
+    print(render(result, limit=args.limit))
+    if args.explain:
+        print("\n" + explain(cal, device.how))
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     require("build", "edgeqwen demo")
     from edgeqwen.demo import run_demo
@@ -152,6 +171,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--exporter", choices=("streaming", "olive"), default="streaming",
                    help="genai graphs: streaming (default; memory bounded by one tensor, any model size) or olive "
                         "(Olive's ModelBuilder and quantisation passes; about 10 bytes of RAM per parameter)")
+    s.add_argument("--max-kl", type=positive_float, help="refuse the build if quantisation costs more than this KL "
+                                                         "(mean nats per token) against the fp32 checkpoint")
     s.add_argument("--no-validate", action="store_true", help="skip the comparison with transformers")
     s.add_argument("--force", action="store_true", help="replace an existing artifact folder")
     s.add_argument("--quiet", "-q", action="store_true", help="no progress lines")
@@ -192,6 +213,26 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("reports", nargs="+", help="report.json files or the folders `edgeqwen bench -o` wrote")
     c.add_argument("-o", "--output", default="bench-compare")
     c.set_defaults(func=_cmd_compare)
+
+    s = sub.add_parser("plan", help="which Qwen model and profile fit a device: size, memory, speed (estimated from "
+                                    "measurements)")
+    s.add_argument("--ram", type=byte_size, help="memory the app may use, e.g. 8G (default: the device's RAM)")
+    s.add_argument("--context", type=positive_int, default=4096, help="tokens of context to hold (default 4096)")
+    from edgeqwen.plan.catalogue import TASKS
+
+    s.add_argument("--task", choices=TASKS, help="only models meant for this (Coder for code, Math for maths, "
+                                                 "Qwen3 for reasoning)")
+    s.add_argument("--min-tokens-per-s", type=positive_float, default=5.0,
+                   help="slowest decode to accept (default 5, about reading speed)")
+    s.add_argument("--device", default="this", help="'this' (probe this machine) or the report.json of "
+                                                    "`edgeqwen bench` run on the device")
+    s.add_argument("--target", "-t", action="append", help="only these profiles (repeat); default: every genai "
+                                                          "profile for the device")
+    s.add_argument("--prompt-tokens", type=positive_int, default=512, help="prompt length for the prefill figure")
+    s.add_argument("--limit", type=positive_int, default=15, help="rows of the table (--json lists all)")
+    s.add_argument("--explain", action="store_true", help="also how the figures are made and their measured error")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=_cmd_plan)
 
     from edgeqwen.runtime.cli import register as register_runtime
 

@@ -60,16 +60,40 @@ def validation_lines(v: dict[str, Any]) -> list[str]:
     if v.get("pending"):
         return ["  pending"]
     s = v["summary"]
-    verdict = "PASS" if v["passed"] else "FAIL: " + "; ".join(v["failures"])
+    parity = [f for f in v["failures"] if not f.startswith("quantisation loss")]
+    verdict = "PASS" if not parity else "FAIL: " + "; ".join(parity)
     return [
-        f"  verdict: {verdict}",
+        f"  {'parity (the compiler, exact math check)' if v.get('quantization_loss') else 'verdict'}: {verdict}",
         *([f"  reference: {v['reference']} on {v.get('execution_provider', '?')}"] if v.get("reference") else []),
         f"  {s['positions']} teacher-forced positions: max |dlogit| {s['max_abs_logit_diff']:.3g}, "
         f"KL mean {s['kl_mean']:.3g} / p99 {s['kl_p99']:.3g} nats, top-1 agreement {s['top1_agreement']:.1%}",
         f"  greedy decoding: identical to transformers for the first {s['greedy_match_min']}"
         f"/{v.get('bounds', {}).get('greedy_tokens', '?')} tokens on every prompt"
         + ("" if v.get("bounds", {}).get("min_greedy_match") is not None else " (not bounded in this profile)"),
+        *([f"  int8 activations in MatMulNBits (the shipped kernel vs its fp32-compute twin): KL mean "
+           f"{i['kl_mean']:.3g} / p99 {i['kl_p99']:.3g} nats, top-1 {i['top1_agreement']:.1%}"]
+          if (i := v.get("int8_activations")) else []),
+        *([f"  weights: all {w['tensors']} quantised tensors within {w['max_error_steps']:.3g} quantisation steps of the "
+           f"checkpoint's"] if (w := v.get("weights")) else []),
+        *loss_lines(v.get("quantization_loss"), v.get("weights", {}).get("worst_tensors", [])),
     ]
+
+
+def loss_lines(loss: dict[str, Any] | None, worst: list[dict[str, Any]]) -> list[str]:
+    """The second verdict of a quantised build: what quantisation cost against the fp32 checkpoint."""
+    if not loss:
+        return []
+    s, b = loss["summary"], loss.get("bounds", {})
+    bound = ", ".join(f"{k} <= {v}" for k, v in b.items() if k.startswith("max_"))
+    verdict = ("FAIL: " + "; ".join(loss["failures"])) if loss["failures"] else \
+        (f"within {bound}" if bound else "reported (no bound set: --max-kl or the profile's [quality])")
+    lines = [f"quantisation loss (against the fp32 checkpoint): {verdict}",
+             f"  KL mean {s['kl_mean']:.3g} / p90 {s['kl_p90']:.3g} / p99 {s['kl_p99']:.3g} nats, top-1 agreement "
+             f"{s['top1_agreement']:.1%}, perplexity {s['reference_perplexity']:.3g} -> {s['perplexity']:.3g}"]
+    if loss.get("warn"):
+        lines.append(f"  warning: above {b.get('warn_kl_mean')} nats; most changed: " + ", ".join(
+            f"{t['tensor']} ({t['relative_error']:.1%})" for t in worst[:3]))
+    return lines
 
 
 def format_manifest(m: dict[str, Any], folder: str = "") -> str:

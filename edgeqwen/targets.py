@@ -61,6 +61,17 @@ class ValidationBounds:
 
 
 @dataclass(frozen=True)
+class QualityBounds:
+    """What quantisation may cost, measured against the fp32 checkpoint (not the parity gate): a bound is
+    the user's choice (none by default); above ``warn_kl_mean`` the build warns and names the tensors that
+    lost most."""
+
+    max_kl_mean: float | None = None
+    max_kl_p99: float | None = None
+    warn_kl_mean: float = 0.1  # nats: about where greedy text starts to drift from the fp32 model's
+
+
+@dataclass(frozen=True)
 class StaticShapes:
     """Fixed shapes of a ``backend = "static"`` build: the prefill graph's chunk and the KV cache length
     (also the artifact's context length)."""
@@ -82,6 +93,7 @@ class TargetProfile:
     package_steps: tuple[str, ...] = ()
     session_options: dict[str, Any] = field(default_factory=dict)
     validation: ValidationBounds = field(default_factory=ValidationBounds)
+    quality: QualityBounds = field(default_factory=QualityBounds)
     static_shapes: StaticShapes | None = None
     default: bool = False
     source: str = field(default="", compare=False)  # where it was read from, for messages; not in manifests
@@ -93,6 +105,7 @@ class TargetProfile:
         d["graph_passes"] = list(self.graph_passes)
         d["package_steps"] = list(self.package_steps)
         d["validation"] = {k: v for k, v in d["validation"].items() if v is not None}
+        d["quality"] = {k: v for k, v in d["quality"].items() if v is not None}
         return d
 
     @classmethod
@@ -137,16 +150,8 @@ class TargetProfile:
         if not isinstance(session, dict):
             raise fail("'session_options' must be a table")
 
-        vraw = raw.get("validation", {})
-        if not isinstance(vraw, dict):
-            raise fail("'validation' must be a table")
-        vallowed = {f.name for f in fields(ValidationBounds)}
-        vunknown = sorted(set(vraw) - vallowed)
-        if vunknown:
-            raise fail(f"unknown validation key(s) {', '.join(vunknown)}; allowed: {', '.join(sorted(vallowed))}")
-        for k, v in vraw.items():
-            if not isinstance(v, (int, float)) or isinstance(v, bool):
-                raise fail(f"validation.{k} must be a number")
+        vraw = _numbers(raw, "validation", ValidationBounds, fail)
+        qraw = _numbers(raw, "quality", QualityBounds, fail)
 
         static = _static_shapes(raw, fail)
 
@@ -165,10 +170,26 @@ class TargetProfile:
             package_steps=tuple(steps),
             session_options=dict(session),
             validation=ValidationBounds(**vraw),
+            quality=QualityBounds(**qraw),
             static_shapes=static,
             default=default,
             source=source,
         )
+
+
+def _numbers(raw: dict[str, Any], key: str, kind: type, fail) -> dict[str, float]:
+    """A table of numbers whose keys are ``kind``'s fields (the [validation] and [quality] sections)."""
+    table = raw.get(key, {})
+    if not isinstance(table, dict):
+        raise fail(f"'{key}' must be a table")
+    allowed = {f.name for f in fields(kind)}
+    unknown = sorted(set(table) - allowed)
+    if unknown:
+        raise fail(f"unknown {key} key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
+    for k, v in table.items():
+        if not isinstance(v, (int, float)) or isinstance(v, bool):
+            raise fail(f"{key}.{k} must be a number")
+    return table
 
 
 def _static_shapes(raw: dict[str, Any], fail) -> StaticShapes | None:

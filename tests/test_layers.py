@@ -26,6 +26,8 @@ ALLOWED: dict[str, set[str]] = {
     "edgeqwen.bench": LEAVES | {"edgeqwen.artifact", "edgeqwen.runtime", "edgeqwen.quality", "edgeqwen.summary",
                                 "edgeqwen.bench"},
     "edgeqwen.testmodels": LEAVES | {"edgeqwen.testmodels"},
+    # plan reads profiles and bench reports (and this device's facts); it never touches the compiler
+    "edgeqwen.plan": LEAVES | {"edgeqwen.targets", "edgeqwen.bench", "edgeqwen.plan"},
     # the OpenAI-compatible server sits on the runtime only: it can ship without the compiler
     "edgeqwen.server": LEAVES | {"edgeqwen.artifact", "edgeqwen.runtime", "edgeqwen.extras", "edgeqwen.server"},
     "edgeqwen.compiler": LEAVES | {"edgeqwen.targets", "edgeqwen.artifact", "edgeqwen.runtime", "edgeqwen.quality",

@@ -101,6 +101,63 @@ def test_unknown_olive_pass_is_refused_with_the_way_out(tmp_path, checkpoints):
     assert not (tmp_path / "out").exists()
 
 
+MIXED = """name = "mixed"
+description = "8-bit lm_head and embedding, 4-bit block-32 asymmetric layers"
+device = "cpu"
+execution_provider = "cpu"
+precision = "int4"
+backend = "genai"
+[[olive_passes]]
+type = "ModelBuilder"
+precision = "fp32"
+extra_options = { prune_lm_head = true }
+[[olive_passes]]
+type = "OnnxBlockWiseRtnQuantization"
+bits = 8
+block_size = 64
+accuracy_level = 4
+nodes_to_include = ["/lm_head/MatMul", "/model/embed_tokens/Gather"]
+[[olive_passes]]
+type = "OnnxBlockWiseRtnQuantization"
+bits = 4
+block_size = 32
+is_symmetric = false
+accuracy_level = 4
+[validation]
+max_abs_logit_diff = 0.001
+min_top1_agreement = 1.0
+min_greedy_match = 48
+"""
+
+
+@pytest.mark.parametrize("name", ["tiny-qwen3-tied", "tiny-qwen2"])
+def test_per_node_rtn_passes_give_the_lm_head_and_embedding_their_own_bits(checkpoints, tmp_path, name):
+    """Olive's way to say "8-bit lm_head and embeddings, 4-bit elsewhere": an RTN pass naming the nodes it
+    takes, then one for the rest. The stream writes each role in its pass's format (a tied table once, as
+    8-bit blocks both the Gather and the lm_head read), the parity gate passes, and plan's size rule
+    counts the same bytes."""
+    import json
+
+    from edgeqwen.plan.catalogue import Shape
+    from edgeqwen.plan.storage import storage, weight_bytes
+    from edgeqwen.targets import load_profile
+
+    profile = tmp_path / "mixed.toml"
+    profile.write_text(MIXED)
+    r = build(str(checkpoints(name)), str(profile), tmp_path / "out", quiet=True)
+    assert r.manifest["validation"]["passed"], r.manifest["validation"]["failures"]
+    ops = {(w["op"], w["bits"], w["block_size"], w["zero_points"]): w["count"]
+           for w in r.manifest["quantization"]["weight_ops"]}
+    layers = 4 * 2 if name == "tiny-qwen2" else 5 * 2  # fused qkv, o, gate, up, down (Qwen2: qkv + bias)
+    assert ops[("MatMulNBits", 8, 64, False)] == 1  # the lm_head
+    assert ops[("GatherBlockQuantized", 8, 64, False)] == 1
+    assert sum(c for (op, bits, *_), c in ops.items() if op == "MatMulNBits" and bits == 4) >= layers - 2
+    config = json.loads((checkpoints(name) / "config.json").read_text())
+    actual = sum(v for k, v in r.manifest["quantization"]["initializer_bytes"].items() if k != "int64")
+    assert weight_bytes(Shape.from_config(config), storage(load_profile(str(profile))),
+                        config["max_position_embeddings"]) == actual
+
+
 PEAK = """
 import dataclasses, sys
 from pathlib import Path

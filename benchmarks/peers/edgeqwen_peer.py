@@ -14,6 +14,7 @@ class EdgeQwenPeer:
         self.engine = load(folder, threads=threads)
         self.threads = self.engine.threads
         self.name = f"edgeqwen {self.engine.manifest['profile']['name']}"
+        self.size_bytes = sum(f["bytes"] for f in self.engine.manifest["files"].values())  # the whole artifact
 
     def run(self, ids: list[int], new_tokens: int) -> tuple[float, float, list[int]]:
         """(prefill tok/s, decode tok/s, generated ids) for one greedy generation."""

@@ -39,6 +39,7 @@ class GenaiReadme:
             config.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": threads}}}}))
         self.model = og.Model(config)
         self.threads = threads or "genai default"
+        self.size_bytes = sum(f.stat().st_size for f in Path(folder).iterdir() if f.is_file())
 
     def run(self, ids: list[int], new_tokens: int) -> tuple[float, float, list[int]]:
         """(prefill tok/s, decode tok/s, generated ids) for one greedy generation."""

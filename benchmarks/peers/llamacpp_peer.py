@@ -101,6 +101,7 @@ class LlamaCpp:
         from llama_cpp import Llama
 
         self.name = f"llama.cpp {kind}"
+        self.size_bytes = gguf.stat().st_size  # one file: weights, vocabulary and template
         self.threads = threads
         self.llm = Llama(model_path=str(gguf), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, n_batch=512,
                          logits_all=logits_all, verbose=False)

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """One run, one machine, same prompt and threads: edgeqwen next to onnxruntime-genai's builder default
-and llama.cpp (GGUF Q4_0 and Q4_K_M from llama.cpp's own converter). Optionally the KL divergence of
-each against the fp32 transformers reference on the same tokens.
+and llama.cpp (GGUF Q4_0, Q4_K_M and Q8_0 from llama.cpp's own converter), each with its bytes on disk.
+Optionally the KL divergence of each against the fp32 transformers reference on the same tokens.
 
     python benchmarks/peers/run_peers.py --checkpoint CKPT --artifact ART [--artifact ART2 ...] \
         [--quality] [-o benchmarks/reports/peers-NAME]
@@ -67,8 +67,8 @@ def _reason(e: Exception) -> str:
 
 def quality(peers, args, log) -> dict[str, dict]:
     from edgeqwen.corpus import held_out_text
-    from edgeqwen.quality.windows import compare_on_windows
     from edgeqwen.quality.reference import Reference
+    from edgeqwen.quality.windows import compare_on_windows
 
     ref = Reference(args.checkpoint)
     text, name = (args.text.read_text(encoding="utf-8"), args.text.name) if args.text else held_out_text()
@@ -96,7 +96,8 @@ def main() -> int:
     p.add_argument("--text", type=Path)
     p.add_argument("--quality-tokens", type=int, default=1024)
     p.add_argument("--window", type=int, default=512)
-    p.add_argument("--llama-kinds", nargs="+", default=["Q4_0", "Q4_K_M"], help="llama.cpp quantisation types")
+    p.add_argument("--llama-kinds", nargs="+", default=["Q4_0", "Q4_K_M", "Q8_0"],
+                   help="llama.cpp quantisation types (default Q4_0 Q4_K_M Q8_0)")
     p.add_argument("--gguf-outtype", default="f32", choices=("f32", "bf16", "f16"),
                    help="the converter's output before quantising (bf16 halves the disk a 7B needs: 15 vs 30 GB)")
     p.add_argument("--keep-full-gguf", action="store_true", help="keep the unquantised GGUF in the cache")
@@ -122,7 +123,8 @@ def main() -> int:
             log(f"rep {rep + 1}/{args.reps} {peer.name:28s} prefill {pre:8.1f} tok/s  decode {dec:7.1f} tok/s")
     med = {k: {m: statistics.median(v) for m, v in s.items()} for k, s in samples.items()}
     report = {"schema": SCHEMA, "checkpoint": str(args.checkpoint), "device": device_facts(),
-              "threads": {peer.name: peer.threads for peer in peers}, "prompt_tokens": args.prompt_tokens,
+              "threads": {peer.name: peer.threads for peer in peers},
+              "size_bytes": {peer.name: peer.size_bytes for peer in peers}, "prompt_tokens": args.prompt_tokens,
               "new_tokens": args.new_tokens, "reps": args.reps, "median_tokens_per_s": med, "samples": samples,
               "skipped": skipped}
     if args.quality:
@@ -135,19 +137,25 @@ def markdown(r: dict) -> str:
     lines = [f"# Peers on {r['device']['cpu']}", "",
              f"Prompt {r['prompt_tokens']} tokens, {r['new_tokens']} new tokens, greedy; median of {r['reps']} "
              "alternating runs.", "",
-             "| engine | threads | prefill tok/s | decode tok/s |", "|---|---|---|---|"]
+             "| engine | threads | size MB | prefill tok/s | decode tok/s |", "|---|---|---:|---:|---:|"]
+
+    def size(name: str) -> str:  # reports from before sizes were recorded have none
+        b = r.get("size_bytes", {}).get(name)
+        return "?" if b is None else f"{b / 1e6:.1f}"
+
     for name, m in r["median_tokens_per_s"].items():
-        lines.append(f"| {name} | {r['threads'][name]} | {m['prefill']:.1f} | {m['decode']:.1f} |")
+        lines.append(f"| {name} | {r['threads'][name]} | {size(name)} | {m['prefill']:.1f} | {m['decode']:.1f} |")
     for name, why in r["skipped"].items():
-        lines.append(f"| {name} | - | skipped: {why} | |")
+        lines.append(f"| {name} | - | | skipped: {why} | |")
     q = r.get("quality")
     if q:
         first = next(iter(q.values()))
         lines += ["", f"Against the fp32 transformers reference on {first['text']} ({first['tokens']} tokens):", "",
-                  "| engine | perplexity | KL mean | KL p90 | KL p99 | KL max | top-1 |", "|---|---|---|---|---|---|---|",
-                  f"| transformers fp32 | {first['reference_perplexity']:.3f} | 0 | 0 | 0 | 0 | 100% |"]
+                  "| engine | size MB | perplexity | KL mean | KL p90 | KL p99 | KL max | top-1 |",
+                  "|---|---:|---|---|---|---|---|---|",
+                  f"| transformers fp32 | | {first['reference_perplexity']:.3f} | 0 | 0 | 0 | 0 | 100% |"]
         for name, s in q.items():
-            lines.append(f"| {name} | {s['perplexity']:.3f} | {s['kl_mean']:.5f} | {s['kl_p90']:.5f} | "
+            lines.append(f"| {name} | {size(name)} | {s['perplexity']:.3f} | {s['kl_mean']:.5f} | {s['kl_p90']:.5f} | "
                          f"{s['kl_p99']:.5f} | {s['kl_max']:.4f} | {s['top1_agreement']:.1%} |")
     return "\n".join(lines) + "\n"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -10,12 +11,20 @@ from typing import Any
 from edgeqwen.bench import report as report_mod
 from edgeqwen.bench.device import device_facts
 from edgeqwen.bench.speed import SpeedPlan, measure_load, run_matrix
-from edgeqwen.summary import artifact_bytes
 from edgeqwen.runtime.memory import peak_rss_mb
+from edgeqwen.summary import artifact_bytes
 
 
 def log(s: str) -> None:
     print(s, file=sys.stderr, flush=True)
+
+
+def _config(artifact: Path) -> dict[str, Any] | None:
+    """The model's config.json (shipped in the artifact): `edgeqwen plan --device REPORT` reads the shape."""
+    try:
+        return json.loads((artifact / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
 
 
 def bench(artifact: Path, out: Path, plan: SpeedPlan, threads: int | None = None, reference: str | None = None,
@@ -36,7 +45,7 @@ def bench(artifact: Path, out: Path, plan: SpeedPlan, threads: int | None = None
         "label": label,
         "artifact": {"path": str(artifact), "name": Path(m["source"].get("model_id", artifact)).name,
                      "profile": m["profile"]["name"], "precision": m["profile"]["precision"],
-                     "parameters": m["source"].get("parameters")},
+                     "parameters": m["source"].get("parameters"), "config": _config(artifact)},
         "device": device_facts(),
         "threads": engine.threads,
         "size_bytes": artifact_bytes(m),

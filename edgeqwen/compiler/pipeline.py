@@ -11,18 +11,23 @@ import os
 import shutil
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from edgeqwen.artifact import staged_folder, write_manifest
-from edgeqwen.compiler.adapter import Adapter, check_against, open_adapter, tensor_shapes
+from edgeqwen.compiler.adapter import (
+    Adapter,
+    check_against,
+    open_adapter,
+    tensor_shapes,
+)
 from edgeqwen.compiler.adapter import merge as merge_adapter
 from edgeqwen.compiler.checkpoint import Checkpoint, open_checkpoint
 from edgeqwen.compiler.flows import FlowOutput, get_flow, known_flows
 from edgeqwen.compiler.progress import Progress
 from edgeqwen.errors import ProfileError, ValidationFailed
-from edgeqwen.targets import TargetProfile, load_profile
+from edgeqwen.targets import QualityBounds, TargetProfile, load_profile
 
 
 @dataclass
@@ -55,10 +60,12 @@ def check_profile(profile: TargetProfile) -> None:
 
 def build(model: str, target: str, out: Path | None = None, *, validate: bool = True, force: bool = False,
           revision: str | None = None, quiet: bool = False, adapter: str | Path | None = None,
-          adapter_scale: float = 1.0, exporter: str = "streaming") -> BuildResult:
+          adapter_scale: float = 1.0, exporter: str = "streaming", max_kl: float | None = None) -> BuildResult:
     """``adapter``: a peft LoRA adapter folder, merged into the weights before the build (and into the
     validation reference); ``adapter_scale`` multiplies its lora_alpha scaling. ``exporter``: how a
-    genai graph is written, "streaming" (memory bounded by one tensor) or "olive" (Olive's passes)."""
+    genai graph is written, "streaming" (memory bounded by one tensor) or "olive" (Olive's passes).
+    ``max_kl``: refuse the build if quantisation costs more than this KL (mean nats per token) against
+    the fp32 checkpoint (the parity gate applies regardless)."""
     t0 = time.perf_counter()
     profile = load_profile(target)
     check_profile(profile)
@@ -86,7 +93,8 @@ def build(model: str, target: str, out: Path | None = None, *, validate: bool = 
         shutil.rmtree(work)  # Olive's cache and intermediate models: not part of the artifact
         if validate:
             with progress.step("Validating against the transformers reference"):
-                manifest["validation"] = _validate(art, manifest, built_from, profile, progress)
+                quality = replace(profile.quality, max_kl_mean=max_kl) if max_kl is not None else profile.quality
+                manifest["validation"] = _validate(art, manifest, built_from, profile, progress, quality)
         else:
             manifest["validation"] = {"skipped": True}
         shutil.rmtree(stage / "merged", ignore_errors=True)  # the merged checkpoint was the build's input only
@@ -138,7 +146,7 @@ def _manifest(ckpt: Checkpoint, profile: TargetProfile, flow: FlowOutput) -> dic
 
 
 def _validate(art: Path, manifest: dict[str, Any], ckpt: Checkpoint, profile: TargetProfile,
-              progress: Progress) -> dict[str, Any]:
+              progress: Progress, quality: QualityBounds) -> dict[str, Any]:
     from edgeqwen.quality.validation import validate_apart
     from edgeqwen.runtime.engine import Engine
 
@@ -150,7 +158,14 @@ def _validate(art: Path, manifest: dict[str, Any], ckpt: Checkpoint, profile: Ta
             warnings.simplefilter("ignore", RuntimeWarning)
             return Engine(art, verify="size")
 
-    result = validate_apart(open_engine, ckpt.path, ckpt.parameter_count, profile.validation, log=progress.say)
+    result = validate_apart(open_engine, ckpt.path, ckpt.parameter_count, profile.validation, log=progress.say,
+                            quality=quality)
     verdict = "PASS" if result["passed"] else "FAIL: " + "; ".join(result["failures"])
     progress.say(f"    verdict: {verdict}")
+    loss = result.get("quantization_loss")
+    if loss and loss["warn"]:
+        worst = result["weights"]["worst_tensors"]
+        warnings.warn(f"quantisation costs KL {loss['summary']['kl_mean']:.3g} nats per token against fp32 (above "
+                      f"{quality.warn_kl_mean}); most changed: " + ", ".join(
+                          f"{t['tensor']} ({t['relative_error']:.1%})" for t in worst[:3]), stacklevel=2)
     return result

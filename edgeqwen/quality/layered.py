@@ -26,7 +26,7 @@ HEAD_ROWS = 16384  # lm_head rows per block: 230 MB of fp32 at hidden 3584
 
 
 class LayeredReference(Reference):
-    def __init__(self, model_path: str | Path, log: Callable[[str], None] | None = None) -> None:
+    def __init__(self, model_path: str | Path, log: Callable[[str], None] | None = None, weights=None) -> None:
         # builds on meta; Reference's loading is not used. ``log``: a progress line per layer pass
         import torch
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -44,6 +44,10 @@ class LayeredReference(Reference):
 
         # every shard opened once (headers parsed once) for the reference's life; reads are plain reads
         self.src = CheckpointTensors(self.path, _shards(self.path))
+        if weights is not None:  # the artifact's dequantised weights in place of the checkpoint's
+            from edgeqwen.quality.parity import Overlay
+
+            self.src = Overlay(self.src, weights)
         self.log = log
         self.eos = _eos_ids(self.path, self.config)
 

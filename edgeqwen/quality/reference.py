@@ -30,26 +30,31 @@ def load_tokenizer(model_path: str | Path):
 WHOLE_MODEL_LIMIT_BYTES = 1 * 2**30
 
 
-def open_reference(model_path: str | Path, parameters: int, log=None) -> Reference:
+def open_reference(model_path: str | Path, parameters: int, log=None, weights=None) -> Reference:
     """The whole transformers model when it is small, else the layer-by-layer one (same numerics;
-    ``log`` gets its progress lines)."""
+    ``log`` gets its progress lines). ``weights``: an artifact's quantised weights to compute with
+    instead of the checkpoint's (the parity reference, edgeqwen.quality.parity)."""
     if parameters * 4 <= WHOLE_MODEL_LIMIT_BYTES:
-        return Reference(model_path)
+        return Reference(model_path, weights)
     from edgeqwen.quality.layered import LayeredReference
 
-    return LayeredReference(model_path, log=log)
+    return LayeredReference(model_path, log=log, weights=weights)
 
 
 class Reference:
     """The transformers model in fp32 (bf16/fp16 checkpoints are upcast: the reference is exact math)."""
 
-    def __init__(self, model_path: str | Path) -> None:
+    def __init__(self, model_path: str | Path, weights=None) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.torch = torch
         self.tokenizer = AutoTokenizer.from_pretrained(str(model_path))
         self.model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=torch.float32).eval()
+        if weights is not None:
+            from edgeqwen.quality.parity import load_weights
+
+            load_weights(torch, self.model, weights)
 
     def prompt_ids(self, name: str, text: str) -> list[int]:
         return prompt_ids(self.tokenizer, text)

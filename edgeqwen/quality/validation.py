@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import gc
 import math
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,15 +24,18 @@ from typing import Any, Callable
 
 import numpy as np
 
-from edgeqwen.quality.metrics import kl_divergence
+from edgeqwen.quality.graph_weights import ArtifactWeights
+from edgeqwen.quality.metrics import kl_divergence, token_nll
+from edgeqwen.quality.parity import exact_compute_twin
 from edgeqwen.quality.reference import (
     Reference,
     load_tokenizer,
     open_reference,
     prompt_ids,
 )
+from edgeqwen.quality.weight_check import check_weights
 from edgeqwen.runtime.memory import peak_rss_mb
-from edgeqwen.targets import ValidationBounds
+from edgeqwen.targets import QualityBounds, ValidationBounds
 
 PROMPTS: list[tuple[str, str]] = [
     ("english", "The old lighthouse keeper climbed the stairs every evening at dusk. He trimmed the wick, "
@@ -46,12 +50,16 @@ PROMPTS: list[tuple[str, str]] = [
 ]
 
 
-def compare_logits(ref: np.ndarray, test: np.ndarray) -> dict[str, Any]:
+def compare_logits(ref: np.ndarray, test: np.ndarray, targets: list[int]) -> dict[str, Any]:
+    """``targets``: the tokens rows 0..len(targets)-1 predict (the last row predicts past the text)."""
     kl = kl_divergence(ref, test)
+    n = len(targets)
     return {
+        "_nll": (token_nll(ref[:n], np.asarray(targets)), token_nll(test[:n], np.asarray(targets))),
         "positions": int(ref.shape[0]),
         "max_abs_logit_diff": float(np.abs(ref.astype(np.float64) - test).max()),
         "kl_mean": float(kl.mean()),
+        "kl_p90": float(np.percentile(kl, 90)),
         "kl_p99": float(np.percentile(kl, 99)),
         "kl_max": float(kl.max()),
         "top1_agreement": float((ref.argmax(-1) == test.argmax(-1)).mean()),
@@ -96,15 +104,18 @@ def greedy_agreement(ref_logits: np.ndarray, prompt_len: int, generated: list[in
 
 def compare(reference: Reference, art: ArtifactOutputs, bounds: ValidationBounds, log=print) -> dict[str, Any]:
     t0 = time.perf_counter()
-    per_prompt, kls = [], []
+    per_prompt, kls, nll_ref, nll_art = [], [], [], []
     # every sequence the reference must score, in one call (a layered reference loads each layer once)
     names = [name for name, _ in PROMPTS]
     seqs = [art.ids[n] for n in names] + [art.gen_prompt[n] + art.generated[n][:-1] for n in names]
     ref_logits = dict(zip([("text", n) for n in names] + [("greedy", n) for n in names], reference.logits_many(seqs)))
     for name in names:
         prefill, gen = art.prefill[name], art.generated[name]
-        m = compare_logits(ref_logits["text", name][prefill - 1:], art.logits[name])
+        m = compare_logits(ref_logits["text", name][prefill - 1:], art.logits[name], art.ids[name][prefill:])
         kls.append(m.pop("_kl"))
+        r, a = m.pop("_nll")
+        nll_ref.append(r)
+        nll_art.append(a)
         prompt = art.gen_prompt[name]
         m["greedy_match"] = greedy_agreement(ref_logits["greedy", name], len(prompt), gen) if gen else 0
         m["greedy_tokens"] = len(gen)
@@ -118,10 +129,15 @@ def compare(reference: Reference, art: ArtifactOutputs, bounds: ValidationBounds
         "positions": int(allkl.size),
         "max_abs_logit_diff": max(p["max_abs_logit_diff"] for p in per_prompt),
         "kl_mean": float(allkl.mean()),
+        "kl_p90": float(np.percentile(allkl, 90)),
         "kl_p99": float(np.percentile(allkl, 99)),
+        "perplexity": float(np.exp(np.concatenate(nll_art).mean())),
+        "reference_perplexity": float(np.exp(np.concatenate(nll_ref).mean())),
         "kl_max": float(allkl.max()),
         "top1_agreement": float(np.mean([p["top1_agreement"] for p in per_prompt])),
-        "greedy_match_min": min(p["greedy_match"] for p in per_prompt),
+        # a continuation that ended at an end token the reference also chose matched all the way
+        "greedy_match_min": min(bounds.greedy_tokens if p["greedy_match"] == p["greedy_tokens"] > 0
+                                else p["greedy_match"] for p in per_prompt),
         "tokenizer_match": all(p["tokenizer_match"] for p in per_prompt),
     }
     failures = _check(summary, bounds)
@@ -136,23 +152,92 @@ def compare(reference: Reference, art: ArtifactOutputs, bounds: ValidationBounds
 
 
 def validate_apart(open_engine: Callable[[], Any], model_path: Path, parameters: int, bounds: ValidationBounds,
-                   log=print) -> dict[str, Any]:
+                   log=print, quality: QualityBounds | None = None) -> dict[str, Any]:
     """The artifact's side first, then the reference's, never both in memory: the peak is the larger
     of the two. ``open_engine()`` gives the runtime Engine (nobody else may hold it, so that it is
-    freed before the reference loads); the reference is whole or layer by layer (``open_reference``)."""
+    freed before the reference loads); the reference is whole or layer by layer (``open_reference``).
+
+    An artifact with quantised weights is checked twice: the gate (``bounds``) against
+    the parity reference, transformers computing with the artifact's own weights; then what quantisation
+    cost against the plain fp32 model, reported and bounded only by ``quality``'s bounds if set."""
     t0 = time.perf_counter()
     engine = open_engine()
-    provider = engine.provider
-    outputs = run_artifact(engine, load_tokenizer(model_path), bounds.greedy_tokens)
+    provider, manifest, folder = engine.provider, engine.manifest, engine.folder
+    tokenizer = load_tokenizer(model_path)
+    outputs = run_artifact(engine, tokenizer, bounds.greedy_tokens)
     del engine  # the model and its weights go with the last reference
     gc.collect()
+    weights = artifact_weights(folder, manifest)
+    exact = outputs
+    if weights is not None:
+        with tempfile.TemporaryDirectory(prefix=f".{folder.name}-twin-", dir=folder.parent) as tmp:
+            twin = exact_compute_twin(folder, manifest, Path(tmp) / "twin")
+            if twin is not None:
+                log("    the same artifact with fp32 compute in MatMulNBits (its twin), for the parity check")
+                exact = run_artifact(_engine(twin), tokenizer, bounds.greedy_tokens)
+                gc.collect()
     log(f"    artifact side done in {time.perf_counter() - t0:.0f} s (peak RSS so far {peak_rss_mb()} MB)")
-    reference = open_reference(model_path, parameters, log)
-    result = compare(reference, outputs, bounds, log)
+    if weights is not None:
+        log("    parity: transformers with the artifact's own quantised weights")
+    reference = open_reference(model_path, parameters, log, weights)
+    result = compare(reference, exact, bounds, log)
+    result["reference"] = type(reference).__name__ + (" with the artifact's weights" if weights else "")
+    del reference
+    gc.collect()
+    if weights is not None:
+        log("    weights: the artifact's quantised values against the checkpoint's, in quantisation steps")
+        check = check_weights(weights, Path(model_path))
+        result["weights"] = check
+        if check["not_quantisations"]:
+            result["passed"] = False
+            result["failures"].append("weights not a quantisation of the checkpoint: " + ", ".join(
+                f"{t['tensor']} ({t['error_steps']:.3g} steps off)" for t in check["not_quantisations"][:3]))
+        if exact is not outputs:
+            result["int8_activations"] = int8_effect(exact, outputs)
+        log("    quantisation loss: the fp32 checkpoint")
+        plain = open_reference(model_path, parameters, log)
+        loss = quantization_loss(compare(plain, outputs, ValidationBounds(), log), quality or QualityBounds())
+        result["quantization_loss"] = loss
+        if loss["failures"]:
+            result["passed"] = False
+            result["failures"] += loss["failures"]
     result["execution_provider"] = provider
-    result["reference"] = type(reference).__name__
     result["seconds"] = round(time.perf_counter() - t0, 2)
     return result
+
+
+def _engine(folder: Path):
+    import warnings
+
+    from edgeqwen.runtime.engine import Engine
+
+    with warnings.catch_warnings():  # a DirectML artifact runs on the CPU provider here
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return Engine(folder, verify="size")
+
+
+def int8_effect(exact: ArtifactOutputs, shipped: ArtifactOutputs) -> dict[str, Any]:
+    """What int8 activations in MatMulNBits change: the artifact against its fp32-compute twin."""
+    kl = np.concatenate([kl_divergence(exact.logits[n], shipped.logits[n]) for n in exact.logits])
+    agree = np.concatenate([exact.logits[n].argmax(-1) == shipped.logits[n].argmax(-1) for n in exact.logits])
+    return {"kl_mean": float(kl.mean()), "kl_p99": float(np.percentile(kl, 99)), "top1_agreement": float(agree.mean())}
+
+
+def artifact_weights(folder: Path, manifest: dict[str, Any]) -> ArtifactWeights | None:
+    """The artifact's quantised weights, or None for a float artifact (checked against plain fp32)."""
+    ops = {w["op"] for w in manifest.get("quantization", {}).get("weight_ops", [])}
+    if not ops & {"MatMulNBits", "GatherBlockQuantized"}:
+        return None
+    return ArtifactWeights(folder, manifest)
+
+
+def quantization_loss(cmp: dict[str, Any], q: QualityBounds) -> dict[str, Any]:
+    """What quantisation cost against fp32: a figure to report; a failure only past the user's bounds."""
+    s = cmp["summary"]
+    failures = [f"quantisation loss {k} = {s[k]:.4g} nats, bound <= {b} (--max-kl / the profile's [quality])"
+                for k, b in (("kl_mean", q.max_kl_mean), ("kl_p99", q.max_kl_p99)) if b is not None and s[k] > b]
+    return {"summary": s, "prompts": cmp["prompts"], "bounds": {k: v for k, v in q.__dict__.items() if v is not None},
+            "failures": failures, "warn": s["kl_mean"] > q.warn_kl_mean}
 
 
 def _check(s: dict[str, Any], b: ValidationBounds) -> list[str]:

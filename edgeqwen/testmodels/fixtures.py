@@ -54,9 +54,13 @@ FIXTURES: dict[str, FixtureSpec] = {
         # Qwen2.5-0.5B shape, for benchmarks (494M parameters).
         FixtureSpec("qwen2.5-0.5b-shape", "qwen2", 896, 24, 14, 2, 4864, tied=True,
                     max_positions=32768, seed=5),
-        # Real sizes, written shard by shard in bf16 without holding the model (3.1 GB, 15.2 GB, 16.4 GB).
+        # Real sizes, written shard by shard in bf16 without holding the model (3.1 GB, 6.2 GB, 15.2 GB, 16.4 GB).
         FixtureSpec("qwen2.5-1.5b-shape", "qwen2", 1536, 28, 12, 2, 8960, tied=True,
                     max_positions=32768, seed=7, streamed=True),
+        FixtureSpec("qwen3-0.6b-shape", "qwen3", 1024, 28, 16, 8, 3072, head_dim=128, tied=True,
+                    max_positions=40960, seed=11, streamed=True),
+        FixtureSpec("qwen2.5-3b-shape", "qwen2", 2048, 36, 16, 2, 11008, tied=True,
+                    max_positions=32768, seed=10, streamed=True),
         FixtureSpec("qwen2.5-7b-shape", "qwen2", 3584, 28, 28, 4, 18944, tied=False,
                     max_positions=32768, seed=8, vocab=152_064, streamed=True),
         FixtureSpec("qwen3-8b-shape", "qwen3", 4096, 36, 32, 8, 12288, head_dim=128, tied=False,

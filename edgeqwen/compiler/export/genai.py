@@ -47,6 +47,7 @@ class GenaiPlan:
     layout: str  # "fused" | "split"
     prune_lm_head: bool = True  # logits of the last position only
     execution_provider: str = "cpu"  # named in genai_config.json's provider options
+    embedding: WeightFormat | None = None  # an untied quantised table's format (None: the layers' format)
 
 
 @dataclass(frozen=True)
@@ -148,7 +149,7 @@ def write(ckpt: Checkpoint, plan: GenaiPlan, out: Path, log: Callable[[str], Non
     onnx.save_model(model, str(out / MODEL_FILE))
     (out / "genai_config.json").write_text(json.dumps(genai_config(ckpt, plan, w.shape), indent=4))
     return {"seconds": round(time.perf_counter() - w.t0, 1), "data_bytes": data.size,
-            "tensors_read": len(w.sink.consumed), "layout": plan.layout}
+            "tensors_read": len(w.sink.consumed), "layout": plan.layout, "stacked_sources": w.sink.stacked}
 
 
 def _io(w: Writer) -> tuple[list, list]:
@@ -180,7 +181,7 @@ def _embedding(w: Writer, head: tuple[list[str], int, int]) -> str:
     s, src, plan = w.shape, w.sink.src, w.plan
     tied = "lm_head.weight" not in src
     names = head[0]
-    fmt = plan.lm_head if tied else plan.weights
+    fmt = plan.lm_head if tied else (plan.embedding or plan.weights)
     shareable = isinstance(fmt, NBitsWeights) and fmt.symmetric and s.hidden % fmt.block_size == 0
     if plan.quantized_embedding and shareable:
         if not tied:

@@ -25,6 +25,26 @@ GRAPH_PASSES_BUILT_IN = {
 _EXPORTER = "edgeqwen.compiler.export.genai (streaming, in place of Olive's ModelBuilder pass)"
 
 
+# The ModelBuilder graph's node names an RTN pass may list in nodes_to_include, and what they are.
+NODE_ROLES = {"/lm_head/MatMul": "lm_head", "/model/embed_tokens/Gather": "embedding"}
+
+
+def _roles(options: dict[str, Any], where: str) -> list[str]:
+    """Which weights an OnnxBlockWiseRtnQuantization pass quantises: all (its default; Olive's pass quantises
+    Gather tables too), or the lm_head / embedding nodes it includes by name."""
+    if options.get("nodes_to_exclude"):
+        raise ProfileError(f"{where}: nodes_to_exclude is not one the streaming exporter applies; list the nodes "
+                           f"to include instead, or build with --exporter olive")
+    include = options.get("nodes_to_include")
+    if not include:
+        return ["lm_head", "embedding", "weights"]
+    unknown = [n for n in include if n not in NODE_ROLES]
+    if unknown:
+        raise ProfileError(f"{where}: nodes_to_include {unknown} are not ones the streaming exporter knows "
+                           f"({', '.join(NODE_ROLES)}); build with --exporter olive")
+    return [NODE_ROLES[n] for n in include]
+
+
 def genai_plan(profile: TargetProfile) -> tuple[GenaiPlan, list[dict[str, Any]]]:
     """The plan for ``profile`` and one record per profile pass: what it asked and who did it."""
     where = f"profile {profile.source or profile.name}"
@@ -46,22 +66,24 @@ def genai_plan(profile: TargetProfile) -> tuple[GenaiPlan, list[dict[str, Any]]]
         raise ProfileError(f"{where}: ModelBuilder precision '{precision}' is not one the streaming exporter writes "
                            f"(fp32, fp16, int4); build with --exporter olive")
     records = [{"profile_pass": "ModelBuilder", "options": mb, "done_by": _EXPORTER}]
-    quantized_embedding = False
+    roles: dict[str, NBitsWeights] = {}  # weights / lm_head / embedding -> the first RTN pass that took it
     for p in passes[1:]:
         if p.type != "OnnxBlockWiseRtnQuantization" or not isinstance(weights, FloatWeights) or io != np.float32:
             raise ProfileError(f"{where}: the streaming exporter cannot apply Olive pass {p.type} here; build with "
                                f"--exporter olive")
         o = p.options
         bits = int(o.get("bits", 4))
-        weights = NBitsWeights(bits, int(o.get("block_size", 128)), bool(o.get("is_symmetric", True)),
-                               int(o.get("accuracy_level", 0)), io)
-        quantized_embedding = True  # Olive's pass quantises Gather tables too
+        fmt = NBitsWeights(bits, int(o.get("block_size", 128)), bool(o.get("is_symmetric", True)),
+                           int(o.get("accuracy_level", 0)), io)
+        for role in _roles(o, where):
+            roles.setdefault(role, fmt)  # a node an earlier pass quantised is MatMulNBits: later passes skip it
         records.append({"profile_pass": p.type, "options": o,
                         "done_by": f"onnxruntime quantize_matmul_{bits}bits, one block of rows at a time as the "
                                    f"weights stream (the kernel Olive's {p.type} runs over the whole graph in memory)"})
-    plan = GenaiPlan(io_dtype=io, weights=weights, lm_head=weights, quantized_embedding=quantized_embedding,
-                     layout="split" if ep == "dml" else "fused", prune_lm_head=bool(extra.get("prune_lm_head", False)),
-                     execution_provider=ep)
+    plan = GenaiPlan(io_dtype=io, weights=roles.get("weights", weights), lm_head=roles.get("lm_head", weights),
+                     quantized_embedding="embedding" in roles, layout="split" if ep == "dml" else "fused",
+                     prune_lm_head=bool(extra.get("prune_lm_head", False)), execution_provider=ep,
+                     embedding=roles.get("embedding"))
     unknown = [n for n in profile.graph_passes if n not in GRAPH_PASSES_BUILT_IN]
     if unknown:
         raise ProfileError(f"{where}: graph pass(es) {', '.join(unknown)} run on Olive's output; build with "

@@ -13,7 +13,7 @@ time: B [N, K/block, block*bits/8] uint8, scales [N * K/block], zero points when
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator, Protocol
 
 import numpy as np
@@ -36,6 +36,9 @@ class Sink:
     nodes: list
     inits: list
     consumed: set
+    # quantised weight initializer -> [[checkpoint tensor, rows], ...] stacked in it, in order: the manifest
+    # keeps it so validation can read the artifact's own quantised weights back under checkpoint names
+    stacked: dict = field(default_factory=dict)
 
     def node(self, op: str, inputs: list[str], outputs: list[str], name: str, domain: str = "", **attrs) -> None:
         self.nodes.append(helper.make_node(op, inputs, outputs, name=name, domain=domain, **attrs))
@@ -144,6 +147,7 @@ class NBitsWeights:
             if z is not None:
                 z.write(c0 * zp_per_col, zero)
         sink.inits.extend(t for t in (b_t, s_t, z_t) if t is not None)
+        sink.stacked[b_t.name] = [[name, sink.src.shape(name)[0]] for name in names]
         return [t.name for t in (b_t, s_t, z_t) if t is not None], n_total, k
 
     def node(self, sink: Sink, x: str, out: str, prefix: str, inputs: list[str], n: int, k: int) -> None:

@@ -19,7 +19,7 @@ from edgeqwen.compiler import package
 from edgeqwen.compiler.checkpoint import Checkpoint
 from edgeqwen.compiler.flows import FlowOutput
 from edgeqwen.compiler.progress import Progress
-from edgeqwen.errors import ProfileError
+from edgeqwen.errors import CheckpointError, ProfileError
 from edgeqwen.targets import TargetProfile
 
 EXPORTERS = ("streaming", "olive")
@@ -29,6 +29,10 @@ def run(ckpt: Checkpoint, profile: TargetProfile, work: Path, art: Path, progres
         exporter: str = "streaming") -> FlowOutput:
     if exporter not in EXPORTERS:
         raise ProfileError(f"unknown exporter '{exporter}'; one of {', '.join(EXPORTERS)}")
+    head = ckpt.config.get("head_dim") or ckpt.config["hidden_size"] // ckpt.config["num_attention_heads"]
+    if head % 16:  # Qwen's own models use 64 and 128; found by an odd test config failing at run time
+        raise CheckpointError(f"head_dim {head} is not a multiple of 16, which onnxruntime's GroupQueryAttention "
+                              f"(genai profiles) requires; edgeqwen cannot build this shape for {profile.name}")
     if exporter == "streaming":
         return _run_streaming(ckpt, profile, art, progress)
     from edgeqwen.compiler.olive import run_olive

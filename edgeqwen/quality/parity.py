@@ -1,0 +1,124 @@
+"""The parity check: the artifact against transformers computing with the artifact's own quantised weights,
+dequantised back into it.
+
+A correct build then differs only by float summation order: what the compiler must get exactly right on
+any checkpoint. What quantisation costs is a separate question, answered against plain fp32.
+
+MatMulNBits with accuracy_level 4 (the fast CPU kernel) rounds its input to int8 per block of K. That
+rounding is emulable (round(x / (max|x| / 127)) per block agrees with the kernel to 4e-7 of the output's
+range), but an input a float ulp away from a rounding boundary flips one int8 step, and a deep random-
+weight network amplifies such flips into O(1) logit differences (the Qwen2.5-0.5B shape: KL 0.04 with
+emulation, measured). So parity runs on a twin of the artifact whose MatMulNBits compute in fp32
+(accuracy_level 0; the same bytes otherwise, the same file sizes), exact on any checkpoint, and what the
+int8 activations add is measured apart, between the artifact and its twin.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import struct
+from pathlib import Path
+from typing import Any
+
+from edgeqwen.quality.graph_weights import ArtifactWeights
+
+INT8_COMPUTE = 4  # MatMulNBits accuracy_level that quantises activations to int8
+
+
+def exact_compute_twin(folder: Path, manifest: dict[str, Any], out: Path) -> Path | None:
+    """``out``: the artifact with every MatMulNBits at accuracy_level 0, other files hard-linked (``out``
+    should be on the artifact's file system); None when no node computes in int8 (its own twin)."""
+    model_file = manifest["runtime"].get("model_file", "model.onnx")
+    patch = _patch_ort if model_file.endswith(".ort") else _patch_onnx
+    data = patch(folder / model_file)
+    if data is None:
+        return None
+    out.mkdir(parents=True)
+    for f in folder.iterdir():
+        if f.name != model_file:
+            _link(f, out / f.name)
+    (out / model_file).write_bytes(data)
+    return out
+
+
+def _link(src: Path, dst: Path) -> None:
+    """A hard link (onnxruntime refuses external data reached through a symlink out of the model's folder);
+    a copy where the file system has none."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
+def _patch_onnx(path: Path) -> bytes | None:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    changed = False
+    for node in model.graph.node:
+        if node.op_type == "MatMulNBits":
+            for a in node.attribute:
+                if a.name == "accuracy_level" and a.i == INT8_COMPUTE:
+                    a.i, changed = 0, True  # a one-byte varint either way: the file keeps its size
+    return model.SerializeToString() if changed else None
+
+
+def _patch_ort(path: Path) -> bytes | None:
+    """Overwrite the int64 of each MatMulNBits' accuracy_level attribute inside the flatbuffer."""
+    from onnxruntime.tools.ort_format_model.ort_flatbuffers_py.fbs import (
+        InferenceSession,
+    )
+
+    buf = bytearray(path.read_bytes())
+    graph = InferenceSession.InferenceSession.GetRootAsInferenceSession(bytes(buf), 0).Model().Graph()
+    changed = False
+    for i in range(graph.NodesLength()):
+        node = graph.Nodes(i)
+        if node.OpType() != b"MatMulNBits":
+            continue
+        for j in range(node.AttributesLength()):
+            a = node.Attributes(j)
+            if a.Name() == b"accuracy_level" and a.I() == INT8_COMPUTE:
+                slot = a._tab.Offset(12)  # the table slot Attribute.I() reads (an int64)
+                struct.pack_into("<q", buf, a._tab.Pos + slot, 0)
+                changed = True
+    return bytes(buf) if changed else None
+
+
+def load_weights(torch, model, weights: ArtifactWeights) -> None:
+    """Copy the dequantised weights into a whole (materialised) transformers model. The output matrix
+    and the embedding become separate parameters: the artifact may store them differently even when the
+    checkpoint ties them (an int4 lm_head beside a float embedding)."""
+    with torch.no_grad():
+        for name in weights.names():
+            w = torch.from_numpy(weights.rows(name))
+            if name == "lm_head.weight":
+                model.lm_head.weight = torch.nn.Parameter(w, requires_grad=False)
+            elif name == "model.embed_tokens.weight":
+                model.model.embed_tokens.weight = torch.nn.Parameter(w, requires_grad=False)
+            else:
+                model.get_parameter(name).copy_(w)
+        if "lm_head.weight" not in weights.names() and model.config.tie_word_embeddings and \
+                "model.embed_tokens.weight" in weights.names():
+            # a quantised embedding but a float lm_head: the lm_head keeps the checkpoint's table
+            raise ValueError("artifact quantises the tied embedding but not the lm_head: not a layout edgeqwen writes")
+
+
+class Overlay:
+    """Checkpoint tensors with the artifact's dequantised weights in place of theirs (for the layered
+    reference, which reads tensor rows on demand)."""
+
+    def __init__(self, base, weights: ArtifactWeights) -> None:
+        self.base, self.weights = base, weights
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.weights or name in self.base
+
+    def shape(self, name: str):
+        return self.weights.shape(name) if name in self.weights else self.base.shape(name)
+
+    def rows(self, name: str, start: int = 0, stop: int | None = None):
+        if name in self.weights:
+            return self.weights.rows(name, start, stop)
+        return self.base.rows(name, start, stop)

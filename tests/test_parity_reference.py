@@ -1,0 +1,204 @@
+"""The parity gate: the artifact's quantised weights read back exactly, its fp32-compute twin, the graph
+compared with transformers computing with those weights, and the weights compared with the checkpoint's.
+Tier 1: hand-made one-node graphs against onnxruntime. Tier 2: built fixtures, where the gate passes on
+correct builds of configs no fixture has and fails on a graph with one tensor perturbed after
+quantisation."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+
+from edgeqwen.quality.graph_weights import ArtifactWeights
+
+
+def _one_matmul(folder, k: int, n: int, block: int, bits: int, symmetric: bool, accuracy: int, seed: int = 0):
+    """model.onnx with one MatMulNBits quantised by onnxruntime's own kernel (weights in an external file,
+    as builds write them); returns the fp32 weight [N, K] it was made from."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    from onnxruntime.capi import _pybind_state as ort_c
+
+    rng = np.random.default_rng(seed)
+    w = (rng.standard_normal((n, k)) * 0.05).astype(np.float32)
+    kb = math.ceil(k / block)
+    padded = np.zeros((kb * block, n), np.float32)
+    padded[:k] = w.T
+    packed = np.zeros((n, kb, block * bits // 8), np.uint8)
+    scales = np.zeros(n * kb, np.float32)
+    zp = np.zeros(n * math.ceil(kb * bits / 8), np.uint8)
+    {4: ort_c.quantize_matmul_4bits, 8: ort_c.quantize_matmul_8bits}[bits](packed, padded, scales, zp, block, n, k,
+                                                                         symmetric)
+    inits = [numpy_helper.from_array(packed, "W_Q"), numpy_helper.from_array(scales, "W_scales")]
+    if not symmetric:
+        inits.append(numpy_helper.from_array(zp, "W_zp"))
+    node = helper.make_node("MatMulNBits", ["A"] + [t.name for t in inits], ["Y"], domain="com.microsoft", K=k, N=n,
+                            bits=bits, block_size=block, accuracy_level=accuracy)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("A", TensorProto.FLOAT, ["m", k])],
+                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["m", n])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)])
+    onnx.save_model(model, str(folder / "model.onnx"), save_as_external_data=True, location="model.onnx.data",
+                    size_threshold=0)
+    manifest = {"runtime": {"model_file": "model.onnx"},
+                "quantization": {"export": {"stacked_sources": {"W_Q": [["a.weight", n // 2], ["b.weight", n - n // 2]]}}}}
+    return w, manifest
+
+
+CASES = [(896, 256, 64, 4, True), (900, 96, 64, 4, True), (896, 64, 32, 4, False), (896, 64, 128, 8, True),
+         (272, 64, 64, 8, False), (4864, 64, 64, 4, True)]
+
+
+@pytest.mark.parametrize("k,n,block,bits,symmetric", CASES)
+def test_weights_read_back_are_the_kernels_weights(tmp_path, k, n, block, bits, symmetric):
+    """Dequantised rows, split into the stacked sources, are the fp32 weight up to quantisation error, and
+    a float matmul with them is what onnxruntime computes at accuracy level 0 (fp32 compute)."""
+    import onnxruntime as ort
+
+    w, manifest = _one_matmul(tmp_path, k, n, block, bits, symmetric, accuracy=0)
+    aw = ArtifactWeights(tmp_path, manifest)
+    deq = np.concatenate([aw.rows("a.weight"), aw.rows("b.weight")])
+    assert deq.shape == (n, k) and aw.shape("b.weight") == (n - n // 2, k)
+    step = np.abs(w).max() / (2 ** (bits - 1) - 1)
+    assert np.abs(deq - w).max() <= step  # within one quantisation step
+    assert np.array_equal(aw.rows("b.weight", 3, 7), deq[n // 2 + 3:n // 2 + 7])  # row slices read alone
+    assert aw.act_block("a.weight") is None
+    a = np.random.default_rng(1).standard_normal((5, k)).astype(np.float32)
+    y = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"]).run(None, {"A": a})[0]
+    ref = a.astype(np.float64) @ deq.T.astype(np.float64)
+    assert np.abs(y - ref).max() / np.abs(ref).max() < 1e-5
+
+
+@pytest.mark.parametrize("k,n,block,bits,symmetric", CASES)
+def test_the_fp32_compute_twin_is_exact_where_int8_compute_is_not(tmp_path, k, n, block, bits, symmetric):
+    """accuracy_level 4 rounds A to int8 per block of K: an error of ~1e-2 of the output range, which a deep
+    random network amplifies; the twin (the same bytes at accuracy_level 0) computes the dequantised
+    weights' matmul exactly, and keeps every file's size (the engine's size check still holds)."""
+    import onnxruntime as ort
+
+    from edgeqwen.quality.parity import exact_compute_twin
+
+    art = tmp_path / "art"
+    art.mkdir()
+    _, manifest = _one_matmul(art, k, n, block, bits, symmetric, accuracy=4)
+    aw = ArtifactWeights(art, manifest)
+    assert aw.act_block("a.weight") == block
+    deq = np.concatenate([aw.rows("a.weight"), aw.rows("b.weight")]).astype(np.float64)
+    a = np.random.default_rng(2).standard_normal((7, k)).astype(np.float32)
+    run = lambda f: ort.InferenceSession(str(f / "model.onnx"), providers=["CPUExecutionProvider"]).run(None, {"A": a})[0]
+    plain = a.astype(np.float64) @ deq.T
+    scale = np.abs(plain).max()
+    assert np.abs(run(art) - plain).max() / scale > 1e-3
+    twin = exact_compute_twin(art, manifest, tmp_path / "twin")
+    assert ArtifactWeights(twin, manifest).act_block("a.weight") is None
+    assert np.abs(run(twin) - plain).max() / scale < 1e-5
+    for f in art.iterdir():
+        assert (twin / f.name).stat().st_size == f.stat().st_size
+    assert exact_compute_twin(twin, manifest, tmp_path / "twin2") is None  # nothing left to change
+
+
+def test_a_manifest_without_stacked_sources_is_refused_in_one_line(tmp_path):
+    from edgeqwen.errors import EdgeQwenError
+
+    with pytest.raises(EdgeQwenError, match="rebuild it"):
+        ArtifactWeights(tmp_path, {"runtime": {}, "quantization": {"export": {}}})
+
+
+# -- tier 2: built fixtures ------------------------------------------------------------------------------
+
+
+def _unseen(name: str, **kw):
+    """Random-weight checkpoints in configs no fixture has: hidden sizes that are not a multiple of the
+    quantisation block, GQA 7:1, YaRN, Qwen3 with head_dim * heads != hidden."""
+    from edgeqwen.testmodels.fixtures import FixtureSpec
+
+    return FixtureSpec(name, **kw)
+
+
+UNSEEN = {
+    "gqa7-hidden112": dict(family="qwen2", hidden=112, layers=3, heads=7, kv_heads=1, intermediate=200, tied=True,
+                           seed=101),
+    "qwen3-hidden96-untied": dict(family="qwen3", hidden=96, layers=3, heads=6, kv_heads=2, intermediate=160,
+                                  head_dim=32, tied=False, seed=102),
+    "yarn-hidden80": dict(family="qwen2", hidden=80, layers=2, heads=5, kv_heads=1, intermediate=144, tied=False,
+                          seed=103, rope_scaling=(("factor", 4.0), ("original_max_position_embeddings", 512))),
+}
+
+
+@pytest.fixture(scope="module")
+def unseen(tmp_path_factory):
+    from edgeqwen.testmodels.fixtures import make_checkpoint
+
+    root = tmp_path_factory.mktemp("unseen")
+    made = {}
+
+    def get(name: str):
+        if name not in made:
+            made[name] = root / name
+            make_checkpoint(name, made[name], spec=_unseen(name, **UNSEEN[name]))
+        return made[name]
+
+    return get
+
+
+def _cases():
+    """Quick tier: every config on cpu-int4 and every int profile on one config; slow tier: all pairs."""
+    for config in UNSEEN:
+        for target in ("cpu-int4", "android-cpu-int4", "directml-int4", "cpu-int8"):
+            quick = config == "gqa7-hidden112" or target == "cpu-int4"
+            yield pytest.param(config, target, marks=() if quick else pytest.mark.slow, id=f"{config}-{target}")
+
+
+@pytest.mark.parametrize("config,target", list(_cases()))
+def test_every_int_profile_passes_parity_on_unseen_configs(unseen, tmp_path, config, target):
+    """The gate is about the compiler, so it passes on any correct build, while the quantisation loss of
+    these random weights (reported apart) would have failed the old fp32-based bound."""
+    from edgeqwen.compiler.pipeline import build
+
+    r = build(str(unseen(config)), target, tmp_path / "art", quiet=True)
+    v = r.manifest["validation"]
+    assert v["passed"], v["failures"]
+    assert "with the artifact's weights" in v["reference"]
+    loss = v["quantization_loss"]["summary"]
+    assert loss["kl_mean"] > 10 * max(v["summary"]["kl_mean"], 1e-6)  # the loss is real, the gate did not see it
+
+
+def test_one_perturbed_tensor_fails_the_gate(artifacts, checkpoints, tmp_path):
+    """A deliberately wrong graph: one quantised weight's scales changed after quantisation (as a compiler
+    bug writing the wrong block would). Validation of that artifact fails parity."""
+    from edgeqwen.artifact import write_manifest
+    from edgeqwen.quality.validation import validate_apart
+    from edgeqwen.runtime.engine import Engine
+    from edgeqwen.targets import load_profile
+
+    good = artifacts("tiny-qwen2", "cpu-int4").folder
+    bad = tmp_path / "bad"
+    shutil.copytree(good, bad)
+    manifest = json.loads((bad / "edgeqwen.json").read_text())
+    aw = ArtifactWeights(bad, manifest)
+    node = aw.where["model.layers.1.mlp.down_proj.weight"][0]
+    t = aw.file.inits[node.scales]
+    info = {e.key: e.value for e in t.external_data}
+    with open(bad / info["location"], "r+b") as f:  # one row's scales x 1.5
+        f.seek(int(info["offset"]))
+        row = np.frombuffer(f.read(4 * math.ceil(node.k / node.block)), dtype=np.float32) * 1.5
+        f.seek(int(info["offset"]))
+        f.write(row.tobytes())
+    write_manifest(bad, {k: v for k, v in manifest.items() if k not in ("files", "format_version")})  # rehash: the files are "valid"
+    profile = load_profile("cpu-int4")
+    ok = validate_apart(lambda: Engine(good, verify="size"), checkpoints("tiny-qwen2"), 1, profile.validation,
+                        log=lambda s: None)
+    broken = validate_apart(lambda: Engine(bad, verify="size"), checkpoints("tiny-qwen2"), 1, profile.validation,
+                            log=lambda s: None)
+    assert ok["passed"], ok["failures"]
+    assert ok["weights"]["max_error_steps"] <= 1.001 and not ok["weights"]["not_quantisations"]
+    assert not broken["passed"]
+    assert broken["failures"] == ["weights not a quantisation of the checkpoint: model.layers.1.mlp.down_proj.weight "
+                                  f"({broken['weights']['not_quantisations'][0]['error_steps']:.3g} steps off)"]
+    # the graph check alone cannot see it (it computes with the artifact's own weights), and the loss
+    # against fp32 hides it among the quantisation error: it is the weight check that fails
+    assert broken["summary"]["kl_mean"] < 1e-6
+    assert broken["quantization_loss"]["summary"]["kl_mean"] < 3 * ok["quantization_loss"]["summary"]["kl_mean"]

@@ -1,0 +1,176 @@
+"""`edgeqwen plan`: the catalogue's shapes against transformers, the size rule against real builds of every
+genai profile, the fit on hand-made data, the shipped calibration's own error table, and the command."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from edgeqwen.plan.catalogue import CATALOGUE, Shape, find
+from edgeqwen.plan.fit import leave_one_out, nonnegative_fit
+from edgeqwen.plan.model import QUANTITIES, builtin_calibration, decode_features
+from edgeqwen.plan.storage import storage, weight_bytes
+from edgeqwen.targets import list_profiles, load_profile
+
+GENAI = [p.name for p in list_profiles() if p.backend == "genai"]
+
+
+def _config(shape: Shape, context: int) -> dict:
+    cfg = {"model_type": shape.family, "hidden_size": shape.hidden, "num_hidden_layers": shape.layers,
+           "num_attention_heads": shape.heads, "num_key_value_heads": shape.kv_heads,
+           "intermediate_size": shape.intermediate, "vocab_size": shape.vocab, "tie_word_embeddings": shape.tied,
+           "max_position_embeddings": context}
+    if shape.head_dim:
+        cfg["head_dim"] = shape.head_dim
+    return cfg
+
+
+@pytest.mark.parametrize("model", [m for m in CATALOGUE if m.shape], ids=lambda m: m.name)
+def test_catalogue_parameter_counts_are_transformers_own(model):
+    """Each shape's parameter count equals transformers' model of that config (built on the meta device: no
+    memory), so the sizes plan derives from it count the same tensors."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    cfg = AutoConfig.for_model(**_config(model.shape, model.context))
+    with torch.device("meta"):
+        m = AutoModelForCausalLM.from_config(cfg)
+    assert model.shape.parameters == sum(p.numel() for p in m.parameters())
+    assert Shape.from_config(cfg.to_dict()) == model.shape
+
+
+def test_catalogue_sizes_match_the_published_model_names():
+    """Published sizes (the number in the name) within 10 %: catches a wrong layer count or width."""
+    for m in CATALOGUE:
+        if m.shape and "Qwen2.5" in m.name:
+            named = float(m.name.split("-")[-2].removesuffix("B"))
+            assert abs(m.shape.parameters / 1e9 / named - 1) < 0.10, m.name
+    assert find("Qwen2.5-7B-Instruct").shape.parameters == 7_615_616_512  # the 7B shape we build, counted there
+    assert not find("Qwen3-30B-A3B").shape and "mixture of experts" in find("Qwen3-30B-A3B").why_not
+
+
+@pytest.mark.parametrize("fixture", ["tiny-qwen2", "tiny-qwen3-tied", "tiny-qwen2.5-yarn"])
+@pytest.mark.parametrize("target", GENAI)
+def test_weight_bytes_equal_what_the_build_writes(artifacts, checkpoints, fixture, target):
+    """The size rule is exact (up to the graph's few int64 shape constants) for every genai profile:
+    tied and untied, Qwen2 bias and Qwen3 norms, int4/int8 RTN, ModelBuilder int4, fp16, fp32."""
+    if fixture != "tiny-qwen2" and target not in ("cpu-int4", "directml-int4", "cpu-fp32"):
+        pytest.skip("one fixture covers the remaining profiles")
+    built = artifacts(fixture, target)
+    m = built.manifest
+    config = json.loads((checkpoints(fixture) / "config.json").read_text())
+    actual = sum(v for k, v in m["quantization"]["initializer_bytes"].items() if k != "int64")
+    est = weight_bytes(Shape.from_config(config), storage(load_profile(target)), config["max_position_embeddings"])
+    assert est == actual
+
+
+def test_nonnegative_fit_recovers_known_costs_and_drops_a_negative_term():
+    """Hand-made rows: time = 2 ms + bytes / 10 GB/s exactly; a feature whose best weight would be negative
+    (here: rows marked 1 run 0.5 ms faster) is dropped, not allowed to make a cost negative."""
+    exact = [(f"c{i}/a", {"per_token": 1.0, "bytes_int4": b}, 0.002 + b / 1e10)
+             for i, b in enumerate([1e8, 3e8, 1e9, 4e9])]
+    coef = nonnegative_fit(exact)
+    assert coef["per_token"] == pytest.approx(0.002, rel=1e-6)
+    assert coef["bytes_int4"] == pytest.approx(1e-10, rel=1e-6)
+    assert max(abs(e) for e in leave_one_out(exact)) < 1e-6  # exact data: every left-out point predicted exactly
+    marked = [(a, {**f, "marked": float(i % 2)}, y - 0.0005 * (i % 2)) for i, (a, f, y) in enumerate(exact)]
+    coef = nonnegative_fit(marked)
+    assert "marked" not in coef and all(v >= 0 for v in coef.values())
+    off = exact[:-1] + [(exact[-1][0], exact[-1][1], exact[-1][2] * 1.5)]  # one point off by 50 %
+    assert max(abs(e) for e in leave_one_out(off)) > 0.2  # and the left-out error shows it
+
+
+def test_shipped_calibration_covers_real_sizes_and_reports_its_own_errors():
+    """The calibration in the wheel was measured on the 0.5B..7B shapes, every kernel family cpu profiles use,
+    and its stated errors are the largest of its own left-out errors (not a rounder number)."""
+    cal = builtin_calibration()
+    names = {p["artifact"] for p in cal.points}
+    for shape in ("q05", "q15", "q3b", "q7b"):
+        assert any(n.startswith(shape + "-") for n in names), shape
+    assert {"int4", "int8", "fp32"} <= cal.kinds("decode")
+    for q in QUANTITIES:
+        errs = [abs(p["left_out_error"]) for p in cal.points if p["quantity"] == q and p["left_out_error"] is not None]
+        assert errs and max(errs) == pytest.approx(cal.errors[q]), q
+    assert cal.errors["size"] < 0.01  # sizes are exact but for the tokenizer's bytes
+
+
+def test_decode_is_memory_bound_in_the_fit():
+    """Physical sense of the fitted model: a bigger model or a wider format never decodes faster."""
+    cal = builtin_calibration()
+    s4, s8 = storage(load_profile("cpu-int4")), storage(load_profile("cpu-int8"))
+    t = lambda m, s: cal.predict("decode", decode_features(find(m).shape, s, 0))
+    assert t("Qwen2.5-0.5B-Instruct", s4) < t("Qwen2.5-3B-Instruct", s4) < t("Qwen2.5-7B-Instruct", s4)
+    assert t("Qwen2.5-3B-Instruct", s4) < t("Qwen2.5-3B-Instruct", s8)
+
+
+def _plan(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "edgeqwen.cli", "plan", *args], capture_output=True, text=True)
+
+
+def test_plan_command_json_fits_budget_best_first():
+    r = _plan("--ram", "6G", "--context", "4096", "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    err = out["errors"]["memory"]
+    assert out["fits"], "something fits in 6 GiB"
+    for row in out["fits"]:
+        assert row["memory_bytes"] * (1 + err) <= 6 * 2**30
+        assert row["decode_tokens_per_s"] is None or row["decode_tokens_per_s"] >= 5
+        assert row["profile"].startswith("cpu-")  # this device: cpu profiles only
+    params = [row["parameters"] for row in out["fits"]]
+    assert params == sorted(params, reverse=True)
+    big = [r for r in out["rejected"] if r["model"] == "Qwen2.5-72B-Instruct"]
+    assert big and all("GiB >" in r["why_not"] for r in big)
+    assert any(m["model"] == "Qwen3-30B-A3B" for m in out["not_buildable"])
+
+
+def test_plan_task_filter_and_readable_table_with_explain():
+    r = _plan("--ram", "8G", "--task", "code", "--explain")
+    assert r.returncode == 0, r.stderr
+    table = r.stdout.split("Do not fit")[0]
+    assert "Coder" in table and "Qwen3-" not in table and "Math" not in table
+    assert "leave one checkpoint out" in r.stdout and "q7b-cpu-int4" in r.stdout
+    r = _plan("--ram", "8G", "--task", "math", "--context", "8192", "--json")
+    rejected = json.loads(r.stdout)["rejected"]
+    assert any("context 4,096 < 8,192" in x["why_not"] for x in rejected)  # the Math models hold 4K
+
+
+@pytest.mark.parametrize("args,needle", [(["--ram", "lots"], "is not a size like 8G"),
+                                         (["--device", "/nonexistent.json"], "not an `edgeqwen bench` report"),
+                                         (["--target", "no-such-profile"], "no-such-profile")])
+def test_plan_bad_input_is_one_line(args, needle):
+    r = _plan(*args)
+    assert r.returncode != 0
+    assert needle in r.stderr and "Traceback" not in r.stderr
+
+
+def test_plan_from_a_bench_report_of_another_device(artifacts, tmp_path):
+    """A bench report measured on the device sets the speed scale: the plan for that report's own artifact
+    shape predicts the report's own decode speed back."""
+    from edgeqwen.bench.run import bench
+    from edgeqwen.bench.speed import SpeedPlan
+
+    folder = artifacts("tiny-qwen2.5", "cpu-int4").folder
+    bench(folder, tmp_path / "rep", SpeedPlan(prompt_lengths=(16,), depths=(0,), decode_tokens=8, reps=1))
+    report = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert report["artifact"]["config"]["hidden_size"] == 64  # the shape travels in the report
+    r = _plan("--device", str(tmp_path / "rep" / "report.json"), "--ram", "4G", "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert "report:" in out["speed_scales"]
+    assert all(row["profile"] == "cpu-int4" or row["profile"].startswith("cpu-") for row in out["fits"])
+
+
+def test_plan_runs_without_the_compiler_packages():
+    """Planning happens before anything is built: the base install (runtime, bench) is enough."""
+    from test_runtime_import import BLOCKED, SCRIPT
+
+    blocked = [b for b in BLOCKED if b != "edgeqwen.bench"]  # device facts come from the bench package
+    head = SCRIPT.format(blocked=blocked, folder="unused").split("import edgeqwen")[0]
+    body = "from edgeqwen.cli import main\nraise SystemExit(main(['plan', '--ram', '4G', '--json']))\n"
+    r = subprocess.run([sys.executable, "-c", head + body], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["fits"]
