@@ -63,7 +63,8 @@ def validation_lines(v: dict[str, Any]) -> list[str]:
     parity = [f for f in v["failures"] if not f.startswith("quantisation loss")]
     verdict = "PASS" if not parity else "FAIL: " + "; ".join(parity)
     return [
-        f"  {'parity (the compiler, exact math check)' if v.get('quantization_loss') else 'verdict'}: {verdict}",
+        f"  verdict: {verdict}" + (" (parity: the compiler, against transformers computing with the artifact's own "
+                                   "weights)" if v.get("quantization_loss") else ""),
         *([f"  reference: {v['reference']} on {v.get('execution_provider', '?')}"] if v.get("reference") else []),
         f"  {s['positions']} teacher-forced positions: max |dlogit| {s['max_abs_logit_diff']:.3g}, "
         f"KL mean {s['kl_mean']:.3g} / p99 {s['kl_p99']:.3g} nats, top-1 agreement {s['top1_agreement']:.1%}",
