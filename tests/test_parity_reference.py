@@ -103,7 +103,7 @@ def test_the_fp32_compute_twin_is_exact_where_int8_compute_is_not(tmp_path, k, n
 def test_a_manifest_without_stacked_sources_is_refused_in_one_line(tmp_path):
     from edgeqwen.errors import EdgeQwenError
 
-    with pytest.raises(EdgeQwenError, match="rebuild it"):
+    with pytest.raises(EdgeQwenError, match="streaming exporter"):
         ArtifactWeights(tmp_path, {"runtime": {}, "quantization": {"export": {}}})
 
 

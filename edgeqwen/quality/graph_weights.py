@@ -114,7 +114,8 @@ class ArtifactWeights:
         stacked = manifest.get("quantization", {}).get("export", {}).get("stacked_sources")
         if stacked is None:
             raise EdgeQwenError(f"{folder}: the manifest does not say which checkpoint tensors its quantised weights "
-                                f"hold (built by --exporter olive or an older edgeqwen); rebuild it")
+                                f"hold, so the parity gate cannot run (built by --exporter olive or an older "
+                                f"edgeqwen); build with the streaming exporter (the default), or --no-validate")
         model_file = manifest["runtime"].get("model_file", "model.onnx")
         self.file = (_OrtFile if model_file.endswith(".ort") else _OnnxFile)(folder / model_file)
         self.where: dict[str, tuple[QuantNode, int, int]] = {}  # name -> (node, first row, rows)
