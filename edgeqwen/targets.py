@@ -60,6 +60,27 @@ class ValidationBounds:
     greedy_tokens: int = 48
 
 
+# The ModelBuilder graph's node names an OnnxBlockWiseRtnQuantization pass may list in nodes_to_include,
+# and which weights they are; the streaming exporter and `edgeqwen plan` both read passes through this.
+RTN_NODE_ROLES = {"/lm_head/MatMul": "lm_head", "/model/embed_tokens/Gather": "embedding"}
+
+
+def rtn_roles(options: dict[str, Any], where: str) -> list[str]:
+    """Which weights an OnnxBlockWiseRtnQuantization pass quantises: all (its default; Olive's pass quantises
+    Gather tables too), or the lm_head / embedding nodes it includes by name."""
+    if options.get("nodes_to_exclude"):
+        raise ProfileError(f"{where}: nodes_to_exclude is not one the streaming exporter applies; list the nodes "
+                           f"to include instead, or build with --exporter olive")
+    include = options.get("nodes_to_include")
+    if not include:
+        return ["lm_head", "embedding", "weights"]
+    unknown = [n for n in include if n not in RTN_NODE_ROLES]
+    if unknown:
+        raise ProfileError(f"{where}: nodes_to_include {unknown} are not ones the streaming exporter knows "
+                           f"({', '.join(RTN_NODE_ROLES)}); build with --exporter olive")
+    return [RTN_NODE_ROLES[n] for n in include]
+
+
 @dataclass(frozen=True)
 class QualityBounds:
     """What quantisation may cost, measured against the fp32 checkpoint (not the parity gate): a bound is

@@ -65,7 +65,7 @@ def test_weights_read_back_are_the_kernels_weights(tmp_path, k, n, block, bits, 
     step = np.abs(w).max() / (2 ** (bits - 1) - 1)
     assert np.abs(deq - w).max() <= step  # within one quantisation step
     assert np.array_equal(aw.rows("b.weight", 3, 7), deq[n // 2 + 3:n // 2 + 7])  # row slices read alone
-    assert aw.act_block("a.weight") is None
+    assert aw.where["a.weight"][0].accuracy_level == 0
     a = np.random.default_rng(1).standard_normal((5, k)).astype(np.float32)
     y = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"]).run(None, {"A": a})[0]
     ref = a.astype(np.float64) @ deq.T.astype(np.float64)
@@ -85,7 +85,7 @@ def test_the_fp32_compute_twin_is_exact_where_int8_compute_is_not(tmp_path, k, n
     art.mkdir()
     _, manifest = _one_matmul(art, k, n, block, bits, symmetric, accuracy=4)
     aw = ArtifactWeights(art, manifest)
-    assert aw.act_block("a.weight") == block
+    assert aw.where["a.weight"][0].accuracy_level == 4
     deq = np.concatenate([aw.rows("a.weight"), aw.rows("b.weight")]).astype(np.float64)
     a = np.random.default_rng(2).standard_normal((7, k)).astype(np.float32)
     run = lambda f: ort.InferenceSession(str(f / "model.onnx"), providers=["CPUExecutionProvider"]).run(None, {"A": a})[0]
@@ -93,7 +93,7 @@ def test_the_fp32_compute_twin_is_exact_where_int8_compute_is_not(tmp_path, k, n
     scale = np.abs(plain).max()
     assert np.abs(run(art) - plain).max() / scale > 1e-3
     twin = exact_compute_twin(art, manifest, tmp_path / "twin")
-    assert ArtifactWeights(twin, manifest).act_block("a.weight") is None
+    assert ArtifactWeights(twin, manifest).where["a.weight"][0].accuracy_level == 0
     assert np.abs(run(twin) - plain).max() / scale < 1e-5
     for f in art.iterdir():
         assert (twin / f.name).stat().st_size == f.stat().st_size

@@ -14,9 +14,7 @@ import math
 from dataclasses import dataclass
 
 from edgeqwen.plan.catalogue import Shape
-from edgeqwen.targets import TargetProfile
-
-NODE_ROLES = {"/lm_head/MatMul": "lm_head", "/model/embed_tokens/Gather": "embedding"}
+from edgeqwen.targets import TargetProfile, rtn_roles
 
 
 @dataclass(frozen=True)
@@ -69,8 +67,7 @@ def storage(profile: TargetProfile) -> Storage:
         if p.type == "OnnxBlockWiseRtnQuantization":
             o = p.options
             fmt = Format(int(o.get("bits", 4)), int(o.get("block_size", 128)), bool(o.get("is_symmetric", True)))
-            include = o.get("nodes_to_include") or list(NODE_ROLES) + ["weights"]
-            for role in (NODE_ROLES.get(n, n) for n in include):
+            for role in rtn_roles(o, f"profile {profile.name}"):
                 roles.setdefault(role, fmt)
     return Storage(roles.get("weights", base), roles.get("lm_head", base), roles.get("embedding"), io)
 

@@ -4,8 +4,7 @@ checkpoint's tensor names: what the parity reference computes with.
 Nothing is recomputed from the checkpoint: the blocks, scales and zero points are the bytes the
 artifact ships (model.onnx + model.onnx.data, or the ORT-format model.ort of android profiles). The
 manifest says which checkpoint tensors each quantised weight stacks (``stacked_sources``: a fused qkv
-weight is q, k and v rows in order). MatMulNBits with accuracy_level 4 quantises its input to int8 per
-block of K on the fly; ``act_block`` says where, so the reference can do the same.
+weight is q, k and v rows in order).
 """
 
 from __future__ import annotations
@@ -152,11 +151,6 @@ class ArtifactWeights:
     def shape(self, name: str) -> tuple[int, int]:
         node, _, rows = self.where[name]
         return rows, node.k
-
-    def act_block(self, name: str) -> int | None:
-        """The block along K in which MatMulNBits quantises this weight's input to int8, or None."""
-        node = self.where[name][0]
-        return node.block if node.op == "MatMulNBits" and node.accuracy_level == 4 else None
 
     def block(self, name: str) -> int:
         return self.where[name][0].block

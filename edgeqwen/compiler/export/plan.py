@@ -14,7 +14,7 @@ import numpy as np
 from edgeqwen.compiler.export.genai import GenaiPlan
 from edgeqwen.compiler.export.weights import FloatWeights, NBitsWeights
 from edgeqwen.errors import ProfileError
-from edgeqwen.targets import TargetProfile
+from edgeqwen.targets import TargetProfile, rtn_roles
 
 # Our graph passes after Olive, and what the streaming exporter does in their place.
 GRAPH_PASSES_BUILT_IN = {
@@ -23,26 +23,6 @@ GRAPH_PASSES_BUILT_IN = {
     "rope_caches": "rotary tables are computed by transformers' own rope code",
 }
 _EXPORTER = "edgeqwen.compiler.export.genai (streaming, in place of Olive's ModelBuilder pass)"
-
-
-# The ModelBuilder graph's node names an RTN pass may list in nodes_to_include, and what they are.
-NODE_ROLES = {"/lm_head/MatMul": "lm_head", "/model/embed_tokens/Gather": "embedding"}
-
-
-def _roles(options: dict[str, Any], where: str) -> list[str]:
-    """Which weights an OnnxBlockWiseRtnQuantization pass quantises: all (its default; Olive's pass quantises
-    Gather tables too), or the lm_head / embedding nodes it includes by name."""
-    if options.get("nodes_to_exclude"):
-        raise ProfileError(f"{where}: nodes_to_exclude is not one the streaming exporter applies; list the nodes "
-                           f"to include instead, or build with --exporter olive")
-    include = options.get("nodes_to_include")
-    if not include:
-        return ["lm_head", "embedding", "weights"]
-    unknown = [n for n in include if n not in NODE_ROLES]
-    if unknown:
-        raise ProfileError(f"{where}: nodes_to_include {unknown} are not ones the streaming exporter knows "
-                           f"({', '.join(NODE_ROLES)}); build with --exporter olive")
-    return [NODE_ROLES[n] for n in include]
 
 
 def genai_plan(profile: TargetProfile) -> tuple[GenaiPlan, list[dict[str, Any]]]:
@@ -75,7 +55,7 @@ def genai_plan(profile: TargetProfile) -> tuple[GenaiPlan, list[dict[str, Any]]]
         bits = int(o.get("bits", 4))
         fmt = NBitsWeights(bits, int(o.get("block_size", 128)), bool(o.get("is_symmetric", True)),
                            int(o.get("accuracy_level", 0)), io)
-        for role in _roles(o, where):
+        for role in rtn_roles(o, where):
             roles.setdefault(role, fmt)  # a node an earlier pass quantised is MatMulNBits: later passes skip it
         records.append({"profile_pass": p.type, "options": o,
                         "done_by": f"onnxruntime quantize_matmul_{bits}bits, one block of rows at a time as the "
