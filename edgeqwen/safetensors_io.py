@@ -16,7 +16,7 @@ import numpy as np
 
 from edgeqwen.errors import CheckpointError
 
-SIZES = {"F32": 4, "F16": 2, "BF16": 2}
+SIZES = {"F32": 4, "F16": 2, "BF16": 2, "U8": 1}  # U8: the packed values of a quantised checkpoint
 
 
 class TensorFile:
@@ -57,8 +57,9 @@ class TensorFile:
         dtype = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}[e["dtype"]]
         return torch.frombuffer(buf, dtype=dtype).reshape(e["shape"]) if buf else torch.empty(e["shape"], dtype=dtype)
 
-    def rows(self, name: str, start: int = 0, stop: int | None = None) -> np.ndarray:
-        """Rows [start, stop) of a tensor (all of a 1-D one) as fp32 numpy: one contiguous read."""
+    def rows(self, name: str, start: int = 0, stop: int | None = None, raw: bool = False) -> np.ndarray:
+        """Rows [start, stop) of a tensor (all of a 1-D one) as fp32 numpy (``raw``: as stored, for packed
+        integers): one contiguous read."""
         e = self.entries[name]
         shape = e["shape"]
         row = math.prod(shape[1:]) * SIZES[e["dtype"]]
@@ -68,6 +69,8 @@ class TensorFile:
         if self.file.readinto(buf) != len(buf):
             raise CheckpointError(f"{self.file.name}: {name} is cut short")
         out_shape = (stop - start, *shape[1:])
+        if raw:
+            return np.frombuffer(buf, dtype=_NP[e["dtype"]]).reshape(out_shape)
         return to_fp32(np.frombuffer(buf, dtype=_NP[e["dtype"]]), e["dtype"]).reshape(out_shape)
 
     def __enter__(self) -> TensorFile:
@@ -103,7 +106,7 @@ def write_safetensors(path: Path, layout: list[tuple[str, str, list[int]]], tens
             del t
 
 
-_NP = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16}
+_NP = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "U8": np.uint8}
 
 
 def to_fp32(raw: np.ndarray, code: str) -> np.ndarray:
@@ -126,8 +129,8 @@ class CheckpointTensors:
     def shape(self, name: str) -> tuple[int, ...]:
         return self.where[name].shape(name)
 
-    def rows(self, name: str, start: int = 0, stop: int | None = None) -> np.ndarray:
-        return self.where[name].rows(name, start, stop)
+    def rows(self, name: str, start: int = 0, stop: int | None = None, raw: bool = False) -> np.ndarray:
+        return self.where[name].rows(name, start, stop, raw)
 
     def nbytes(self, name: str) -> int:
         """Stored bytes of a tensor (in its checkpoint dtype)."""

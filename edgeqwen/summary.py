@@ -74,10 +74,24 @@ def validation_lines(v: dict[str, Any]) -> list[str]:
         *([f"  int8 activations in MatMulNBits (the shipped kernel vs its fp32-compute twin): KL mean "
            f"{i['kl_mean']:.3g} / p99 {i['kl_p99']:.3g} nats, top-1 {i['top1_agreement']:.1%}"]
           if (i := v.get("int8_activations")) else []),
-        *([f"  weights: all {w['tensors']} quantised tensors within {w['max_error_steps']:.3g} quantisation steps of the "
-           f"checkpoint's"] if (w := v.get("weights")) else []),
+        *(weight_lines(w) if (w := v.get("weights")) else []),
         *loss_lines(v.get("quantization_loss"), v.get("weights", {}).get("worst_tensors", [])),
     ]
+
+
+def weight_lines(w: dict[str, Any]) -> list[str]:
+    """The byte half of the parity gate: RTN weights against the checkpoint, GPTQ ones against the values
+    Olive's pass chose (exact)."""
+    pre = w.get("prequantized", 0)
+    if not pre:
+        return [f"  weights: all {w['tensors']} quantised tensors within {w['max_error_steps']:.3g} quantisation steps "
+                f"of the checkpoint's"]
+    checked = pre - len(w.get("unchecked", []))
+    line = (f"  weights: {pre} of {w['tensors']} quantised tensors are the values Olive's pass chose"
+            + (f" ({checked} checked, largest difference {w.get('prequantized_max_steps', 0):.2g} steps)" if checked else
+               " (not checked: its quantised checkpoint was a build intermediate)"))
+    return [line] + ([f"    the other {w['tensors'] - pre} within one quantisation step of the checkpoint's"]
+                     if w["tensors"] > pre else [])
 
 
 def loss_lines(loss: dict[str, Any] | None, worst: list[dict[str, Any]]) -> list[str]:

@@ -62,6 +62,18 @@ class ValidationBounds:
 
 # The ModelBuilder graph's node names an OnnxBlockWiseRtnQuantization pass may list in nodes_to_include,
 # and which weights they are; the streaming exporter and `edgeqwen plan` both read passes through this.
+# Olive's PyTorch weight quantisation passes, which a genai profile may list before ModelBuilder (they run on
+# the transformers model; edgeqwen.compiler.torch_quant)
+TORCH_PASSES = ("Gptq", "Rtn", "KQuant")
+def table_block(block: int, hidden: int) -> int:
+    """The block a quantised embedding table is stored with: GatherBlockQuantized needs the block to divide
+    the hidden size (every Qwen's does at 128); a smaller hidden size takes the largest power of two, 16
+    or more, that does; 0 when none does (the table stays float)."""
+    while block > 16 and hidden % block:
+        block //= 2
+    return 0 if hidden % block else block
+
+
 RTN_NODE_ROLES = {"/lm_head/MatMul": "lm_head", "/model/embed_tokens/Gather": "embedding"}
 
 

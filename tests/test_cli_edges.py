@@ -102,7 +102,7 @@ def test_cpu_fallback_warning_is_one_line_without_source(artifacts):
 @pytest.mark.slow
 @pytest.mark.parametrize("exporter", ["streaming", "olive"])
 def test_build_progress_is_for_people(checkpoints, tmp_path, exporter):
-    r = cli("build", checkpoints("tiny-qwen3"), "-t", "cpu-int4", "-o", tmp_path / "a", "--no-validate",
+    r = cli("build", checkpoints("tiny-qwen3"), "-t", "cpu-int4-fast", "-o", tmp_path / "a", "--no-validate",
             "--exporter", exporter)
     assert r.returncode == 0, r.stderr
     progress = r.stderr

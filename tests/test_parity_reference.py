@@ -147,7 +147,7 @@ def unseen(tmp_path_factory):
 def _cases():
     """Quick tier: every config on cpu-int4 and every int profile on one config; slow tier: all pairs."""
     for config in UNSEEN:
-        for target in ("cpu-int4", "android-cpu-int4", "directml-int4", "cpu-int8"):
+        for target in ("cpu-int4", "cpu-int4-fast", "android-cpu-int4", "directml-int4", "cpu-int8"):
             quick = config == "gqa7-hidden112" or target == "cpu-int4"
             yield pytest.param(config, target, marks=() if quick else pytest.mark.slow, id=f"{config}-{target}")
 
@@ -174,7 +174,7 @@ def test_one_perturbed_tensor_fails_the_gate(artifacts, checkpoints, tmp_path):
     from edgeqwen.runtime.engine import Engine
     from edgeqwen.targets import load_profile
 
-    good = artifacts("tiny-qwen2", "cpu-int4").folder
+    good = artifacts("tiny-qwen2", "cpu-int4-fast").folder  # RTN (GPTQ's own case: tests/test_gptq.py)
     bad = tmp_path / "bad"
     shutil.copytree(good, bad)
     manifest = json.loads((bad / "edgeqwen.json").read_text())
@@ -188,7 +188,7 @@ def test_one_perturbed_tensor_fails_the_gate(artifacts, checkpoints, tmp_path):
         f.seek(int(info["offset"]))
         f.write(row.tobytes())
     write_manifest(bad, {k: v for k, v in manifest.items() if k not in ("files", "format_version")})  # rehash: the files are "valid"
-    profile = load_profile("cpu-int4")
+    profile = load_profile("cpu-int4-fast")
     ok = validate_apart(lambda: Engine(good, verify="size"), checkpoints("tiny-qwen2"), 1, profile.validation,
                         log=lambda s: None)
     broken = validate_apart(lambda: Engine(bad, verify="size"), checkpoints("tiny-qwen2"), 1, profile.validation,

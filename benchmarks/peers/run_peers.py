@@ -29,6 +29,10 @@ SCHEMA = "edgeqwen.bench.peers/1"
 
 def make_peers(args, cache: Path, log) -> tuple[list, dict[str, str]]:
     peers, skipped = [EdgeQwenPeer(a, args.threads) for a in args.artifact], {}
+    names = [p.name for p in peers]
+    for p, a in zip(peers, args.artifact):  # two artifacts of one profile: tell them apart by folder
+        if names.count(p.name) > 1:
+            p.name = f"{p.name} ({Path(a).name})"
     if args.no_genai_builder:
         skipped["onnxruntime-genai default"] = "--no-genai-builder (its builder holds the whole model: ~90 GB for 7B)"
     else:

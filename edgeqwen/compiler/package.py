@@ -30,15 +30,23 @@ def save_graph(model, folder: Path) -> None:
 def copy_side_files(src: Path, dst: Path, ckpt: Checkpoint) -> str:
     """Copy tokenizer and configs; write the chat template as its own file. Returns its file name."""
     for name in COPIED:
-        if (src / name).is_file():
-            shutil.copy2(src / name, dst / name)
-        elif (ckpt.path / name).is_file():
-            shutil.copy2(ckpt.path / name, dst / name)
+        origin = src / name if (src / name).is_file() else ckpt.path / name
+        if name == "tokenizer.json" and origin.is_file():
+            compact_json(origin, dst / name)
+        elif origin.is_file():
+            shutil.copy2(origin, dst / name)
     template = _chat_template(src) or _chat_template(ckpt.path)
     if template is None:
         raise RuntimeError(f"{ckpt.path} has no chat template (tokenizer_config.json or chat_template.jinja)")
     (dst / "chat_template.jinja").write_text(template, encoding="utf-8")
     return "chat_template.jinja"
+
+
+def compact_json(src: Path, dst: Path) -> None:
+    """The same JSON without indentation: tokenizers saves tokenizer.json pretty-printed, each merge pair
+    on four lines (262 KB -> 106 KB for a 4,096-token vocabulary); the parsed content is identical."""
+    data = json.loads(src.read_text(encoding="utf-8"))
+    dst.write_text(json.dumps(data, ensure_ascii=False, separators=(",", ":")), encoding="utf-8")
 
 
 def _chat_template(folder: Path) -> str | None:

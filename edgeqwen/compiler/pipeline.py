@@ -25,6 +25,7 @@ from edgeqwen.compiler.adapter import (
 from edgeqwen.compiler.adapter import merge as merge_adapter
 from edgeqwen.compiler.checkpoint import Checkpoint, open_checkpoint
 from edgeqwen.compiler.flows import FlowOutput, get_flow, known_flows
+from edgeqwen.compiler.torch_quant import leading_torch_passes
 from edgeqwen.compiler.progress import Progress
 from edgeqwen.errors import ProfileError, ValidationFailed
 from edgeqwen.targets import QualityBounds, TargetProfile, load_profile
@@ -69,7 +70,8 @@ def build(model: str, target: str, out: Path | None = None, *, validate: bool = 
     t0 = time.perf_counter()
     profile = load_profile(target)
     check_profile(profile)
-    progress = Progress(3 + validate + (adapter is not None), quiet=quiet)
+    progress = Progress(3 + validate + (adapter is not None) + bool(leading_torch_passes(list(profile.olive_passes))),
+                        quiet=quiet)
     with progress.step("Checking checkpoint"):
         ckpt = open_checkpoint(model, revision)
         progress.say(f"    {ckpt.architecture} ({ckpt.family}), {ckpt.parameter_count / 1e6:.1f}M parameters, "
@@ -90,13 +92,16 @@ def build(model: str, target: str, out: Path | None = None, *, validate: bool = 
         manifest = _manifest(ckpt, profile, flow)
         if lora is not None:
             manifest["adapter"] = lora.describe(adapter_scale)
-        shutil.rmtree(work)  # Olive's cache and intermediate models: not part of the artifact
+        if flow.quantized_checkpoint is None:
+            shutil.rmtree(work)  # Olive's cache and intermediate models: not part of the artifact
         if validate:
             with progress.step("Validating against the transformers reference"):
                 quality = replace(profile.quality, max_kl_mean=max_kl) if max_kl is not None else profile.quality
-                manifest["validation"] = _validate(art, manifest, built_from, profile, progress, quality)
+                manifest["validation"] = _validate(art, manifest, built_from, profile, progress, quality,
+                                                   flow.quantized_checkpoint)
         else:
             manifest["validation"] = {"skipped": True}
+        shutil.rmtree(work, ignore_errors=True)  # kept until here only for a quantised checkpoint to check against
         shutil.rmtree(stage / "merged", ignore_errors=True)  # the merged checkpoint was the build's input only
         manifest["build"]["seconds"] = round(time.perf_counter() - t0, 1)
         manifest["build"]["step_seconds"] = progress.timings
@@ -146,7 +151,7 @@ def _manifest(ckpt: Checkpoint, profile: TargetProfile, flow: FlowOutput) -> dic
 
 
 def _validate(art: Path, manifest: dict[str, Any], ckpt: Checkpoint, profile: TargetProfile,
-              progress: Progress, quality: QualityBounds) -> dict[str, Any]:
+              progress: Progress, quality: QualityBounds, quantized: Path | None = None) -> dict[str, Any]:
     from edgeqwen.quality.validation import validate_apart
     from edgeqwen.runtime.engine import Engine
 
@@ -159,7 +164,7 @@ def _validate(art: Path, manifest: dict[str, Any], ckpt: Checkpoint, profile: Ta
             return Engine(art, verify="size")
 
     result = validate_apart(open_engine, ckpt.path, ckpt.parameter_count, profile.validation, log=progress.say,
-                            quality=quality)
+                            quality=quality, quantized=quantized)
     verdict = "PASS" if result["passed"] else "FAIL: " + "; ".join(result["failures"])
     progress.say(f"    verdict: {verdict}")
     loss = result.get("quantization_loss")

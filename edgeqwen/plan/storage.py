@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass
 
 from edgeqwen.plan.catalogue import Shape
-from edgeqwen.targets import TargetProfile, rtn_roles
+from edgeqwen.targets import TORCH_PASSES, TargetProfile, rtn_roles, table_block
 
 
 @dataclass(frozen=True)
@@ -22,6 +22,9 @@ class Format:
     bits: int  # 32, 16 (float) or 8, 4 (blocks)
     block: int = 0  # quantisation block along K (0: float)
     symmetric: bool = True
+    # Olive's PyTorch passes (GPTQ): a layer whose K the block does not divide takes the largest power-of-two
+    # block that does (edgeqwen.compiler.torch_quant.group_overrides); ONNX RTN pads K to whole blocks instead
+    divides: bool = False
 
     @property
     def kind(self) -> str:
@@ -31,9 +34,14 @@ class Format:
         """Bytes of one [N, K] weight: MatMulNBits B + scales (+ zero points) for block formats."""
         if not self.block:
             return n * k * self.bits // 8
-        kb = math.ceil(k / self.block)
+        block = self.block
+        while self.divides and k % block and block > 16:
+            block //= 2
+        if self.divides and k % block:  # no power-of-two block divides K: one per row
+            block = 1 << (k - 1).bit_length()
+        kb = math.ceil(k / block)
         zero = 0 if self.symmetric else n * math.ceil(kb * self.bits / 8)
-        return n * kb * (self.block * self.bits // 8 + scale_bytes) + zero
+        return n * kb * (block * self.bits // 8 + scale_bytes) + zero
 
 
 @dataclass(frozen=True)
@@ -56,13 +64,17 @@ class Storage:
 def storage(profile: TargetProfile) -> Storage:
     """The storage a genai profile's passes produce (static-shape profiles are not planned)."""
     passes = list(profile.olive_passes)
+    roles: dict[str, Format] = {}
+    while passes and passes[0].type in TORCH_PASSES:  # Olive's PyTorch passes before the builder: the layers
+        o = passes.pop(0).options
+        roles.setdefault("weights", Format(int(o.get("bits", 4)), int(o.get("group_size", 128)),
+                                           bool(o.get("sym", False)), divides=True))
     mb = passes[0].options
     extra = dict(mb.get("extra_options") or {})
     precision = str(mb.get("precision", "fp32"))
     dml = profile.execution_provider == "dml"
     io = 2 if precision == "fp16" or (precision == "int4" and dml) else 4
     base = Format(4, int(extra.get("int4_block_size", 32))) if precision == "int4" else Format(8 * io)
-    roles: dict[str, Format] = {}
     for p in passes[1:]:
         if p.type == "OnnxBlockWiseRtnQuantization":
             o = p.options
@@ -74,9 +86,15 @@ def storage(profile: TargetProfile) -> Storage:
 
 def weight_bytes(shape: Shape, s: Storage, positions: int) -> int:
     """Bytes of every initializer the build writes for ``shape`` (model.onnx.data and inline)."""
-    total = s.linear_bytes(shape)
     v, h = shape.vocab, shape.hidden
     head = s.lm_head
+    if shape.tied and s.embedding is not None and head.block and head.symmetric and table_block(head.block, h):
+        head = Format(head.bits, table_block(head.block, h), head.symmetric)  # as the exporter stores it
+        s = Storage(s.weights, head, s.embedding, s.float_bytes)
+    emb = s.embedding
+    if not shape.tied and emb is not None and emb.block and emb.symmetric and table_block(emb.block, h):
+        s = Storage(s.weights, head, Format(emb.bits, table_block(emb.block, h), emb.symmetric), s.float_bytes)
+    total = s.linear_bytes(shape)
     # A tied table is stored once when the embedding can read the lm_head's own storage: float (the lm_head
     # MatMul reads the embedding) or symmetric blocks dividing the hidden size (GatherBlockQuantized).
     shared = shape.tied and (not head.block or (s.embedding is not None and head.symmetric and h % head.block == 0))
@@ -85,7 +103,9 @@ def weight_bytes(shape: Shape, s: Storage, positions: int) -> int:
             total += s.embedding.matrix_bytes(v, h, s.float_bytes)
         else:
             total += v * h * s.float_bytes
-    rotary = 2 * positions * (shape.head_size // 2) * s.float_bytes  # cos and sin caches
+    # cos/sin are a constant subgraph onnxruntime folds at load: the file holds inv_freq [head/2] and
+    # start, limit, delta, scale, all float64 (the folded tables, 2 x positions x head/2, are in memory only)
+    rotary = (shape.head_size // 2 + 4) * 8
     return total + shape.small_params() * s.float_bytes + rotary
 
 

@@ -115,6 +115,8 @@ class ArtifactWeights:
             raise EdgeQwenError(f"{folder}: the manifest does not say which checkpoint tensors its quantised weights "
                                 f"hold, so the parity gate cannot run (built by --exporter olive or an older "
                                 f"edgeqwen); build with the streaming exporter (the default), or --no-validate")
+        # quantised by an Olive PyTorch pass (GPTQ) before export: B initializers whose values that pass chose
+        self.prequantized = set(manifest["quantization"]["export"].get("prequantized", []))
         model_file = manifest["runtime"].get("model_file", "model.onnx")
         self.file = (_OrtFile if model_file.endswith(".ort") else _OnnxFile)(folder / model_file)
         self.where: dict[str, tuple[QuantNode, int, int]] = {}  # name -> (node, first row, rows)
@@ -144,6 +146,9 @@ class ArtifactWeights:
 
     def __contains__(self, name: str) -> bool:
         return name in self.where
+
+    def is_prequantized(self, name: str) -> bool:
+        return self.where[name][0].data in self.prequantized
 
     def names(self) -> list[str]:
         return list(self.where)

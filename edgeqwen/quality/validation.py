@@ -162,14 +162,16 @@ def compare(reference: Reference, art: ArtifactOutputs, bounds: ValidationBounds
 
 
 def validate_apart(open_engine: Callable[[], Any], model_path: Path, parameters: int, bounds: ValidationBounds,
-                   log=print, quality: QualityBounds | None = None) -> dict[str, Any]:
+                   log=print, quality: QualityBounds | None = None, quantized: Path | None = None) -> dict[str, Any]:
     """The artifact's side first, then the reference's, never both in memory: the peak is the larger
     of the two. ``open_engine()`` gives the runtime Engine (nobody else may hold it, so that it is
     freed before the reference loads); the reference is whole or layer by layer (``open_reference``).
 
     An artifact with quantised weights is checked twice: the gate (``bounds``) against
     the parity reference, transformers computing with the artifact's own weights; then what quantisation
-    cost against the plain fp32 model, reported and bounded only by ``quality``'s bounds if set."""
+    cost against the plain fp32 model, reported and bounded only by ``quality``'s bounds if set.
+    ``quantized``: the checkpoint an Olive PyTorch pass (GPTQ) quantised, whose values the artifact's
+    repacked weights must be exactly."""
     t0 = time.perf_counter()
     engine = open_engine()
     provider, manifest, folder = engine.provider, engine.manifest, engine.folder
@@ -196,7 +198,7 @@ def validate_apart(open_engine: Callable[[], Any], model_path: Path, parameters:
     gc.collect()
     if weights is not None:
         log("    weights: the artifact's quantised values against the checkpoint's, in quantisation steps")
-        check = check_weights(weights, Path(model_path))
+        check = check_weights(weights, Path(model_path), quantized=quantized)
         result["weights"] = check
         if check["not_quantisations"]:
             result["passed"] = False

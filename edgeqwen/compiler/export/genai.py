@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -33,6 +33,7 @@ from edgeqwen.compiler.export.weights import (
     linear,
 )
 from edgeqwen.safetensors_io import CheckpointTensors
+from edgeqwen.targets import table_block
 
 MODEL_FILE, DATA_FILE = "model.onnx", "model.onnx.data"
 MASK = "/model/attn_mask_reformat/attn_mask_subgraph"
@@ -68,12 +69,24 @@ class Shape:
                    float(c.get("rms_norm_eps", 1e-6)), int(c.get("max_position_embeddings", 4096)))
 
 
+def shared_head_block(plan: GenaiPlan, hidden: int, tied: bool) -> GenaiPlan:
+    """Quantised tables in a block GatherBlockQuantized can read (edgeqwen.targets.table_block): a tied
+    model's lm_head (shared with the embedding, rather than storing the table twice), an untied embedding."""
+    role = "lm_head" if tied else "embedding"
+    fmt = getattr(plan, role) if tied or plan.embedding is not None else plan.weights
+    if not (plan.quantized_embedding and isinstance(fmt, NBitsWeights) and fmt.symmetric):
+        return plan
+    block = table_block(fmt.block_size, hidden)
+    return plan if block in (0, fmt.block_size) else replace(plan, **{role: replace(fmt, block_size=block)})
+
+
 class Writer:
     """Builds the graph's node list in order while weights stream into the data file."""
 
     def __init__(self, ckpt: Checkpoint, plan: GenaiPlan, src: CheckpointTensors, data: DataFile,
                  log: Callable[[str], None]) -> None:
-        self.ckpt, self.plan, self.shape = ckpt, plan, Shape.of(ckpt.config)
+        self.shape = Shape.of(ckpt.config)
+        self.ckpt, self.plan = ckpt, shared_head_block(plan, self.shape.hidden, "lm_head.weight" not in src)
         self.sink = Sink(data, src, [], [], set())
         self.io = plan.io_dtype
         self.consts: set[str] = set()
@@ -120,11 +133,15 @@ class Writer:
                  f"{written:.2f} GiB written, {elapsed:.0f} s elapsed, ~{left:.0f} s left")
 
 
-def write(ckpt: Checkpoint, plan: GenaiPlan, out: Path, log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
-    """Write model.onnx, model.onnx.data and genai_config.json into ``out``; returns what it did."""
+def write(ckpt: Checkpoint, plan: GenaiPlan, out: Path, log: Callable[[str], None] = lambda s: None,
+          weights_from: Path | None = None) -> dict[str, Any]:
+    """Write model.onnx, model.onnx.data and genai_config.json into ``out``; returns what it did.
+    ``weights_from``: read the tensors from this folder (a checkpoint an Olive pass quantised) instead."""
     from edgeqwen.compiler.export.genai_config import genai_config
 
-    with CheckpointTensors(ckpt.path, list(ckpt.weight_files)) as src:
+    folder, files = (ckpt.path, list(ckpt.weight_files)) if weights_from is None else \
+        (weights_from, sorted(p.name for p in weights_from.glob("*.safetensors")))
+    with CheckpointTensors(folder, files) as src:
         data = DataFile(out / DATA_FILE)
         try:
             w = Writer(ckpt, plan, src, data, log)
@@ -149,7 +166,8 @@ def write(ckpt: Checkpoint, plan: GenaiPlan, out: Path, log: Callable[[str], Non
     onnx.save_model(model, str(out / MODEL_FILE))
     (out / "genai_config.json").write_text(json.dumps(genai_config(ckpt, plan, w.shape), indent=4))
     return {"seconds": round(time.perf_counter() - w.t0, 1), "data_bytes": data.size,
-            "tensors_read": len(w.sink.consumed), "layout": plan.layout, "stacked_sources": w.sink.stacked}
+            "tensors_read": len(w.sink.consumed), "layout": plan.layout, "stacked_sources": w.sink.stacked,
+            "prequantized": sorted(w.sink.prequantized)}
 
 
 def _io(w: Writer) -> tuple[list, list]:
@@ -221,13 +239,32 @@ def _mask(w: Writer) -> tuple[str, str]:
 
 
 def _rope(w: Writer) -> tuple[str, str]:
-    """cos/sin tables [positions, head_dim/2] computed by transformers' own rotary module."""
-    from edgeqwen.compiler.passes.rope_caches import reference_tables
+    """cos/sin tables [positions, head_dim/2] as a constant subgraph of transformers' own frequencies:
+    onnxruntime folds it into the tables when the session loads (bit-identical to tables computed in float64
+    and rounded once to fp32), so the artifact stores head_dim/2 + 4 numbers, not 2 x positions x head_dim/2
+    (8.4 MB on the Qwen2.5-0.5B shape)."""
+    from onnx import numpy_helper
 
-    cos, sin, _ = reference_tables(w.ckpt.config, w.ckpt.architecture, w.shape.positions)
-    w.sink.inits.append(w.sink.data.tensor("cos_cache", cos.astype(w.io)))
-    w.sink.inits.append(w.sink.data.tensor("sin_cache", sin.astype(w.io)))
-    return "cos_cache", "sin_cache"
+    from edgeqwen.compiler.passes.rope_caches import rotary_parameters
+
+    inv_freq, scale, _ = rotary_parameters(w.ckpt.config, w.ckpt.architecture)
+    q = "/model/rotary"
+    values = {"start": 0.0, "limit": float(w.shape.positions), "delta": 1.0, "scale": scale}
+    for name, v in values.items():
+        w.sink.inits.append(numpy_helper.from_array(np.array(v, dtype=np.float64), f"rotary.{name}"))
+    w.sink.inits.append(numpy_helper.from_array(inv_freq.astype(np.float64).reshape(1, -1), "rotary.inv_freq"))
+    pos = w.node("Range", ["rotary.start", "rotary.limit", "rotary.delta"], f"{q}/Range")[0]  # [P] float64
+    pos = w.node("Unsqueeze", [pos, w.const([1])], f"{q}/Unsqueeze")[0]  # [P, 1]
+    freqs = w.node("Mul", [pos, "rotary.inv_freq"], f"{q}/Mul")[0]  # [P, head_dim/2]
+    out = []
+    for fn in ("Cos", "Sin"):
+        y = w.node(fn, [freqs], f"{q}/{fn}")[0]
+        y = w.node("Mul", [y, "rotary.scale"], f"{q}/{fn}/Scale")[0]  # YaRN's attention scaling (else 1)
+        y = w.node("Cast", [y], f"{q}/{fn}/Cast", to=TensorProto.FLOAT)[0]  # rounded once to fp32, as before
+        if w.io != np.float32:
+            y = w.node("Cast", [y], f"{q}/{fn}/CastIO", to=helper.np_dtype_to_tensor_dtype(np.dtype(w.io)))[0]
+        out.append(y)
+    return out[0], out[1]
 
 
 def _layer(w: Writer, i: int, hidden: str, residual: str, mask: tuple[str, str], rope: tuple[str, str]) -> tuple[str, str]:

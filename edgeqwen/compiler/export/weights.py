@@ -39,6 +39,8 @@ class Sink:
     # quantised weight initializer -> [[checkpoint tensor, rows], ...] stacked in it, in order: the manifest
     # keeps it so validation can read the artifact's own quantised weights back under checkpoint names
     stacked: dict = field(default_factory=dict)
+    # B initializers repacked from a checkpoint an Olive PyTorch pass quantised -> (bits, block size)
+    prequantized: dict = field(default_factory=dict)
 
     def node(self, op: str, inputs: list[str], outputs: list[str], name: str, domain: str = "", **attrs) -> None:
         self.nodes.append(helper.make_node(op, inputs, outputs, name=name, domain=domain, **attrs))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 from edgeqwen.artifact import RuntimeSpec
@@ -26,6 +27,9 @@ class FlowOutput:
     quantization: dict[str, Any]  # read back from the graphs, not from the profile
     package_steps: dict[str, Any]
     graph_passes: dict[str, Any] = field(default_factory=dict)
+    # a checkpoint an Olive PyTorch pass quantised (in the build's work folder): validation checks the
+    # artifact's weights are its values exactly
+    quantized_checkpoint: Path | None = None
 
 
 def known_flows() -> set[str]:

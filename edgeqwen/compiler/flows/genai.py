@@ -11,6 +11,7 @@ Two exporters compute the profile's passes:
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,12 @@ def run(ckpt: Checkpoint, profile: TargetProfile, work: Path, art: Path, progres
         raise CheckpointError(f"head_dim {head} is not a multiple of 16, which onnxruntime's GroupQueryAttention "
                               f"(genai profiles) requires; edgeqwen cannot build this shape for {profile.name}")
     if exporter == "streaming":
-        return _run_streaming(ckpt, profile, art, progress)
+        return _run_streaming(ckpt, profile, work, art, progress)
+    from edgeqwen.compiler.torch_quant import leading_torch_passes
+
+    if leading_torch_passes(list(profile.olive_passes)):
+        raise ProfileError(f"profile {profile.name} calibrates Olive's PyTorch passes on local text, which only the "
+                           f"streaming exporter feeds them; build without --exporter olive")
     from edgeqwen.compiler.olive import run_olive
 
     with progress.step(f"Olive passes for {profile.name}: " + " -> ".join(p.type for p in profile.olive_passes)):
@@ -43,23 +49,32 @@ def run(ckpt: Checkpoint, profile: TargetProfile, work: Path, art: Path, progres
         return _package(olive_out, art, ckpt, profile, progress)
 
 
-def _run_streaming(ckpt: Checkpoint, profile: TargetProfile, art: Path, progress: Progress) -> FlowOutput:
+def _run_streaming(ckpt: Checkpoint, profile: TargetProfile, work: Path, art: Path, progress: Progress) -> FlowOutput:
     import onnx
 
+    from edgeqwen.compiler import torch_quant
     from edgeqwen.compiler.export.genai import write
     from edgeqwen.compiler.export.plan import GRAPH_PASSES_BUILT_IN, genai_plan
     from edgeqwen.compiler.graph_report import quantization_report
 
     plan, records = genai_plan(profile)
+    torch_steps = torch_quant.leading_torch_passes(list(profile.olive_passes))
+    weights_from = None
+    if torch_steps:
+        torch_quant.check_memory(torch_steps, ckpt.parameter_count, profile.name)
+        with progress.step("Olive " + " -> ".join(t.type for t in torch_steps) + " on the model in memory"):
+            weights_from = torch_quant.run(torch_steps, ckpt.path, work, progress.say)
+            plan, records = genai_plan(profile, torch_quant.quantization_config(weights_from))
     steps = " -> ".join(p.type for p in profile.olive_passes)
     with progress.step(f"Streaming export for {profile.name} ({steps}, weight by weight)"):
-        done = write(ckpt, plan, art, progress.say)
+        done = write(ckpt, plan, art, progress.say, weights_from=weights_from)
     with progress.step("Packaging"):
         quant = quantization_report(onnx.load(str(art / package.MODEL_FILE), load_external_data=False))
         quant["export"] = {"exporter": "streaming", "steps": records, **done}
         passes = {name: {"applied": True, "by": "streaming exporter", "summary": GRAPH_PASSES_BUILT_IN[name]}
                   for name in profile.graph_passes}
-        return _finish(ckpt.path, art, art, ckpt, profile, progress, quant, passes)
+        out = _finish(ckpt.path, art, art, ckpt, profile, progress, quant, passes)
+        return replace(out, quantized_checkpoint=weights_from)
 
 
 def _package(olive_out: Path, art: Path, ckpt: Checkpoint, profile: TargetProfile, progress: Progress) -> FlowOutput:

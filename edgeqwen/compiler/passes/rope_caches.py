@@ -18,8 +18,9 @@ from onnx import numpy_helper
 _DYNAMIC = {"dynamic", "longrope"}
 
 
-def reference_tables(config: dict[str, Any], architecture: str, positions: int) -> tuple[np.ndarray, np.ndarray, str]:
-    import torch
+def rotary_parameters(config: dict[str, Any], architecture: str) -> tuple[np.ndarray, float, str]:
+    """(inv_freq [head_dim/2] float64, attention scaling, rope type) from transformers' own rotary module
+    (YaRN's blended frequencies and scaling included)."""
     from transformers import AutoConfig
 
     cfg = AutoConfig.for_model(**{k: v for k, v in config.items() if k not in ("architectures",)})
@@ -32,10 +33,14 @@ def reference_tables(config: dict[str, Any], architecture: str, positions: int) 
     else:
         from transformers.models.qwen2.modeling_qwen2 import Qwen2RotaryEmbedding as Rotary
     rotary = Rotary(cfg)
-    inv_freq = rotary.inv_freq.double()
-    freqs = torch.outer(torch.arange(positions, dtype=torch.float64), inv_freq)
-    scale = float(rotary.attention_scaling)
-    return (torch.cos(freqs) * scale).float().numpy(), (torch.sin(freqs) * scale).float().numpy(), kind
+    return rotary.inv_freq.double().numpy(), float(rotary.attention_scaling), kind
+
+
+def reference_tables(config: dict[str, Any], architecture: str, positions: int) -> tuple[np.ndarray, np.ndarray, str]:
+    """cos/sin [positions, head_dim/2], computed in float64 and rounded once to fp32."""
+    inv_freq, scale, kind = rotary_parameters(config, architecture)
+    freqs = np.outer(np.arange(positions, dtype=np.float64), inv_freq)
+    return (np.cos(freqs) * scale).astype(np.float32), (np.sin(freqs) * scale).astype(np.float32), kind
 
 
 def run(model: onnx.ModelProto, ctx) -> dict[str, Any]:
