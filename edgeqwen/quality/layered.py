@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -102,20 +102,30 @@ class LayeredReference(Reference):
         return xs
 
     def logits_many(self, seqs: list[list[int]]) -> list[np.ndarray]:
-        """[T_i, V] for each sequence: the lm_head one block of vocabulary rows at a time (a tied
-        checkpoint has no lm_head.weight: the embedding table is the output matrix)."""
-        torch = self.torch
+        """[T_i, V] for each sequence (a tied checkpoint has no lm_head.weight: the embedding table is
+        the output matrix)."""
+        return [self._head(x[0]) for x in self._hidden_many(seqs)]
+
+    def logits_chunks(self, seqs: list[list[int]], split: Callable[[int], list[tuple[int, int]]]
+                      ) -> Iterator[tuple[int, int, np.ndarray]]:
+        """(sequence index, a, logits [b - a, V]) for each [a, b) of ``split(len(seq))``: the layers once
+        for all sequences, then the lm_head read once per chunk (a long text's logits never all exist)."""
         xs = [x[0] for x in self._hidden_many(seqs)]  # [T_i, H] each
-        src = self.src
+        for i, x in enumerate(xs):
+            for a, b in split(x.shape[0]):
+                yield i, a, self._head(x[a:b])
+
+    def _head(self, x) -> np.ndarray:
+        """[T, V] logits of hidden rows ``x`` [T, H], the output matrix one block of rows at a time."""
+        torch, src = self.torch, self.src
         key = "lm_head.weight" if "lm_head.weight" in src else "model.embed_tokens.weight"
+        vocab = src.shape(key)[0]
+        out = np.empty((x.shape[0], vocab), dtype=np.float32)
         with torch.no_grad():
-            vocab = src.shape(key)[0]
-            outs = [np.empty((x.shape[0], vocab), dtype=np.float32) for x in xs]
             for v0 in range(0, vocab, HEAD_ROWS):
                 w = torch.from_numpy(src.rows(key, v0, min(vocab, v0 + HEAD_ROWS)))  # [rows, H]
-                for x, out in zip(xs, outs):
-                    out[:, v0:v0 + w.shape[0]] = torch.nn.functional.linear(x, w).numpy()
-        return outs
+                out[:, v0:v0 + w.shape[0]] = torch.nn.functional.linear(x, w).numpy()
+        return out
 
     def logits(self, ids: list[int]) -> np.ndarray:
         return self.logits_many([ids])[0]

@@ -32,14 +32,31 @@ def perplexity(nll: np.ndarray) -> float:
     return float(np.exp(np.mean(nll)))
 
 
-def per_token(ref_logits: np.ndarray, test_logits: np.ndarray, targets: np.ndarray) -> dict[str, np.ndarray]:
-    """The per-token quantities of one window; small enough to keep for a whole text, unlike the logits."""
-    return {
-        "kl": kl_divergence(ref_logits, test_logits),
-        "nll_test": token_nll(test_logits, targets),
-        "nll_ref": token_nll(ref_logits, targets),
-        "agree": ref_logits.argmax(-1) == test_logits.argmax(-1),
-    }
+def per_token(ref_logits: np.ndarray, test_logits: np.ndarray, targets: np.ndarray,
+              rows: int = 8) -> dict[str, np.ndarray]:
+    """The per-token quantities of one window; small enough to keep for a whole text, unlike the logits.
+
+    ``rows`` at a time, in place, in float64: [8, 151936] temporaries stay in cache, where whole-window
+    log-softmaxes of [512, 151936] are 622 MB each (4x slower, measured). The same numbers as
+    ``kl_divergence`` and ``token_nll`` to 1e-15."""
+    parts: dict[str, list[np.ndarray]] = {"kl": [], "nll_test": [], "nll_ref": [], "agree": []}
+    for s in range(0, len(targets), rows):
+        p = ref_logits[s:s + rows].astype(np.float64)  # [r, V]
+        q = test_logits[s:s + rows].astype(np.float64)
+        t, picked = targets[s:s + rows], np.arange(min(rows, len(targets) - s))
+        p -= p.max(axis=-1, keepdims=True)
+        q -= q.max(axis=-1, keepdims=True)
+        ep = np.exp(p)
+        sum_p = ep.sum(axis=-1)
+        lse_p, lse_q = np.log(sum_p), np.log(np.exp(q).sum(axis=-1))  # log p = p - lse_p
+        parts["nll_ref"].append(lse_p - p[picked, t])
+        parts["nll_test"].append(lse_q - q[picked, t])
+        parts["agree"].append(ref_logits[s:s + rows].argmax(-1) == test_logits[s:s + rows].argmax(-1))
+        # KL = sum_v P (log P - log Q) = sum_v ep (p - q) / sum_p - lse_p + lse_q
+        p -= q
+        p *= ep
+        parts["kl"].append(np.maximum(p.sum(axis=-1) / sum_p - lse_p + lse_q, 0.0))
+    return {k: np.concatenate(v) if v else np.zeros(0) for k, v in parts.items()}
 
 
 def summarize(parts: list[dict[str, np.ndarray]]) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -66,6 +67,17 @@ class Reference:
 
     def logits_many(self, seqs: list[list[int]]) -> list[np.ndarray]:
         return [self.logits(ids) for ids in seqs]
+
+    def logits_chunks(self, seqs: list[list[int]], split: Callable[[int], list[tuple[int, int]]]
+                      ) -> Iterator[tuple[int, int, np.ndarray]]:
+        """(sequence index, a, logits [b - a, V]) for each [a, b) of ``split(len(seq))``: one forward
+        pass per sequence, the lm_head per chunk (a long text's logits never all exist at once)."""
+        torch = self.torch
+        with torch.no_grad():
+            for i, ids in enumerate(seqs):
+                hidden = self.model.model(torch.tensor([ids])).last_hidden_state[0]  # [T, H]
+                for a, b in split(len(ids)):
+                    yield i, a, self.model.lm_head(hidden[a:b]).float().numpy()
 
     def greedy(self, ids: list[int], n: int) -> list[int]:
         with self.torch.no_grad():

@@ -25,6 +25,7 @@ from typing import Any, Callable
 import numpy as np
 
 from edgeqwen.quality.graph_weights import ArtifactWeights
+from edgeqwen.quality.loss_text import ArtifactLogits, compare_loss, run_artifact_loss
 from edgeqwen.quality.metrics import kl_divergence, token_nll
 from edgeqwen.quality.parity import exact_compute_twin
 from edgeqwen.quality.reference import (
@@ -169,53 +170,68 @@ def validate_apart(open_engine: Callable[[], Any], model_path: Path, parameters:
 
     An artifact with quantised weights is checked twice: the gate (``bounds``) against
     the parity reference, transformers computing with the artifact's own weights; then what quantisation
-    cost against the plain fp32 model, reported and bounded only by ``quality``'s bounds if set.
-    ``quantized``: the checkpoint an Olive PyTorch pass (GPTQ) quantised, whose values the artifact's
-    repacked weights must be exactly."""
+    cost against the plain fp32 model on the built-in loss text (edgeqwen.quality.loss_text), reported
+    and bounded only by ``quality``'s bounds if set. ``quantized``: the checkpoint an Olive PyTorch pass
+    (GPTQ) quantised, whose values the artifact's repacked weights must be exactly."""
     t0 = time.perf_counter()
     engine = open_engine()
     provider, manifest, folder = engine.provider, engine.manifest, engine.folder
     tokenizer = load_tokenizer(model_path)
     outputs = run_artifact(engine, tokenizer, bounds.greedy_tokens)
-    del engine  # the model and its weights go with the last reference
-    gc.collect()
     weights = artifact_weights(folder, manifest)
-    exact = outputs
-    if weights is not None:
-        with tempfile.TemporaryDirectory(prefix=f".{folder.name}-twin-", dir=folder.parent) as tmp:
-            twin = exact_compute_twin(folder, manifest, Path(tmp) / "twin")
-            if twin is not None:
-                log("    the same artifact with fp32 compute in MatMulNBits (its twin), for the parity check")
-                exact = run_artifact(_engine(twin), tokenizer, bounds.greedy_tokens)
-                gc.collect()
-    log(f"    artifact side done in {time.perf_counter() - t0:.0f} s (peak RSS so far {peak_rss_mb()} MB)")
-    if weights is not None:
-        log("    parity: transformers with the artifact's own quantised weights")
-    reference = open_reference(model_path, parameters, log, weights)
-    result = compare(reference, exact, bounds, log)
-    result["reference"] = type(reference).__name__ + (" with the artifact's weights" if weights else "")
-    del reference
-    gc.collect()
-    if weights is not None:
-        log("    weights: the artifact's quantised values against the checkpoint's, in quantisation steps")
-        check = check_weights(weights, Path(model_path), quantized=quantized)
-        result["weights"] = check
-        if check["not_quantisations"]:
-            result["passed"] = False
-            result["failures"].append("weights not a quantisation of the checkpoint: " + ", ".join(
-                f"{t['tensor']} ({t['error_steps']:.3g} steps off)" for t in check["not_quantisations"][:3]))
-        if exact is not outputs:
-            result["int8_activations"] = int8_effect(exact, outputs)
-        log("    quantisation loss: the fp32 checkpoint")
-        plain = open_reference(model_path, parameters, log)
-        loss = quantization_loss(compare(plain, outputs, ValidationBounds(), log), quality or QualityBounds())
-        result["quantization_loss"] = loss
-        if loss["failures"]:
-            result["passed"] = False
-            result["failures"] += loss["failures"]
+    with tempfile.TemporaryDirectory(prefix=f".{folder.name}-validation-", dir=folder.parent) as tmp:
+        loss_logits = run_artifact_loss(engine, tokenizer, Path(tmp), log) if weights is not None else None
+        del engine  # the model and its weights go with the last reference
+        gc.collect()
+        twin = None if weights is None else _twin_outputs(folder, manifest, Path(tmp), tokenizer, bounds, log)
+        exact = twin or outputs
+        log(f"    artifact side done in {time.perf_counter() - t0:.0f} s (peak RSS so far {peak_rss_mb()} MB)")
+        if weights is not None:
+            log("    parity: transformers with the artifact's own quantised weights")
+        reference = open_reference(model_path, parameters, log, weights)
+        result = compare(reference, exact, bounds, log)
+        result["reference"] = type(reference).__name__ + (" with the artifact's weights" if weights else "")
+        del reference
+        gc.collect()
+        if weights is not None:
+            _weights_and_loss(result, weights, model_path, parameters, quantized, loss_logits, quality, log)
+            if exact is not outputs:
+                result["int8_activations"] = int8_effect(exact, outputs)
     result["execution_provider"] = provider
     result["seconds"] = round(time.perf_counter() - t0, 2)
     return result
+
+
+def _twin_outputs(folder: Path, manifest: dict[str, Any], tmp: Path, tokenizer, bounds: ValidationBounds,
+                  log) -> ArtifactOutputs | None:
+    """The prompts run on the artifact's fp32-compute twin (exact MatMulNBits), for the parity check."""
+    twin = exact_compute_twin(folder, manifest, tmp / "twin")
+    if twin is None:
+        return None
+    log("    the same artifact with fp32 compute in MatMulNBits (its twin), for the parity check")
+    out = run_artifact(_engine(twin), tokenizer, bounds.greedy_tokens)
+    gc.collect()
+    return out
+
+
+def _weights_and_loss(result: dict[str, Any], weights: ArtifactWeights, model_path: Path, parameters: int,
+                      quantized: Path | None, loss_logits: ArtifactLogits, quality: QualityBounds | None,
+                      log) -> None:
+    """The weight check (a quantisation of the checkpoint, in steps) and the loss against fp32, into ``result``."""
+    log("    weights: the artifact's quantised values against the checkpoint's, in quantisation steps")
+    check = check_weights(weights, Path(model_path), quantized=quantized)
+    result["weights"] = check
+    if check["not_quantisations"]:
+        result["passed"] = False
+        result["failures"].append("weights not a quantisation of the checkpoint: " + ", ".join(
+            f"{t['tensor']} ({t['error_steps']:.3g} steps off)" for t in check["not_quantisations"][:3]))
+    log(f"    quantisation loss: the fp32 checkpoint on the built-in text ({loss_logits.tokens} tokens)")
+    loss = quantization_loss(compare_loss(open_reference(model_path, parameters, log), loss_logits),
+                             quality or QualityBounds())
+    result["quantization_loss"] = loss
+    if loss["failures"]:
+        result["passed"] = False
+        result["failures"] += loss["failures"]
 
 
 def _engine(folder: Path):
@@ -248,7 +264,7 @@ def quantization_loss(cmp: dict[str, Any], q: QualityBounds) -> dict[str, Any]:
     s = cmp["summary"]
     failures = [f"quantisation loss {k} = {s[k]:.4g} nats, bound <= {b} (--max-kl / the profile's [quality])"
                 for k, b in (("kl_mean", q.max_kl_mean), ("kl_p99", q.max_kl_p99)) if b is not None and s[k] > b]
-    return {"summary": s, "prompts": cmp["prompts"], "bounds": {k: v for k, v in q.__dict__.items() if v is not None},
+    return {"summary": s, "texts": cmp["texts"], "bounds": {k: v for k, v in q.__dict__.items() if v is not None},
             "failures": failures, "warn": s["kl_mean"] > q.warn_kl_mean}
 
 

@@ -1,0 +1,101 @@
+"""What quantisation cost, measured on a built-in text of a few thousand tokens.
+
+The parity prompts (validation.PROMPTS) are short on purpose: they prove the compiler. The loss is a
+property of the quantised weights and needs more tokens to be a stable figure, in the languages users
+ship: an English story, a Chinese one, a Python module and a chat turn (system, user and the
+assistant's answer, rendered by the checkpoint's own template). About 2,700 tokens with the Qwen
+vocabulary; all written for this file, so no model here was trained or calibrated on them.
+
+Memory stays bounded by ``CHUNK`` positions of logits on each side (151,936-way logits of the whole
+text would be 1.6 GB): the artifact scores a text a chunk at a time (the chunk's context goes in as one
+prefill step, then each token as a decode step) and its rows go to a float32 file on disk; the
+reference then scores the same chunks (``logits_chunks``) and only per-token numbers are kept.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from edgeqwen.quality.metrics import per_token, summarize
+
+CHUNK = 512  # positions per chunk: 311 MB of fp32 logits at the Qwen vocabulary
+TEXT_FILES = (("english", "english.txt"), ("chinese", "chinese.txt"), ("code", "code.py.txt"))
+CHAT_FILE = "chat.json"
+
+
+def _data(name: str) -> str:
+    return resources.files("edgeqwen.quality").joinpath("data", "loss", name).read_text(encoding="utf-8")
+
+
+def loss_sequences(tokenizer, limit: int) -> list[tuple[str, list[int]]]:
+    """(name, ids) of each built-in text, cut to ``limit`` tokens (the artifact's context)."""
+    texts = [(name, _data(file)) for name, file in TEXT_FILES]
+    kwargs = {"enable_thinking": False} if "enable_thinking" in (tokenizer.chat_template or "") else {}
+    messages = json.loads(_data(CHAT_FILE))
+    texts.append(("chat", tokenizer.apply_chat_template(messages, tokenize=False, **kwargs)))
+    return [(name, tokenizer(text, add_special_tokens=False).input_ids[:limit]) for name, text in texts]
+
+
+def chunks(length: int, size: int = CHUNK) -> list[tuple[int, int]]:
+    """[a, b) ranges of scored positions: position p's logits predict token p + 1, so 0 .. length - 2."""
+    return [(a, min(a + size, length - 1)) for a in range(0, length - 1, size)]
+
+
+@dataclass
+class ArtifactLogits:
+    """The artifact's logits for every scored position of every text, in one float32 file."""
+
+    path: Path
+    offsets: dict[str, int]  # first row of each text
+    sequences: list[tuple[str, list[int]]]
+    vocab: int
+
+    def rows(self, name: str, a: int, b: int) -> np.ndarray:
+        """[b - a, V] rows of text ``name``, read from the file (never mapped: mapped pages count in RSS)."""
+        first = self.offsets[name] + a
+        flat = np.fromfile(self.path, dtype=np.float32, count=(b - a) * self.vocab, offset=first * self.vocab * 4)
+        return flat.reshape(b - a, self.vocab)
+
+    @property
+    def tokens(self) -> int:
+        return sum(len(ids) - 1 for _, ids in self.sequences)
+
+
+def run_artifact_loss(engine, tokenizer, folder: Path, log: Callable[[str], None] = print) -> ArtifactLogits:
+    """Score the built-in texts with ``engine``; the logits go to ``folder``/loss-logits.f32."""
+    seqs = loss_sequences(tokenizer, engine.context_length - 1)
+    vocab, total = engine.backend.vocab_size, sum(len(ids) - 1 for _, ids in seqs)
+    path = folder / "loss-logits.f32"
+    offsets, row, t0 = {}, 0, time.perf_counter()
+    with open(path, "wb") as out:  # rows in order: text by text, chunk by chunk
+        for name, ids in seqs:
+            offsets[name] = row
+            for a, b in chunks(len(ids)):
+                # context ids[:a + 1] as one prefill step: rows for positions a .. b - 1  [b - a, V]
+                logits = engine.backend.teacher_forced_logits(ids[:b], prefill=a + 1)[:, :vocab]
+                out.write(np.ascontiguousarray(logits, dtype=np.float32).tobytes())
+            row += len(ids) - 1
+            elapsed = time.perf_counter() - t0
+            log(f"    loss text {name}: {row} of {total} tokens scored by the artifact, {elapsed:.0f} s elapsed, "
+                f"~{elapsed / row * (total - row):.0f} s left")
+    return ArtifactLogits(path, offsets, seqs, vocab)
+
+
+def compare_loss(reference, art: ArtifactLogits) -> dict[str, Any]:
+    """Per text and overall: KL mean/p90/p99/max, top-1 agreement and perplexity against ``reference``."""
+    names = [name for name, _ in art.sequences]
+    parts: dict[str, list[dict[str, np.ndarray]]] = {name: [] for name in names}
+    for i, a, ref in reference.logits_chunks([ids for _, ids in art.sequences], chunks):
+        name, ids = art.sequences[i]
+        b = a + ref.shape[0]
+        parts[name].append(per_token(ref, art.rows(name, a, b)[:, :ref.shape[1]], np.asarray(ids[a + 1:b + 1])))
+    texts = [{"text": name, **summarize(parts[name])} for name in names]
+    return {"summary": summarize([p for name in names for p in parts[name]]), "texts": texts}
+

@@ -1,0 +1,64 @@
+"""The quantisation loss's built-in text and its chunked scoring (edgeqwen.quality.loss_text)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgeqwen.quality.loss_text import CHUNK, chunks, loss_sequences
+from edgeqwen.quality.metrics import kl_divergence, per_token, token_nll
+
+
+@pytest.mark.parametrize("length", [2, 3, CHUNK, CHUNK + 1, CHUNK + 2, 2 * CHUNK + 7])
+def test_chunks_score_every_position_once(length):
+    """Position p predicts token p + 1, so 0 .. length - 2 are scored, each once, none past CHUNK wide."""
+    ranges = chunks(length)
+    covered = [p for a, b in ranges for p in range(a, b)]
+    assert covered == list(range(length - 1))
+    assert all(0 < b - a <= CHUNK for a, b in ranges)
+
+
+@pytest.mark.parametrize("rows", [1, 5, 8, 13])
+def test_per_token_is_the_whole_window_numbers(rows):
+    """Blocked in-place scoring gives what kl_divergence and token_nll give on the whole window."""
+    rng = np.random.default_rng(rows)
+    ref = rng.standard_normal((rows, 4099), dtype=np.float32) * 4
+    test = ref + rng.standard_normal((rows, 4099), dtype=np.float32) * 0.3
+    targets = rng.integers(0, 4099, rows)
+    got = per_token(ref, test, targets)
+    np.testing.assert_allclose(got["kl"], kl_divergence(ref, test), rtol=1e-9, atol=1e-14)
+    np.testing.assert_allclose(got["nll_test"], token_nll(test, targets), rtol=1e-12)
+    np.testing.assert_allclose(got["nll_ref"], token_nll(ref, targets), rtol=1e-12)
+    assert (got["agree"] == (ref.argmax(-1) == test.argmax(-1))).all()
+    assert (per_token(ref, ref, targets)["kl"] < 1e-12).all()
+
+
+def test_built_in_text_is_english_chinese_code_and_a_chat_turn(checkpoints):
+    """A few thousand tokens with the real Qwen vocabulary; the chat turn through the checkpoint's template."""
+    from edgeqwen.quality.reference import load_tokenizer
+
+    tok = load_tokenizer(checkpoints("tiny-qwen3"))
+    seqs = dict(loss_sequences(tok, 100_000))
+    assert list(seqs) == ["english", "chinese", "code", "chat"]
+    assert 2_000 <= sum(len(ids) for ids in seqs.values()) <= 4_000
+    assert all(len(ids) >= 250 for ids in seqs.values())
+    chinese = tok.decode(seqs["chinese"])
+    assert sum("\u4e00" <= c <= "\u9fff" for c in chinese) > 300
+    assert "def " in tok.decode(seqs["code"])
+    chat = tok.decode(seqs["chat"])
+    assert chat.count("<|im_start|>") == 3 and "<|im_start|>assistant" in chat
+    # cut to the artifact's context, never past it
+    assert all(len(ids) <= 64 for _, ids in loss_sequences(tok, 64))
+
+
+def test_int4_build_reports_the_loss_per_text_and_leaves_no_scratch(artifacts):
+    result = artifacts("tiny-qwen3", "cpu-int4")
+    loss = result.manifest["validation"]["quantization_loss"]
+    texts = {t["text"]: t for t in loss["texts"]}
+    assert list(texts) == ["english", "chinese", "code", "chat"]
+    assert sum(t["tokens"] for t in texts.values()) == loss["summary"]["tokens"] >= 2_000
+    mean = sum(t["kl_mean"] * t["tokens"] for t in texts.values()) / loss["summary"]["tokens"]
+    assert mean == pytest.approx(loss["summary"]["kl_mean"], rel=1e-9)
+    # the artifact's logits of the whole text (GBs at this vocabulary) were scratch beside the artifact
+    assert [p.name for p in result.folder.parent.iterdir() if "validation" in p.name] == []
+    assert not any(p.name.endswith(".f32") for p in result.folder.rglob("*"))
