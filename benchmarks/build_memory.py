@@ -27,7 +27,7 @@ from pathlib import Path
 
 from report_files import write_report
 
-GENAI = ["cpu-int4", "cpu-int8", "cpu-fp32", "android-cpu-int4", "directml-int4", "directml-fp16"]
+GENAI = ["cpu-int4", "cpu-int8", "cpu-fp32", "android-cpu-int4", "android-cpu-int4-fast", "directml-int4", "directml-fp16"]
 SCHEMA = "edgeqwen.bench.build-memory/1"
 EXPORT_STEPS = ("Streaming export", "Static graphs", "Olive passes")  # the flows' first step titles
 

@@ -1,4 +1,4 @@
-"""android-cpu-int4: ORT-format model and reduced operator config, validated by running the .ort here."""
+"""android-cpu-int4(-fast): ORT-format model and reduced operator config, validated by running the .ort here."""
 
 import json
 import subprocess
@@ -11,9 +11,14 @@ from edgeqwen.runtime import load
 pytestmark = pytest.mark.slow  # builds several artifacts
 
 
+# each Android profile is its desktop twin's graph in ORT format
+TWINS = [("android-cpu-int4", "cpu-int4"), ("android-cpu-int4-fast", "cpu-int4-fast")]
+
+
+@pytest.mark.parametrize("target, twin", TWINS)
 @pytest.mark.parametrize("name", ["tiny-qwen2.5", "tiny-qwen3"])
-def test_android_cpu_artifact(artifacts, name):
-    result = artifacts(name, "android-cpu-int4")
+def test_android_cpu_artifact(artifacts, name, target, twin):
+    result = artifacts(name, target)
     m, folder = result.manifest, result.folder
     assert m["validation"]["passed"], m["validation"]["failures"]
     files = set(m["files"])
@@ -24,16 +29,20 @@ def test_android_cpu_artifact(artifacts, name):
     ops = (folder / "required_operators.config").read_text()
     assert "com.microsoft;1;" in ops and "MatMulNBits" in ops and "GroupQueryAttention" in ops
     # the quantisation read back from the ONNX graph before conversion is what the .ort holds
-    assert any(w["op"] == "MatMulNBits" and w["bits"] == 4 for w in m["quantization"]["weight_ops"])
-    # same graph as cpu-int4-fast (RTN, block 64), so the same numbers (ORT-format conversion applies the same optimisations)
+    ops = m["quantization"]["weight_ops"]
+    assert ops == artifacts(name, twin).manifest["quantization"]["weight_ops"]
+    assert any(w["op"] == "MatMulNBits" and w["bits"] == 4 for w in ops)
+    # the twin's graph (GPTQ is deterministic: same calibration text, same order), so the same numbers
+    # (ORT-format conversion applies the same optimisations)
     loss = m["validation"]["quantization_loss"]["summary"]
-    assert loss["kl_mean"] == pytest.approx(artifacts(name, "cpu-int4-fast").manifest["validation"]["quantization_loss"]
+    assert loss["kl_mean"] == pytest.approx(artifacts(name, twin).manifest["validation"]["quantization_loss"]
                                             ["summary"]["kl_mean"], rel=1e-3)
     assert m["validation"]["summary"]["max_abs_logit_diff"] < 1e-3  # parity on the .ort's fp32-compute twin
 
 
-def test_run_streams_from_the_ort_artifact(artifacts):
-    folder = artifacts("tiny-qwen3", "android-cpu-int4").folder
+@pytest.mark.parametrize("target", [t for t, _ in TWINS])
+def test_run_streams_from_the_ort_artifact(artifacts, target):
+    folder = artifacts("tiny-qwen3", target).folder
     engine = load(folder)
     assert len(engine.generate("Hello", max_new_tokens=6).token_ids) == 6
     r = subprocess.run([sys.executable, "-m", "edgeqwen.cli", "run", str(folder), "Hello", "--max-new-tokens", "4",

@@ -99,5 +99,5 @@ def test_cli_reports_bad_input_in_one_line(tmp_path):
     assert not (tmp_path / "out").exists()
     r = subprocess.run([sys.executable, "-m", "edgeqwen.cli", "build", str(d), "--target", "tpu-int2"],
                        capture_output=True, text=True)
-    assert r.returncode == 2 and "unknown target 'tpu-int2'; available: android-cpu-int4, " in r.stderr
+    assert r.returncode == 2 and "unknown target 'tpu-int2'; available: android-cpu-int4-fast, android-cpu-int4, " in r.stderr
     assert "cpu-int4, cpu-int8, directml-fp16" in r.stderr

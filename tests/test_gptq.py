@@ -71,8 +71,9 @@ def test_group_overrides_follow_the_input_sizes():
     assert group_overrides({**cfg, "hidden_size": 896, "num_attention_heads": 14, "intermediate_size": 4864}, 128) == {}
 
 
-def test_a_model_too_large_for_memory_is_refused_before_loading(checkpoints, tmp_path, monkeypatch):
-    """The whole-model pass states what fits on this machine and names the streaming profile."""
+@pytest.mark.parametrize("target", ["cpu-int4", "android-cpu-int4"])
+def test_a_model_too_large_for_memory_is_refused_before_loading(checkpoints, tmp_path, monkeypatch, target):
+    """The whole-model pass states what fits on this machine and names the streaming profile beside it."""
     from edgeqwen.compiler import torch_quant
     from edgeqwen.compiler.pipeline import build
     from edgeqwen.errors import CheckpointError
@@ -80,9 +81,9 @@ def test_a_model_too_large_for_memory_is_refused_before_loading(checkpoints, tmp
     monkeypatch.setattr(torch_quant, "available_memory", lambda: 2**30)
     monkeypatch.setattr(torch_quant, "run", lambda *a, **k: pytest.fail("the pass ran"))
     with pytest.raises(CheckpointError) as e:
-        build(str(checkpoints("tiny-qwen2.5")), "cpu-int4", tmp_path / "art", quiet=True)
+        build(str(checkpoints("tiny-qwen2.5")), target, tmp_path / "art", quiet=True)
     msg = str(e.value)
-    assert "\n" not in msg and "1.0 GiB available" in msg and "cpu-int4-fast" in msg
+    assert "\n" not in msg and "1.0 GiB available" in msg and f"such as {target}-fast," in msg
     assert not (tmp_path / "art").exists()
 
 

@@ -147,7 +147,8 @@ def unseen(tmp_path_factory):
 def _cases():
     """Quick tier: every config on cpu-int4 and every int profile on one config; slow tier: all pairs."""
     for config in UNSEEN:
-        for target in ("cpu-int4", "cpu-int4-fast", "android-cpu-int4", "directml-int4", "cpu-int8"):
+        for target in ("cpu-int4", "cpu-int4-fast", "android-cpu-int4", "android-cpu-int4-fast", "directml-int4",
+                       "cpu-int8"):
             quick = config == "gqa7-hidden112" or target == "cpu-int4"
             yield pytest.param(config, target, marks=() if quick else pytest.mark.slow, id=f"{config}-{target}")
 

@@ -19,7 +19,7 @@ import pytest
 from edgeqwen.compiler.pipeline import build
 
 IDS = [785, 3974, 13876, 38835, 34208, 916, 279, 15678, 5562, 13, 576, 6556, 3974, 13876]
-GENAI_PROFILES = ["cpu-fp32", "cpu-int4-fast", "cpu-int8", "android-cpu-int4", "directml-int4", "directml-fp16"]
+GENAI_PROFILES = ["cpu-fp32", "cpu-int4-fast", "cpu-int8", "android-cpu-int4-fast", "directml-int4", "directml-fp16"]
 
 
 def _graph_summary(folder: Path):

@@ -76,7 +76,14 @@ def check_memory(steps: list[TorchQuantStep], parameters: int, profile: str, ava
             f"profile {profile} runs Olive's {kinds} pass on the whole model in memory: {parameters / 1e9:.2f}B "
             f"parameters need about {need / 2**30:.1f} GiB, this machine has {have / 2**30:.1f} GiB available "
             f"(up to about {largest / 1e9:.1f}B parameters fit); build with a streaming profile such as "
-            f"cpu-int4-fast, or on a machine with more memory")
+            f"{streaming_twin(profile)}, or on a machine with more memory")
+
+
+def streaming_twin(profile: str) -> str:
+    """The speed-first profile beside a quality-first one (``<name>-fast`` in targets/), which streams any size."""
+    from edgeqwen.targets import targets_dir
+
+    return f"{profile}-fast" if (targets_dir() / f"{profile}-fast.toml").is_file() else "cpu-int4-fast"
 
 
 def calibration_rows(tokenizer, samples: int, tokens: int) -> list[list[int]]:
