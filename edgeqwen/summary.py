@@ -104,9 +104,10 @@ def loss_lines(loss: dict[str, Any] | None, worst: list[dict[str, Any]]) -> list
         (f"within {bound}" if bound else "reported (no bound set: --max-kl or the profile's [quality])")
     lines = [f"quantisation loss (against the fp32 checkpoint): {verdict}",
              f"  KL mean {s['kl_mean']:.3g} / p90 {s['kl_p90']:.3g} / p99 {s['kl_p99']:.3g} nats, top-1 agreement "
-             f"{s['top1_agreement']:.1%}, perplexity {s['reference_perplexity']:.3g} -> {s['perplexity']:.3g}",
-             f"  on {s['tokens']:,} tokens of built-in text: KL mean " + ", ".join(
-                 f"{t['text']} {t['kl_mean']:.3g}" for t in loss.get("texts", []))]
+             f"{s['top1_agreement']:.1%}, perplexity {s['reference_perplexity']:.3g} -> {s['perplexity']:.3g}"]
+    if loss.get("texts"):  # manifests from before the built-in text scored the parity prompts instead
+        lines.append(f"  on {s['tokens']:,} tokens of built-in text: KL mean " + ", ".join(
+            f"{t['text']} {t['kl_mean']:.3g}" for t in loss["texts"]))
     if loss.get("warn"):
         lines.append(f"  warning: above {b.get('warn_kl_mean')} nats; most changed: " + ", ".join(
             f"{t['tensor']} ({t['relative_error']:.1%})" for t in worst[:3]))

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from edgeqwen.errors import CheckpointError, ProfileError
-from edgeqwen.targets import TORCH_PASSES
+from edgeqwen.targets import TORCH_PASSES, targets_dir
 
 # Our own options on these passes (Olive's are passed through unchanged).
 CALIBRATION_OPTIONS = {"calibration_samples": 32, "calibration_tokens": 512}
@@ -81,8 +81,6 @@ def check_memory(steps: list[TorchQuantStep], parameters: int, profile: str, ava
 
 def streaming_twin(profile: str) -> str:
     """The speed-first profile beside a quality-first one (``<name>-fast`` in targets/), which streams any size."""
-    from edgeqwen.targets import targets_dir
-
     return f"{profile}-fast" if (targets_dir() / f"{profile}-fast.toml").is_file() else "cpu-int4-fast"
 
 

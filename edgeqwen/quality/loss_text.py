@@ -70,22 +70,21 @@ class ArtifactLogits:
 
 def run_artifact_loss(engine, tokenizer, folder: Path, log: Callable[[str], None] = print) -> ArtifactLogits:
     """Score the built-in texts with ``engine``; the logits go to ``folder``/loss-logits.f32."""
-    seqs = loss_sequences(tokenizer, engine.context_length - 1)
-    vocab, total = engine.backend.vocab_size, sum(len(ids) - 1 for _, ids in seqs)
-    path = folder / "loss-logits.f32"
-    offsets, row, t0 = {}, 0, time.perf_counter()
-    with open(path, "wb") as out:  # rows in order: text by text, chunk by chunk
-        for name, ids in seqs:
-            offsets[name] = row
+    art = ArtifactLogits(folder / "loss-logits.f32", {}, loss_sequences(tokenizer, engine.context_length - 1),
+                         engine.backend.vocab_size)
+    row, t0 = 0, time.perf_counter()
+    with open(art.path, "wb") as out:  # rows in order: text by text, chunk by chunk
+        for name, ids in art.sequences:
+            art.offsets[name] = row
             for a, b in chunks(len(ids)):
                 # context ids[:a + 1] as one prefill step: rows for positions a .. b - 1  [b - a, V]
-                logits = engine.backend.teacher_forced_logits(ids[:b], prefill=a + 1)[:, :vocab]
+                logits = engine.backend.teacher_forced_logits(ids[:b], prefill=a + 1)[:, :art.vocab]
                 out.write(np.ascontiguousarray(logits, dtype=np.float32).tobytes())
             row += len(ids) - 1
             elapsed = time.perf_counter() - t0
-            log(f"    loss text {name}: {row} of {total} tokens scored by the artifact, {elapsed:.0f} s elapsed, "
-                f"~{elapsed / row * (total - row):.0f} s left")
-    return ArtifactLogits(path, offsets, seqs, vocab)
+            log(f"    loss text {name}: {row} of {art.tokens} tokens scored by the artifact, {elapsed:.0f} s "
+                f"elapsed, ~{elapsed / row * (art.tokens - row):.0f} s left")
+    return art
 
 
 def compare_loss(reference, art: ArtifactLogits) -> dict[str, Any]:
@@ -98,4 +97,3 @@ def compare_loss(reference, art: ArtifactLogits) -> dict[str, Any]:
         parts[name].append(per_token(ref, art.rows(name, a, b)[:, :ref.shape[1]], np.asarray(ids[a + 1:b + 1])))
     texts = [{"text": name, **summarize(parts[name])} for name in names]
     return {"summary": summarize([p for name in names for p in parts[name]]), "texts": texts}
-
