@@ -26,6 +26,8 @@ nonneg_int = _number(int, lambda v: v >= 0, "an integer >= 0")
 nonneg_float = _number(float, lambda v: 0 <= v < float("inf"), "a number >= 0")
 positive_float = _number(float, lambda v: 0 < v < float("inf"), "a number > 0")
 probability = _number(float, lambda v: 0 < v <= 1, "a number in (0, 1]")
+unit_float = _number(float, lambda v: 0 <= v <= 1, "a number in [0, 1]")
+penalty = _number(float, lambda v: -2 <= v <= 2, "a number in [-2, 2]")
 
 
 def int_list(minimum: int) -> Callable[[str], tuple[int, ...]]:

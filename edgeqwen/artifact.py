@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from edgeqwen.errors import ArtifactError
+from edgeqwen.model.sampling import SamplingDefaults
 
 MANIFEST_NAME = "edgeqwen.json"
 FORMAT_VERSION = 1
@@ -27,7 +28,8 @@ _CHUNK = 1 << 22
 
 # The runtime section's own version: the contract between the compiler that writes it and the
 # runtime that reads it. A runtime refuses a contract version it does not know instead of guessing.
-RUNTIME_CONTRACT_VERSION = 1
+# 2: sampling defaults (the checkpoint's recommended decoding); pad_token_id optional.
+RUNTIME_CONTRACT_VERSION = 2
 LOGITS_MODES = ("last_position", "all_positions")
 
 
@@ -78,8 +80,12 @@ class RuntimeSpec:
     context_length: int
     vocab_size: int
     eos_token_ids: list[int]
-    pad_token_id: int | None
     logits: str  # one of LOGITS_MODES
+    pad_token_id: int | None = None  # absent from the manifest when the checkpoint names no pad token
+    # the model's recommended decoding: plain completions and chat in the template's default mode, and
+    # chat with thinking off where the model card gives another setting (Qwen3)
+    sampling: SamplingDefaults = field(default_factory=SamplingDefaults)
+    sampling_non_thinking: SamplingDefaults | None = None
     session_options: dict[str, Any] = field(default_factory=dict)
     threads: int | str = "auto"
     model_file: str | None = None  # dynamic-KV graphs (genai)
@@ -109,16 +115,24 @@ class RuntimeSpec:
         if unknown:
             raise fail(f"has unknown field(s) {', '.join(unknown)}; rebuild the artifact with this edgeqwen")
         required = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING]
-        missing = [k for k in required if k not in raw]
+        missing = [k for k in required if raw.get(k) is None]
         if missing:
             raise fail(f"lacks {', '.join(missing)}")
-        values = dict(raw)
+        values = {k: v for k, v in raw.items() if v is not None}  # null = absent: the field's default
         _expect(values, fail, str, "backend", "execution_provider", "tokenizer", "chat_template", "family", "logits")
         _expect(values, fail, int, "context_length", "vocab_size")
         if values["logits"] not in LOGITS_MODES:
             raise fail(f"has logits {values['logits']!r}; expected one of {', '.join(LOGITS_MODES)}")
         if not isinstance(values["eos_token_ids"], list) or not all(isinstance(i, int) for i in values["eos_token_ids"]):
             raise fail("has eos_token_ids that are not a list of integers")
+        if values.get("pad_token_id") is not None:
+            _expect(values, fail, int, "pad_token_id")
+        for key in ("sampling", "sampling_non_thinking"):
+            if values.get(key) is not None:
+                try:
+                    values[key] = SamplingDefaults.from_dict(values[key])
+                except (TypeError, ValueError) as e:
+                    raise fail(f"has a malformed {key} table ({e})") from None
         if values.get("static") is not None:
             values["static"] = _static_spec(values["static"], fail)
         return cls(**values)
@@ -217,35 +231,110 @@ def load_verified(folder: Path, full: bool = True) -> dict[str, Any]:
     return manifest
 
 
+class BuildInProgress(ArtifactError):
+    """Another build holds the output folder's publish lock."""
+
+
 @contextmanager
-def staged_folder(final: Path, force: bool = False) -> Iterator[Path]:
+def staged_folder(final: Path, force: bool = False, wait: bool = False) -> Iterator[Path]:
     """Yield a temporary folder beside ``final``; rename it to ``final`` only if the block succeeds.
 
     A crash or kill leaves only a ``.<name>.edgeqwen-partial-<pid>`` folder without a manifest, which
     no loader accepts. With ``force``, an existing ``final`` is swapped out only after the new one
-    is complete.
+    is complete. Publishing is exclusive: the whole build holds a lock on ``final`` (released by the OS
+    if the process dies), so a second build into the same folder is refused at once (or, with
+    ``wait``, starts when the first is done) instead of silently replacing its result.
     """
     final = Path(final).resolve()
-    if final.exists() and not force:
-        raise ArtifactError(f"{final} already exists; choose another -o or pass --force to replace it")
     final.parent.mkdir(parents=True, exist_ok=True)
-    _sweep_stale(final)
-    tmp = final.parent / f".{final.name}{_TMP_MARKER}{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
+    with publish_lock(final, wait):
+        if final.exists() and not force:
+            raise ArtifactError(f"{final} already exists; choose another -o or pass --force to replace it")
+        _sweep_stale(final)
+        tmp = final.parent / f".{final.name}{_TMP_MARKER}{os.getpid()}"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        try:
+            yield tmp
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        if final.exists():
+            if not force:  # made by something that does not take the lock (a copy, another tool)
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise ArtifactError(f"{final} appeared while this build ran; nothing was published; "
+                                    "choose another -o or pass --force to replace it")
+            old = final.parent / f".{final.name}.old-{os.getpid()}-{int(time.time())}"
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+
+
+def lock_path(final: Path) -> Path:
+    return final.parent / f".{final.name}.edgeqwen-lock"
+
+
+@contextmanager
+def publish_lock(final: Path, wait: bool = False) -> Iterator[None]:
+    """Hold the exclusive lock on publishing ``final`` (an OS file lock on a file beside it)."""
+    path = lock_path(final)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        if not _try_lock(fd, wait):
+            holder = _read_pid(fd)
+            os.close(fd)
+            who = f"pid {holder}" if holder else "another process"
+            raise BuildInProgress(f"another edgeqwen build ({who}) is writing {final}; wait for it to finish, "
+                                  "pass --wait to start after it, or choose another -o")
+        try:  # the holder before us may have removed the file we locked: lock the one now at the path
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
     try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if final.exists():
-        old = final.parent / f".{final.name}.old-{os.getpid()}-{int(time.time())}"
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        yield
+    finally:
+        try:
+            os.unlink(path)  # removed while still locked, so a waiter re-checks and locks a fresh file
+        except OSError:
+            pass
+        os.close(fd)  # closing releases the lock
+
+
+def _try_lock(fd: int, wait: bool) -> bool:
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        import msvcrt
+
+        while True:
+            try:
+                msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+                return True
+            except OSError:
+                if not wait:
+                    return False
+                time.sleep(1.0)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        return True
+    except BlockingIOError:
+        return False
+
+
+def _read_pid(fd: int) -> int | None:
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        return int(os.read(fd, 32).decode() or 0) or None
+    except (OSError, ValueError):
+        return None
 
 
 def _sweep_stale(final: Path) -> None:

@@ -12,7 +12,7 @@ import warnings
 from pathlib import Path
 
 from edgeqwen.argtypes import byte_size, int_list, positive_float, positive_int
-from edgeqwen.errors import EdgeQwenError
+from edgeqwen.errors import EdgeQwenError, ProfileError, ValidationFailed
 from edgeqwen.extras import require
 
 
@@ -38,7 +38,8 @@ def _cmd_build(args: argparse.Namespace) -> int:
     target = args.target or default_profile_name()
     result = build(args.model, target, Path(args.output) if args.output else None, validate=not args.no_validate,
                    force=args.force, revision=args.revision, quiet=args.quiet, adapter=args.adapter,
-                   adapter_scale=args.adapter_scale, exporter=args.exporter, max_kl=args.max_kl)
+                   adapter_scale=args.adapter_scale, exporter=args.exporter, max_kl=args.max_kl, wait=args.wait,
+                   loss_text=not args.no_loss_text)
     print(format_manifest(result.manifest, str(result.folder)))
     return 0
 
@@ -54,14 +55,23 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
     manifest = load_verified(Path(args.artifact))  # every file against its hash, once
     ckpt = open_checkpoint(args.reference)  # a missing or broken reference is a one-line error
-    for line in reference_mismatch(manifest.get("source", {}), ckpt.describe()):
+    described = ckpt.describe()
+    for line in reference_mismatch(manifest.get("source", {}), described):
         print(f"edgeqwen: note: {line}", file=sys.stderr)
+    built, ref_vocab = manifest.get("source", {}).get("vocab_size"), described.get("vocab_size")
+    if built and ref_vocab and built != ref_vocab:  # logits of different widths cannot be compared token by token
+        raise ValidationFailed(f"the reference's vocabulary has {ref_vocab:,} tokens, the artifact's {built:,}: "
+                               "pass the checkpoint the artifact was built from as --reference")
     profile = TargetProfile.from_dict(manifest["profile"], f"{args.artifact} manifest")
+    if args.no_loss_text and profile.quality.max_kl_mean is not None:
+        raise ProfileError(f"profile {profile.name} bounds the quantisation loss (its [quality] table), which "
+                           "--no-loss-text skips; drop --no-loss-text")
     log = (lambda s: print(s, file=sys.stderr)) if args.json else print
     with tempfile.TemporaryDirectory(prefix="edgeqwen-validate-") as tmp:
         reference = _reference_with_adapter(manifest, ckpt, args.adapter, Path(tmp))
         result = validate_apart(lambda: Engine(args.artifact, verify="size"), reference, ckpt.parameter_count,
-                                profile.validation, log=log, quality=profile.quality)
+                                profile.validation, log=log, quality=profile.quality,
+                                loss_text=not args.no_loss_text)
     print(json.dumps(result, indent=2) if args.json else "\n".join(validation_lines(result)))
     return 0 if result["passed"] else 3
 
@@ -174,7 +184,11 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--max-kl", type=positive_float, help="refuse the build if quantisation costs more than this KL "
                                                          "(mean nats per token) against the fp32 checkpoint")
     s.add_argument("--no-validate", action="store_true", help="skip the comparison with transformers")
+    s.add_argument("--no-loss-text", action="store_true",
+                   help="validate parity only: skip the quantisation loss on the built-in text (recorded as skipped)")
     s.add_argument("--force", action="store_true", help="replace an existing artifact folder")
+    s.add_argument("--wait", action="store_true",
+                   help="if another build is writing the same output folder, start after it instead of refusing")
     s.add_argument("--quiet", "-q", action="store_true", help="no progress lines")
     s.set_defaults(func=_cmd_build)
 
@@ -182,6 +196,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("artifact")
     s.add_argument("--reference", required=True, help="the checkpoint the artifact was built from")
     s.add_argument("--adapter", help="the LoRA adapter folder merged into it at build, if any")
+    s.add_argument("--no-loss-text", action="store_true",
+                   help="parity only: skip the quantisation loss on the built-in text (recorded as skipped)")
     s.add_argument("--json", action="store_true", help="machine-readable result on stdout")
     s.set_defaults(func=_cmd_validate)
 

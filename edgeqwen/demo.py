@@ -13,7 +13,8 @@ from pathlib import Path
 
 PROMPT = "class Parser:\n    def __init__(self, text):\n"
 # Greedy with transformers' repetition penalty: a model this small loops on one line without it.
-OPTIONS = {"max_new_tokens": 96, "repetition_penalty": 1.3}
+# The demo's own setting, not the model's recorded defaults (said in its output).
+OPTIONS = {"max_new_tokens": 96, "temperature": 0.0, "repetition_penalty": 1.3}
 
 
 def _log(text: str) -> None:
@@ -55,7 +56,8 @@ def run_demo(workdir: Path, target: str, force: bool = False) -> int:
 
     engine = load(out)
     print(f"\n== a Python completion streamed from the artifact by edgeqwen.runtime ({engine.threads} threads, "
-          f"greedy, repetition penalty {OPTIONS['repetition_penalty']}, {OPTIONS['max_new_tokens']} tokens)")
+          f"the demo's own setting: greedy, repetition penalty {OPTIONS['repetition_penalty']}, "
+          f"{OPTIONS['max_new_tokens']} tokens; the model's recorded defaults: {engine.runtime.sampling.describe()})")
     print(PROMPT, end="", flush=True)
     stream = engine.stream(PROMPT, **OPTIONS)
     for delta in stream:

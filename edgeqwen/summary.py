@@ -98,6 +98,8 @@ def loss_lines(loss: dict[str, Any] | None, worst: list[dict[str, Any]]) -> list
     """The second verdict of a quantised build: what quantisation cost against the fp32 checkpoint."""
     if not loss:
         return []
+    if loss.get("skipped"):
+        return [f"quantisation loss (against the fp32 checkpoint): {loss.get('reason', 'skipped')}"]
     s, b = loss["summary"], loss.get("bounds", {})
     bound = ", ".join(f"{k} <= {v}" for k, v in b.items() if k.startswith("max_"))
     verdict = ("FAIL: " + "; ".join(loss["failures"])) if loss["failures"] else \
@@ -111,6 +113,18 @@ def loss_lines(loss: dict[str, Any] | None, worst: list[dict[str, Any]]) -> list
     if loss.get("warn"):
         lines.append(f"  warning: above {b.get('warn_kl_mean')} nats; most changed: " + ", ".join(
             f"{t['tensor']} ({t['relative_error']:.1%})" for t in worst[:3]))
+    return lines
+
+
+def sampling_lines(rt: dict[str, Any]) -> list[str]:
+    """The model's recorded decoding defaults (the runtime section's sampling tables)."""
+    from edgeqwen.model.sampling import SamplingDefaults
+
+    lines = []
+    for key, label in (("sampling", "sampling defaults"), ("sampling_non_thinking", "sampling with thinking off")):
+        if isinstance(rt.get(key), dict):
+            d = SamplingDefaults.from_dict(rt[key])
+            lines.append(f"  {label}: {d.describe()}" + (f" (from {d.source})" if d.source else ""))
     return lines
 
 
@@ -129,6 +143,7 @@ def format_manifest(m: dict[str, Any], folder: str = "") -> str:
         f"  target: {prof['name']} - {prof['description']}",
         f"  runtime: backend {rt['backend']} on {rt['execution_provider']}, context {rt['context_length']}, "
         f"threads {rt.get('threads', 'auto')}, family {rt['family']}" + (", thinking" if rt.get("thinking") else ""),
+        *sampling_lines(rt),
         f"  size on disk: {human_bytes(total)} in {len(m['files'])} files",
         "quantisation (read back from the graph):",
         *quantization_lines(m.get("quantization", {})),

@@ -18,7 +18,7 @@ TWINS = [("android-cpu-int4", "cpu-int4"), ("android-cpu-int4-fast", "cpu-int4-f
 @pytest.mark.parametrize("target, twin", TWINS)
 @pytest.mark.parametrize("name", ["tiny-qwen2.5", "tiny-qwen3"])
 def test_android_cpu_artifact(artifacts, name, target, twin):
-    result = artifacts(name, target)
+    result = artifacts(name, target, loss_text=True)
     m, folder = result.manifest, result.folder
     assert m["validation"]["passed"], m["validation"]["failures"]
     files = set(m["files"])
@@ -35,7 +35,7 @@ def test_android_cpu_artifact(artifacts, name, target, twin):
     # the twin's graph (GPTQ is deterministic: same calibration text, same order), so the same numbers
     # (ORT-format conversion applies the same optimisations)
     loss = m["validation"]["quantization_loss"]["summary"]
-    assert loss["kl_mean"] == pytest.approx(artifacts(name, twin).manifest["validation"]["quantization_loss"]
+    assert loss["kl_mean"] == pytest.approx(artifacts(name, twin, loss_text=True).manifest["validation"]["quantization_loss"]
                                             ["summary"]["kl_mean"], rel=1e-3)
     assert m["validation"]["summary"]["max_abs_logit_diff"] < 1e-3  # parity on the .ort's fp32-compute twin
 
@@ -44,8 +44,8 @@ def test_android_cpu_artifact(artifacts, name, target, twin):
 def test_run_streams_from_the_ort_artifact(artifacts, target):
     folder = artifacts("tiny-qwen3", target).folder
     engine = load(folder)
-    assert len(engine.generate("Hello", max_new_tokens=6).token_ids) == 6
+    assert len(engine.generate("Hello", max_new_tokens=6, temperature=0).token_ids) == 6
     r = subprocess.run([sys.executable, "-m", "edgeqwen.cli", "run", str(folder), "Hello", "--max-new-tokens", "4",
-                        "--json"], capture_output=True, text=True)
+                        "--temperature", "0", "--json"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["metrics"]["generated_tokens"] == 4

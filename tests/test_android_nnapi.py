@@ -187,16 +187,16 @@ def test_run_streams_from_the_nnapi_artifact(artifacts):
     with pytest.warns(RuntimeWarning, match="built for the 'nnapi' execution provider"):
         engine = load(folder)  # desktop onnxruntime has no NNAPI: the same graphs on the CPU provider
     assert engine.provider == "cpu"
-    pieces = list(engine.stream("Hello", max_new_tokens=6))
-    assert len(pieces) >= 1 and engine.generate("Hello", max_new_tokens=6).token_ids
+    pieces = list(engine.stream("Hello", max_new_tokens=6, temperature=0))
+    assert len(pieces) >= 1 and engine.generate("Hello", max_new_tokens=6, temperature=0).token_ids
     session = engine.session(think=False)  # multi-turn reuses the static KV buffers (rewound, then refilled)
-    session.send("Hi there", max_new_tokens=5).finish()
-    second = session.send("And again?", max_new_tokens=5).finish()
+    session.send("Hi there", max_new_tokens=5, temperature=0).finish()
+    second = session.send("And again?", max_new_tokens=5, temperature=0).finish()
     assert session.reused_tokens > 5
-    fresh = engine.chat(session.messages[:-1], think=False, max_new_tokens=5).finish()
+    fresh = engine.chat(session.messages[:-1], think=False, max_new_tokens=5, temperature=0).finish()
     assert second.token_ids == fresh.token_ids
     r = subprocess.run([sys.executable, "-m", "edgeqwen.cli", "run", str(folder), "Hello", "--max-new-tokens", "4",
-                        "--json"], capture_output=True, text=True)
+                        "--temperature", "0", "--json"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["metrics"]["generated_tokens"] == 4

@@ -84,7 +84,7 @@ def test_existing_output_needs_force_and_is_replaced_whole(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]
 
 
-RUNTIME = {"version": 1, "backend": "genai", "execution_provider": "cpu", "tokenizer": "tokenizer.json",
+RUNTIME = {"version": 2, "backend": "genai", "execution_provider": "cpu", "tokenizer": "tokenizer.json",
            "chat_template": "chat_template.jinja", "family": "qwen3", "thinking": True,
            "special_tokens": {"im_end": 151645}, "context_length": 2048, "vocab_size": 151936,
            "eos_token_ids": [151645, 151643], "pad_token_id": 151643, "logits": "last_position",
@@ -104,9 +104,70 @@ def test_runtime_contract_round_trips():
     assert spec.static.graphs["decode"].chunk == 1 and RuntimeSpec.from_dict(spec.to_dict()) == spec
 
 
+def _optional_fields():
+    """Every field of the runtime contract that has a default: (name, a non-default value to write)."""
+    from dataclasses import MISSING, fields
+
+    from edgeqwen.artifact import RuntimeSpec, SamplingDefaults
+
+    values = {
+        "pad_token_id": 151643,
+        "sampling": SamplingDefaults(temperature=0.7, top_p=0.8, top_k=20, min_p=0.05, repetition_penalty=1.05,
+                                     presence_penalty=1.5, source="generation_config.json"),
+        "sampling_non_thinking": SamplingDefaults(temperature=0.7, top_p=0.8, top_k=20, source="card"),
+        "session_options": {"enable_mem_pattern": False},
+        "threads": 2,
+        "model_file": "model.ort",
+        "genai_config": "genai_config.json",
+        "model_format": "ort",
+        "operator_config": "required_operators.config",
+        "static": {"graphs": {"prefill": {"file": "prefill.ort", "chunk": 64, "nodes": 10},
+                              "decode": {"file": "decode.ort", "chunk": 1, "nodes": 3}},
+                   "cache_length": 1024, "layers": 2, "kv_heads": 2, "head_dim": 32, "vocab_size": 151936,
+                   "mask_value": -1e4},
+    }
+    optional = [f.name for f in fields(RuntimeSpec)
+                if f.name != "version" and (f.default is not MISSING or f.default_factory is not MISSING)]
+    assert sorted(optional) == sorted(values), "a new optional runtime field needs a round-trip case here"
+    return list(values.items())
+
+
+@pytest.mark.parametrize("name, value", _optional_fields(), ids=lambda v: v if isinstance(v, str) else "")
+@pytest.mark.parametrize("how", ["set", "absent", "null"])
+def test_every_optional_runtime_field_round_trips(tmp_path, name, value, how):
+    """Written by the compiler's path (to_dict -> the manifest file), read back by the runtime's (from_dict):
+    equal, whether the field is set, absent (a published config without the key) or null (transformers 5)."""
+    from dataclasses import asdict, is_dataclass
+
+    from edgeqwen.artifact import RuntimeSpec, runtime_spec
+
+    raw = {k: v for k, v in RUNTIME.items() if k != name}
+    if how == "set":
+        raw[name] = asdict(value) if is_dataclass(value) else value
+    elif how == "null":
+        raw[name] = None
+    spec = RuntimeSpec.from_dict(json.loads(json.dumps(raw)))
+    if how == "set":
+        got = getattr(spec, name)
+        assert (asdict(got) if is_dataclass(got) else got) == raw[name]
+    else:  # the field's default: what an artifact without it means
+        default = RuntimeSpec.__dataclass_fields__[name]
+        assert getattr(spec, name) == (default.default_factory() if callable(default.default_factory) else default.default)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "f.bin").write_bytes(b"x")
+    write_manifest(tmp_path / "a", {"runtime": spec.to_dict(), "profile": {}})
+    back = runtime_spec(read_manifest(tmp_path / "a"))
+    assert back == spec
+
+
 @pytest.mark.parametrize("edit, message", [
-    (lambda r: r.pop("version"), "contract version None, this edgeqwen reads 1"),
-    (lambda r: r.update(version=2), "contract version 2"),
+    (lambda r: r.pop("version"), "contract version None, this edgeqwen reads 2"),
+    (lambda r: r.update(version=1), "contract version 1"),
+    (lambda r: r.update(version=3), "contract version 3"),
+    (lambda r: r.update(pad_token_id="0"), "pad_token_id must be int"),
+    (lambda r: r.update(sampling={"temperature": 0.7, "top_p": 0.8, "top_k": 2.5}), "malformed sampling table"),
+    (lambda r: r.update(sampling={"temperature": -1.0}), "malformed sampling table"),
+    (lambda r: r.update(sampling_non_thinking={"temp": 0.7}), "malformed sampling_non_thinking table"),
     (lambda r: r.pop("context_length"), "lacks context_length"),
     (lambda r: r.update(context_length="2048"), "context_length must be int"),
     (lambda r: r.update(logits="every"), "logits 'every'"),

@@ -93,8 +93,8 @@ def test_validate_cli_passes_on_its_reference_and_fails_on_another(artifacts, ch
     r = cli("validate", folder, "--reference", checkpoints("tiny-qwen2.5"), "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["summary"]["top1_agreement"] == 1.0
-    # another Qwen2 checkpoint with the same vocabulary but other weights: validation must catch it
-    r = cli("validate", folder, "--reference", checkpoints("tiny-qwen2"), "--json")
+    # another Qwen2.5 checkpoint with the same vocabulary but other weights: validation must catch it
+    r = cli("validate", folder, "--reference", checkpoints("tiny-qwen2.5-coder"), "--json")
     assert r.returncode == 3
     result = json.loads(r.stdout)
     assert not result["passed"] and result["summary"]["top1_agreement"] < 0.5

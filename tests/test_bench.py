@@ -47,6 +47,11 @@ def test_report_files_and_schema(reports):
     md = (folder / "report.md").read_text()
     assert "| prompt tokens | prefill tok/s" in md and "KL mean" in md
     assert "[" in run.stderr and "prefill" in run.stderr  # progress lines
+    # the text sample is what a user gets: the model's own sampling (Qwen3 thinking: 0.6 / 0.95 / 20), seeded
+    sample = report["sample"]
+    assert {k: sample["sampling"][k] for k in ("temperature", "top_p", "top_k", "seed")} == \
+        {"temperature": 0.6, "top_p": 0.95, "top_k": 20, "seed": 0}
+    assert sample["tokens"] > 0 and "temperature 0.6, top_p 0.95, top_k 20" in md and sample["prompt"] in md
 
 
 @pytest.mark.slow

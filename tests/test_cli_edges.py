@@ -58,9 +58,17 @@ def test_validate_with_a_missing_reference_is_one_line(artifacts, tmp_path):
 @pytest.mark.slow
 def test_validate_against_another_checkpoint_says_the_hashes_differ(artifacts, checkpoints):
     folder = artifacts("tiny-qwen2.5", "cpu-fp32").folder
-    r = cli("validate", folder, "--reference", checkpoints("tiny-qwen2"))
+    # same vocabulary, other weights: the hashes differ, and validation then fails on the numbers
+    r = cli("validate", folder, "--reference", checkpoints("tiny-qwen2.5-coder"))
     assert r.returncode == 3
     assert "the reference's config.json sha256" in r.stderr and "differs from the manifest's" in r.stderr
+    # another vocabulary (Qwen2.5-7B's 152,064): refused before scoring, in one line after the note
+    r = cli("validate", folder, "--reference", checkpoints("tiny-qwen2"))
+    assert r.returncode == 3 and "Traceback" not in r.stderr
+    assert "differs from the manifest's" in r.stderr
+    assert r.stderr.strip().splitlines()[-1] == (
+        "edgeqwen: error: the reference's vocabulary has 152,064 tokens, the artifact's 151,936: "
+        "pass the checkpoint the artifact was built from as --reference")
     r = cli("validate", folder, "--reference", checkpoints("tiny-qwen2.5"))
     assert r.returncode == 0 and "differs" not in r.stderr
 
@@ -119,7 +127,7 @@ def test_build_progress_is_for_people(checkpoints, tmp_path, exporter):
 def test_chat_ctrl_c_at_once_stops_the_answer_not_the_chat(artifacts):
     folder = artifacts("tiny-qwen2.5", "cpu-fp32").folder
     # a long answer, so Ctrl-C lands while it is being generated
-    term = Terminal(f"{sys.executable} -m edgeqwen.cli chat {folder} --max-new-tokens 1900 --threads 1")
+    term = Terminal(f"{sys.executable} -m edgeqwen.cli chat {folder} --max-new-tokens 1900 --temperature 0 --threads 1")
     try:
         term.wait_for("you>", 1)
         for turn in (1, 2):

@@ -97,6 +97,7 @@ def test_a_gptq_build_is_parity_checked_against_olives_values(artifacts):
     assert steps == ["Gptq", "ModelBuilder", "OnnxBlockWiseRtnQuantization"]
 
 
+@pytest.mark.slow  # a GPTQ build of its own; the quick tier's failing-gate case is RTN's (test_parity_reference)
 def test_a_repacked_weight_unlike_olives_fails_the_gate(checkpoints, tmp_path, monkeypatch):
     """A deliberately wrong graph: the exporter writes one GPTQ layer's scales x 1.5 (simulated by changing
     the quantised checkpoint after export). The graph check cannot see it (it computes with the artifact's
@@ -120,7 +121,7 @@ def test_a_repacked_weight_unlike_olives_fails_the_gate(checkpoints, tmp_path, m
 
     monkeypatch.setattr(genai, "write", write_then_corrupt)
     with pytest.raises(ValidationFailed) as e:
-        build(str(checkpoints("tiny-qwen2.5")), "cpu-int4", tmp_path / "art", quiet=True)
+        build(str(checkpoints("tiny-qwen2.5")), "cpu-int4", tmp_path / "art", quiet=True, loss_text=False)
     assert "model.layers.1.mlp.down_proj.weight" in str(e.value)
     rejected = json.loads((tmp_path / "art.rejected" / "edgeqwen.json").read_text())["validation"]
     assert rejected["summary"]["kl_mean"] < 1e-6  # parity of the graph alone passed

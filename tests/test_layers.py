@@ -19,10 +19,12 @@ ALLOWED: dict[str, set[str]] = {
     "edgeqwen.safetensors_io": {"edgeqwen.errors"},  # numpy-only reader/writer: the compiler and the reference
     "edgeqwen.extras": {"edgeqwen.errors"},
     "edgeqwen.targets": {"edgeqwen.errors", "edgeqwen.providers"},
-    "edgeqwen.artifact": {"edgeqwen.errors"},
-    "edgeqwen.summary": set(),
+    # the one description of a checkpoint (stdlib): what the compiler, the references and the planner read
+    "edgeqwen.model": {"edgeqwen.errors", "edgeqwen.model"},
+    "edgeqwen.artifact": {"edgeqwen.errors", "edgeqwen.model"},  # the contract carries the model's sampling record
+    "edgeqwen.summary": {"edgeqwen.model"},
     "edgeqwen.runtime": LEAVES | {"edgeqwen.artifact", "edgeqwen.runtime"},
-    "edgeqwen.quality": LEAVES | {"edgeqwen.targets", "edgeqwen.artifact", "edgeqwen.runtime", "edgeqwen.quality"},
+    "edgeqwen.quality": LEAVES | {"edgeqwen.model", "edgeqwen.targets", "edgeqwen.artifact", "edgeqwen.runtime", "edgeqwen.quality"},
     "edgeqwen.bench": LEAVES | {"edgeqwen.artifact", "edgeqwen.runtime", "edgeqwen.quality", "edgeqwen.summary",
                                 "edgeqwen.bench"},
     "edgeqwen.testmodels": LEAVES | {"edgeqwen.testmodels"},
@@ -30,7 +32,7 @@ ALLOWED: dict[str, set[str]] = {
     "edgeqwen.plan": LEAVES | {"edgeqwen.targets", "edgeqwen.bench", "edgeqwen.plan"},
     # the OpenAI-compatible server sits on the runtime only: it can ship without the compiler
     "edgeqwen.server": LEAVES | {"edgeqwen.artifact", "edgeqwen.runtime", "edgeqwen.extras", "edgeqwen.server"},
-    "edgeqwen.compiler": LEAVES | {"edgeqwen.targets", "edgeqwen.artifact", "edgeqwen.runtime", "edgeqwen.quality",
+    "edgeqwen.compiler": LEAVES | {"edgeqwen.model", "edgeqwen.targets", "edgeqwen.artifact", "edgeqwen.runtime", "edgeqwen.quality",
                                    "edgeqwen.compiler"},
 }
 TOP = {"edgeqwen.cli", "edgeqwen.demo", "edgeqwen"}  # entry points: may import anything

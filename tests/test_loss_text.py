@@ -52,7 +52,7 @@ def test_built_in_text_is_english_chinese_code_and_a_chat_turn(checkpoints):
 
 
 def test_int4_build_reports_the_loss_per_text_and_leaves_no_scratch(artifacts):
-    result = artifacts("tiny-qwen3", "cpu-int4")
+    result = artifacts("tiny-qwen3", "cpu-int4", loss_text=True)
     loss = result.manifest["validation"]["quantization_loss"]
     texts = {t["text"]: t for t in loss["texts"]}
     assert list(texts) == ["english", "chinese", "code", "chat"]
@@ -62,3 +62,25 @@ def test_int4_build_reports_the_loss_per_text_and_leaves_no_scratch(artifacts):
     # the artifact's logits of the whole text (GBs at this vocabulary) were scratch beside the artifact
     assert [p.name for p in result.folder.parent.iterdir() if "validation" in p.name] == []
     assert not any(p.name.endswith(".f32") for p in result.folder.rglob("*"))
+
+
+def test_a_build_without_the_loss_text_says_so(artifacts):
+    """Parity only: the loss is recorded as skipped (never silently absent) and the summary says it."""
+    from edgeqwen.summary import format_manifest
+
+    m = artifacts("tiny-qwen2", "cpu-int4-fast").manifest  # the shared artifacts skip it unless asked
+    v = m["validation"]
+    assert v["passed"] and v["quantization_loss"] == {"skipped": True, "failures": [],
+                                                      "reason": "not scored (--no-loss-text): parity only"}
+    assert "quantisation loss (against the fp32 checkpoint): not scored (--no-loss-text): parity only" in \
+        format_manifest(m)
+
+
+def test_a_kl_bound_without_the_loss_text_is_refused_before_building(checkpoints, tmp_path):
+    from edgeqwen.compiler.pipeline import build
+    from edgeqwen.errors import ProfileError
+
+    with pytest.raises(ProfileError, match="needs the quantisation loss"):
+        build(str(checkpoints("tiny-qwen2.5")), "cpu-int4-fast", tmp_path / "art", quiet=True, loss_text=False,
+              max_kl=0.5)
+    assert not (tmp_path / "art").exists()

@@ -52,8 +52,15 @@ def test_catalogue_sizes_match_the_published_model_names():
     assert not find("Qwen3-30B-A3B").shape and "mixture of experts" in find("Qwen3-30B-A3B").why_not
 
 
-@pytest.mark.parametrize("fixture", ["tiny-qwen2", "tiny-qwen3-tied", "tiny-qwen2.5-yarn"])
-@pytest.mark.parametrize("target", GENAI)
+def _weight_cases():
+    """Quick tier: the one pair other quick tests build anyway; slow tier: every genai profile (a build each)."""
+    for target in GENAI:
+        for fixture in ("tiny-qwen2", "tiny-qwen3-tied", "tiny-qwen2.5-yarn"):
+            quick = (fixture, target) == ("tiny-qwen2", "cpu-int4-fast")
+            yield pytest.param(target, fixture, marks=() if quick else pytest.mark.slow, id=f"{target}-{fixture}")
+
+
+@pytest.mark.parametrize("target, fixture", list(_weight_cases()))
 def test_weight_bytes_equal_what_the_build_writes(artifacts, checkpoints, fixture, target):
     """The size rule is exact (up to the graph's few int64 shape constants) for every genai profile:
     tied and untied, Qwen2 bias and Qwen3 norms, int4/int8 RTN, ModelBuilder int4, fp16, fp32."""

@@ -32,7 +32,7 @@ def test_greedy_stream_equals_transformers_generate(artifacts, checkpoints, name
         ids = engine.encode(prompt)
         ref = hf.generate(torch.tensor([ids]), max_new_tokens=40, do_sample=False,
                           attention_mask=torch.ones(1, len(ids), dtype=torch.long))[0, len(ids):].tolist()
-        stream = engine.stream(ids, max_new_tokens=40)
+        stream = engine.stream(ids, max_new_tokens=40, temperature=0)
         deltas = [d.text for d in stream]
         assert stream.result.token_ids == ref
         assert "".join(deltas) == engine.decode(ref)
@@ -42,12 +42,12 @@ def test_greedy_stream_equals_transformers_generate(artifacts, checkpoints, name
 def test_multi_turn_reuses_cache_and_equals_a_fresh_run(request, fixture):
     engine = request.getfixturevalue(fixture)
     session = engine.session(system="You are terse.", think=False)
-    first = session.send("Name three colours.", max_new_tokens=12).finish()
+    first = session.send("Name three colours.", max_new_tokens=12, temperature=0).finish()
     turn1_prompt = len(engine.encode(engine.render(session.messages[:-1], think=False)))
-    second = session.send("And three animals?", max_new_tokens=12).finish()
+    second = session.send("And three animals?", max_new_tokens=12, temperature=0).finish()
     assert session.reused_tokens >= turn1_prompt - 8  # only the template's rewrite of the last reply is refed
     assert second.metrics.prompt_tokens < len(engine.encode(engine.render(session.messages[:-1], think=False)))
-    fresh = engine.chat(session.messages[:-1], think=False, max_new_tokens=12).finish()
+    fresh = engine.chat(session.messages[:-1], think=False, max_new_tokens=12, temperature=0).finish()
     assert second.token_ids == fresh.token_ids and second.text == fresh.text
     assert first.text and session.messages[-1] == {"role": "assistant", "content": second.text}
     session.reset()
@@ -55,22 +55,22 @@ def test_multi_turn_reuses_cache_and_equals_a_fresh_run(request, fixture):
 
 
 def test_stop_strings_cut_the_text_and_end_the_stream(q25):
-    full = q25.generate("The quick brown fox", max_new_tokens=30)
+    full = q25.generate("The quick brown fox", max_new_tokens=30, temperature=0)
     stop = full.text[12:16]
-    cut = q25.generate("The quick brown fox", max_new_tokens=30, stop=[stop])
+    cut = q25.generate("The quick brown fox", max_new_tokens=30, temperature=0, stop=[stop])
     assert cut.finish_reason == "stop" and cut.stop == stop
     assert cut.text == full.text[: full.text.index(stop)]
 
 
 def test_stop_tokens(q25):
-    full = q25.generate("The quick brown fox", max_new_tokens=20)
+    full = q25.generate("The quick brown fox", max_new_tokens=20, temperature=0)
     tok = full.token_ids[6]
-    cut = q25.generate("The quick brown fox", max_new_tokens=20, stop_tokens=[tok])
+    cut = q25.generate("The quick brown fox", max_new_tokens=20, temperature=0, stop_tokens=[tok])
     assert cut.finish_reason == "stop" and cut.token_ids == full.token_ids[: full.token_ids.index(tok)]
 
 
 def test_cancel_from_another_thread(q25):
-    stream = q25.stream("Once upon a time", max_new_tokens=1500)
+    stream = q25.stream("Once upon a time", max_new_tokens=1500, temperature=0)
     got = []
     timer = threading.Timer(0.3, stream.cancel)
     timer.start()
@@ -98,7 +98,7 @@ def test_thinking_split_and_budget(q3):
     # The random fixture never emits <think> by itself; a prompt that opens the think block (as
     # Qwen3-2507 thinking templates do) puts generation in the reasoning part from the first token.
     prompt = q3.render([{"role": "user", "content": "Why is the sky blue?"}], think=True) + "<think>\n"
-    stream = q3.stream(prompt, max_new_tokens=40, thinking_budget=8)
+    stream = q3.stream(prompt, max_new_tokens=40, temperature=0, thinking_budget=8)
     kinds = [d.kind for d in stream]
     r = stream.result
     assert kinds[0] == "reasoning" and kinds[-1] == "content"
@@ -108,7 +108,8 @@ def test_thinking_split_and_budget(q3):
     assert r.reasoning.endswith("based on the thinking directly now.")
     assert r.text and "</think>" not in r.text and "</think>" not in r.reasoning
     # thinking off: the template pre-fills an empty think block, everything is content
-    off = q3.chat([{"role": "user", "content": "Why is the sky blue?"}], think=False, max_new_tokens=10).finish()
+    off = q3.chat([{"role": "user", "content": "Why is the sky blue?"}], think=False, max_new_tokens=10,
+                  temperature=0).finish()
     assert off.reasoning == "" and off.text
 
 
@@ -131,19 +132,19 @@ def test_batch_equals_single(q25, concurrency):
 
 def test_asyncio_interface_shares_the_model(q25):
     async def main():
-        a, b = await asyncio.gather(q25.agenerate("The quick brown fox", max_new_tokens=12),
-                                    q25.agenerate("春天来了，", max_new_tokens=12))
-        items = [x async for x in q25.astream("The quick brown fox", max_new_tokens=12)]
+        a, b = await asyncio.gather(q25.agenerate("The quick brown fox", max_new_tokens=12, temperature=0),
+                                    q25.agenerate("春天来了，", max_new_tokens=12, temperature=0))
+        items = [x async for x in q25.astream("The quick brown fox", max_new_tokens=12, temperature=0)]
         return a, b, items
 
     a, b, items = asyncio.run(main())
-    assert a.token_ids == q25.generate("The quick brown fox", max_new_tokens=12).token_ids
-    assert b.token_ids == q25.generate("春天来了，", max_new_tokens=12).token_ids
+    assert a.token_ids == q25.generate("The quick brown fox", max_new_tokens=12, temperature=0).token_ids
+    assert b.token_ids == q25.generate("春天来了，", max_new_tokens=12, temperature=0).token_ids
     assert "".join(d.text for d in items[:-1]) == items[-1].text == a.text
 
 
 def test_metrics_come_back_with_the_result(q25):
-    r = q25.generate("The quick brown fox jumps over the lazy dog", max_new_tokens=16)
+    r = q25.generate("The quick brown fox jumps over the lazy dog", max_new_tokens=16, temperature=0)
     m = r.metrics
     assert m.prompt_tokens == len(q25.encode("The quick brown fox jumps over the lazy dog"))
     assert m.generated_tokens == 16 and r.finish_reason == "length"

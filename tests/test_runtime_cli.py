@@ -10,7 +10,7 @@ from terminal import Terminal, needs_tmux
 def test_run_json(artifacts):
     folder = artifacts("tiny-qwen3", "cpu-fp32").folder
     r = subprocess.run([sys.executable, "-m", "edgeqwen.cli", "run", str(folder), "Hello", "--max-new-tokens", "6",
-                        "--json", "--threads", "1"], capture_output=True, text=True)
+                        "--temperature", "0", "--json", "--threads", "1"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["threads"] == 1 and out["metrics"]["generated_tokens"] == 6 and out["finish_reason"] == "length"
@@ -19,7 +19,7 @@ def test_run_json(artifacts):
 def test_run_streams_text_and_reports_context_overflow(artifacts):
     folder = artifacts("tiny-qwen3", "cpu-fp32").folder
     r = subprocess.run([sys.executable, "-m", "edgeqwen.cli", "run", str(folder), "Hello", "--chat", "--no-think",
-                        "--max-new-tokens", "5"], capture_output=True, text=True)
+                        "--max-new-tokens", "5", "--temperature", "0"], capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout.strip() and "5 tokens, length" in r.stderr
     r = subprocess.run([sys.executable, "-m", "edgeqwen.cli", "run", str(folder), "Hello", "--max-new-tokens", "5000"],
                        capture_output=True, text=True)
@@ -29,7 +29,7 @@ def test_run_streams_text_and_reports_context_overflow(artifacts):
 @needs_tmux
 def test_chat_two_turns_in_a_real_terminal(artifacts):
     folder = artifacts("tiny-qwen2.5", "cpu-int4").folder
-    term = Terminal(f"{sys.executable} -m edgeqwen.cli chat {folder} --max-new-tokens 8 -v")
+    term = Terminal(f"{sys.executable} -m edgeqwen.cli chat {folder} --max-new-tokens 8 --temperature 0 -v")
     try:
         term.wait_for("you>", 1)
         term.send("What is your name?", "Enter")

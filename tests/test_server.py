@@ -68,7 +68,7 @@ def test_chat_whole_and_streamed_agree_with_usage(server):
     assert r.usage.prompt_tokens == expected_prompt and r.usage.completion_tokens == 12
     assert r.usage.total_tokens == expected_prompt + 12 and r.choices[0].finish_reason == "length"
     # the same greedy continuation as the embedded runtime gives
-    assert r.choices[0].message.content == server.q25.chat(msgs, max_new_tokens=12).finish().text
+    assert r.choices[0].message.content == server.q25.chat(msgs, max_new_tokens=12, temperature=0).finish().text
     chunks = list(c.chat.completions.create(model="qwen25", messages=msgs, max_tokens=12, temperature=0, stream=True,
                                             stream_options={"include_usage": True}))
     text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
@@ -92,7 +92,7 @@ def test_stop_and_seed(server):
 def test_completions_endpoint(server):
     c = server.client()
     r = c.completions.create(model="qwen25", prompt="def add(a, b):", max_tokens=8, temperature=0)
-    assert r.choices[0].text == server.q25.generate("def add(a, b):", max_new_tokens=8).text
+    assert r.choices[0].text == server.q25.generate("def add(a, b):", max_new_tokens=8, temperature=0).text
     assert r.usage.completion_tokens == 8
     streamed = "".join(ch.choices[0].text for ch in c.completions.create(
         model="qwen25", prompt="def add(a, b):", max_tokens=8, temperature=0, stream=True) if ch.choices)

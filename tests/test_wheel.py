@@ -56,7 +56,7 @@ def test_runtime_only_install_runs_an_artifact(wheel, artifacts, tmp_path):
                   "'matplotlib') if u.find_spec(m)])", env=env).stdout.strip()
     assert missing == "[]", f"the runtime install pulled in compiler packages: {missing}"
     folder = artifacts("tiny-qwen2.5", "cpu-int4").folder
-    r = run(bin_ / "edgeqwen", "run", folder, "Hello", "--max-new-tokens", "4", "--json", env=env)
+    r = run(bin_ / "edgeqwen", "run", folder, "Hello", "--max-new-tokens", "4", "--temperature", "0", "--json", env=env)
     assert json.loads(r.stdout)["metrics"]["generated_tokens"] == 4
     r = run(bin_ / "edgeqwen", "targets", env=env)
     assert "cpu-int4" in r.stdout and "(default)" in r.stdout
@@ -83,7 +83,7 @@ def test_build_extra_install_lists_targets_and_builds(wheel, checkpoints, tmp_pa
     out = tmp_path / "art"
     r = run(bin_ / "edgeqwen", "build", checkpoints("tiny-qwen3"), "-t", "cpu-fp32", "-o", out, "-q", env=env)
     assert "verdict: PASS" in r.stdout
-    r = run(bin_ / "edgeqwen", "run", out, "Hello", "--max-new-tokens", "3", "--json", env=env)
+    r = run(bin_ / "edgeqwen", "run", out, "Hello", "--max-new-tokens", "3", "--temperature", "0", "--json", env=env)
     assert json.loads(r.stdout)["metrics"]["generated_tokens"] == 3
 
 

@@ -31,7 +31,7 @@ def main() -> int:
         for name, s in FIXTURES.items():
             hd = s.head_dim or s.hidden // s.heads
             print(f"{name:20s} {s.family}  hidden {s.hidden}, {s.layers} layers, {s.heads}/{s.kv_heads} heads, "
-                  f"head_dim {hd}, ffn {s.intermediate}, vocab {s.vocab}, {'tied' if s.tied else 'untied'}"
+                  f"head_dim {hd}, ffn {s.intermediate}, vocab {s.vocab_size}, published {s.published}, {'tied' if s.tied else 'untied'}"
                   + (", streamed (bfloat16 only)" if s.streamed else ""))
         return 0
     out = args.output or Path(args.name)

@@ -62,6 +62,18 @@ def markdown(r: dict[str, Any]) -> str:
                   "|---|---|---|---|---|---|---|",
                   f"| {q['perplexity']:.3f} | {q['reference_perplexity']:.3f} | {q['kl_mean']:.5f} | {q['kl_p90']:.5f} "
                   f"| {q['kl_p99']:.5f} | {q['kl_max']:.4f} | {q['top1_agreement']:.2%} |"]
+    sample = r.get("sample")
+    if sample:
+        used = sample.get("sampling") or {}
+        how = "greedy" if not used.get("temperature") else ", ".join(
+            f"{k} {used[k]:g}" for k in ("temperature", "top_p", "top_k", "min_p", "repetition_penalty",
+                                         "presence_penalty") if k in used)
+        lines += ["", f"A chat answer with the model's own sampling defaults ({how}, seed {used.get('seed')}, "
+                      f"{sample['tokens']} tokens, {sample['finish_reason']}):", "",
+                  f"> {sample['prompt']}", ""]
+        if sample.get("reasoning"):
+            lines += ["```text", f"[thinking] {sample['reasoning']}", "```"]
+        lines += ["```text", sample["text"], "```"]
     lines += ["", f"Mean ± standard deviation over {sp['reps']} runs."]
     return "\n".join(lines) + "\n"
 

@@ -27,6 +27,19 @@ def _config(artifact: Path) -> dict[str, Any] | None:
         return None
 
 
+SAMPLE_PROMPT = "Write a Python function that checks whether a string is a palindrome."
+
+
+def text_sample(engine, max_new_tokens: int = 64, seed: int = 0) -> dict[str, Any]:
+    """One chat answer as a user would get it: the model's own sampling defaults (seeded, so a report
+    can be regenerated), recorded with the values used."""
+    from dataclasses import asdict
+
+    r = engine.chat([{"role": "user", "content": SAMPLE_PROMPT}], max_new_tokens=max_new_tokens, seed=seed).finish()
+    return {"prompt": SAMPLE_PROMPT, "text": r.text, "reasoning": r.reasoning, "finish_reason": r.finish_reason,
+            "tokens": r.metrics.generated_tokens, "sampling": asdict(r.sampling) if r.sampling else None}
+
+
 def bench(artifact: Path, out: Path, plan: SpeedPlan, threads: int | None = None, reference: str | None = None,
           text: Path | None = None, quality_tokens: int = 4096, label: str | None = None) -> dict[str, Any]:
     from edgeqwen.runtime import load
@@ -38,6 +51,7 @@ def bench(artifact: Path, out: Path, plan: SpeedPlan, threads: int | None = None
     log(f"== speed matrix: prefill {list(plan.prompt_lengths)}, decode {plan.decode_tokens} tokens at depths "
         f"{list(plan.depths)}, {plan.reps} reps, {engine.threads} threads")
     speed = run_matrix(engine, plan, log)
+    sample = text_sample(engine)
     rss = peak_rss_mb()  # before the quality step, which loads the transformers reference
     result: dict[str, Any] = {
         "schema": report_mod.SCHEMA,
@@ -52,6 +66,7 @@ def bench(artifact: Path, out: Path, plan: SpeedPlan, threads: int | None = None
         "load_s": load_s,
         "speed": speed,
         "peak_rss_mb": rss,
+        "sample": sample,
     }
     if reference:
         from edgeqwen.corpus import held_out_text

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeqwen.errors import CheckpointError
+from edgeqwen.model.generation import GenerationSettings, read_generation_settings
 
 # architecture -> family used by the runtime (chat template behaviour, thinking support)
 SUPPORTED_ARCHITECTURES = {
@@ -76,19 +77,18 @@ class Checkpoint:
         return h.hexdigest()
 
 
+def generation_settings_of(ckpt: Checkpoint, thinking: bool = False) -> GenerationSettings:
+    """The checkpoint's token ids and sampling, read once by edgeqwen.model.generation's rules."""
+    try:
+        return read_generation_settings(ckpt.path, ckpt.config, ckpt.family, thinking)
+    except (ValueError, UnicodeDecodeError) as e:  # json.JSONDecodeError is a ValueError
+        raise CheckpointError(f"{ckpt.path / 'generation_config.json'} is not valid ({e}); fix or remove it") from None
+
+
 def generation_token_ids(ckpt: Checkpoint) -> tuple[int | None, list[int], int | None]:
-    """(bos, eos in the file's order, pad) as generation uses them: generation_config.json first,
-    then config.json; pad falls back to the first end token."""
-    gen_file = ckpt.path / "generation_config.json"
-    gen = json.loads(gen_file.read_text()) if gen_file.is_file() else {}
-
-    def pick(key: str):
-        return gen.get(key) if gen.get(key) is not None else ckpt.config.get(key)
-
-    eos = pick("eos_token_id")
-    eos = eos if isinstance(eos, list) else [] if eos is None else [eos]
-    pad = pick("pad_token_id")
-    return pick("bos_token_id"), eos, pad if pad is not None else (eos[0] if eos else None)
+    """(bos, eos in the file's order, pad) as generation uses them."""
+    gen = generation_settings_of(ckpt)
+    return gen.bos_token_id, list(gen.eos_token_ids), gen.pad_token_id
 
 
 def _rope_of(config: dict[str, Any]) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeqwen.artifact import RuntimeSpec
-from edgeqwen.compiler.checkpoint import Checkpoint
+from edgeqwen.compiler.checkpoint import Checkpoint, generation_settings_of
 from edgeqwen.targets import TargetProfile
 
 MODEL_FILE = "model.onnx"
@@ -82,18 +82,23 @@ def special_tokens(folder: Path) -> dict[str, int]:
 
 
 def common_runtime(ckpt: Checkpoint, profile: TargetProfile, template: str, specials: dict[str, int]) -> dict[str, Any]:
-    """The runtime fields every backend shares: provider, tokenizer and chat settings, session settings."""
+    """The runtime fields every backend shares: provider, tokenizer and chat settings, session settings,
+    the checkpoint's pad token and recommended sampling."""
+    thinking = ckpt.family == "qwen3" and "think_start" in specials
+    gen = generation_settings_of(ckpt, thinking)
     return dict(
         backend=profile.backend,
         execution_provider=profile.execution_provider,
         tokenizer="tokenizer.json",
         chat_template=template,
         family=ckpt.family,
-        thinking=ckpt.family == "qwen3" and "think_start" in specials,
+        thinking=thinking,
         special_tokens=specials,
         session_options={k: v for k, v in profile.session_options.items() if k != "intra_op_num_threads"},
         threads=profile.session_options.get("intra_op_num_threads", "auto"),
-        pad_token_id=ckpt.config.get("pad_token_id"),
+        pad_token_id=gen.pad_token_id,
+        sampling=gen.sampling,
+        sampling_non_thinking=gen.sampling_non_thinking,
     )
 
 

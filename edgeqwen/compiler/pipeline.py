@@ -61,15 +61,21 @@ def check_profile(profile: TargetProfile) -> None:
 
 def build(model: str, target: str, out: Path | None = None, *, validate: bool = True, force: bool = False,
           revision: str | None = None, quiet: bool = False, adapter: str | Path | None = None,
-          adapter_scale: float = 1.0, exporter: str = "streaming", max_kl: float | None = None) -> BuildResult:
+          adapter_scale: float = 1.0, exporter: str = "streaming", max_kl: float | None = None,
+          wait: bool = False, loss_text: bool = True) -> BuildResult:
     """``adapter``: a peft LoRA adapter folder, merged into the weights before the build (and into the
     validation reference); ``adapter_scale`` multiplies its lora_alpha scaling. ``exporter``: how a
     genai graph is written, "streaming" (memory bounded by one tensor) or "olive" (Olive's passes).
     ``max_kl``: refuse the build if quantisation costs more than this KL (mean nats per token) against
-    the fp32 checkpoint (the parity gate applies regardless)."""
+    the fp32 checkpoint (the parity gate applies regardless). ``wait``: if another build is writing
+    ``out``, start after it instead of refusing. ``loss_text`` False validates parity only (the
+    quantisation loss on the built-in text is recorded as skipped)."""
     t0 = time.perf_counter()
     profile = load_profile(target)
     check_profile(profile)
+    if validate and not loss_text and (max_kl is not None or profile.quality.max_kl_mean is not None):
+        raise ProfileError("a KL bound (--max-kl or the profile's [quality]) needs the quantisation loss; "
+                           "drop --no-loss-text or the bound")
     progress = Progress(3 + validate + (adapter is not None) + bool(leading_torch_passes(list(profile.olive_passes))),
                         quiet=quiet)
     with progress.step("Checking checkpoint"):
@@ -79,7 +85,7 @@ def build(model: str, target: str, out: Path | None = None, *, validate: bool = 
         lora = _open_lora(adapter, adapter_scale, ckpt)
     name = Path(ckpt.model_id).name + (f"+{lora.path.name}" if lora else "")
     out = Path(out) if out else Path(f"{name}-{profile.name}")
-    with staged_folder(out, force=force) as stage:
+    with staged_folder(out, force=force, wait=wait) as stage:
         work, art = stage / "work", stage / "artifact"
         work.mkdir()
         art.mkdir()
@@ -98,7 +104,7 @@ def build(model: str, target: str, out: Path | None = None, *, validate: bool = 
             with progress.step("Validating against the transformers reference"):
                 quality = replace(profile.quality, max_kl_mean=max_kl) if max_kl is not None else profile.quality
                 manifest["validation"] = _validate(art, manifest, built_from, profile, progress, quality,
-                                                   flow.quantized_checkpoint)
+                                                   flow.quantized_checkpoint, loss_text)
         else:
             manifest["validation"] = {"skipped": True}
         shutil.rmtree(work, ignore_errors=True)  # kept until here only for a quantised checkpoint to check against
@@ -151,7 +157,8 @@ def _manifest(ckpt: Checkpoint, profile: TargetProfile, flow: FlowOutput) -> dic
 
 
 def _validate(art: Path, manifest: dict[str, Any], ckpt: Checkpoint, profile: TargetProfile,
-              progress: Progress, quality: QualityBounds, quantized: Path | None = None) -> dict[str, Any]:
+              progress: Progress, quality: QualityBounds, quantized: Path | None = None,
+              loss_text: bool = True) -> dict[str, Any]:
     from edgeqwen.quality.validation import validate_apart
     from edgeqwen.runtime.engine import Engine
 
@@ -164,11 +171,11 @@ def _validate(art: Path, manifest: dict[str, Any], ckpt: Checkpoint, profile: Ta
             return Engine(art, verify="size")
 
     result = validate_apart(open_engine, ckpt.path, ckpt.parameter_count, profile.validation, log=progress.say,
-                            quality=quality, quantized=quantized)
+                            quality=quality, quantized=quantized, loss_text=loss_text)
     verdict = "PASS" if result["passed"] else "FAIL: " + "; ".join(result["failures"])
     progress.say(f"    verdict: {verdict}")
     loss = result.get("quantization_loss")
-    if loss and loss["warn"]:
+    if loss and loss.get("warn"):
         worst = result["weights"]["worst_tensors"]
         warnings.warn(f"quantisation costs KL {loss['summary']['kl_mean']:.3g} nats per token against fp32 (above "
                       f"{quality.warn_kl_mean}); most changed: " + ", ".join(

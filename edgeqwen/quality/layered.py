@@ -20,7 +20,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from edgeqwen.quality.reference import Reference
+from edgeqwen.quality.reference import Reference, load_tokenizer
 
 HEAD_ROWS = 16384  # lm_head rows per block: 230 MB of fp32 at hidden 3584
 
@@ -29,11 +29,11 @@ class LayeredReference(Reference):
     def __init__(self, model_path: str | Path, log: Callable[[str], None] | None = None, weights=None) -> None:
         # builds on meta; Reference's loading is not used. ``log``: a progress line per layer pass
         import torch
-        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoConfig, AutoModelForCausalLM
 
         self.torch = torch
         self.path = Path(model_path)
-        self.tokenizer = AutoTokenizer.from_pretrained(str(model_path))
+        self.tokenizer = load_tokenizer(model_path)
         self.config = AutoConfig.from_pretrained(str(model_path))
         with torch.device("meta"):
             self.model = AutoModelForCausalLM.from_config(self.config, dtype=torch.float32).eval()
@@ -142,12 +142,10 @@ class LayeredReference(Reference):
 
 
 def _eos_ids(folder: Path, config) -> set[int]:
-    """The checkpoint's end tokens, as generate() stops on them (generation_config, else config)."""
-    gen = folder / "generation_config.json"
-    eos = json.loads(gen.read_text()).get("eos_token_id") if gen.is_file() else None
-    if eos is None:
-        eos = config.eos_token_id
-    return set(eos if isinstance(eos, list) else [] if eos is None else [eos])
+    """The checkpoint's end tokens, as generate() stops on them (edgeqwen.model.generation's rules)."""
+    from edgeqwen.model.generation import read_generation_settings
+
+    return set(read_generation_settings(folder, config.to_dict(), "", False).eos_token_ids)
 
 
 def _shards(folder: Path) -> list[str]:

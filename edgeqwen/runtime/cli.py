@@ -9,7 +9,7 @@ import sys
 import threading
 from typing import Any
 
-from edgeqwen.argtypes import nonneg_float, nonneg_int, positive_float, positive_int, probability
+from edgeqwen.argtypes import nonneg_float, nonneg_int, penalty, positive_float, positive_int, probability, unit_float
 from edgeqwen.providers import NAMES as PROVIDER_NAMES
 from edgeqwen.runtime.generate import Result, Stream
 
@@ -18,10 +18,14 @@ DIM, RESET = "\033[2m", "\033[0m"
 
 def add_generation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-new-tokens", type=positive_int, default=256)
-    p.add_argument("--temperature", type=nonneg_float, default=0.0, help="0 = greedy (default)")
-    p.add_argument("--top-p", type=probability, default=1.0)
-    p.add_argument("--top-k", type=nonneg_int, default=0, help="0 = no top-k cut")
-    p.add_argument("--repetition-penalty", type=positive_float, default=1.0)
+    # None = the model's own value, recorded in the artifact from its generation_config.json
+    # (`edgeqwen inspect` shows them); each flag overrides one
+    p.add_argument("--temperature", type=nonneg_float, help="0 = greedy (default: the model's)")
+    p.add_argument("--top-p", type=probability, help="default: the model's")
+    p.add_argument("--top-k", type=nonneg_int, help="0 = no top-k cut (default: the model's)")
+    p.add_argument("--min-p", type=unit_float, help="0 = off (default: the model's)")
+    p.add_argument("--repetition-penalty", type=positive_float, help="1 = off (default: the model's)")
+    p.add_argument("--presence-penalty", type=penalty, help="-2..2, 0 = off (default: the model's)")
     p.add_argument("--seed", type=nonneg_int)
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     p.add_argument("--think", dest="think", action="store_true", default=None, help="Qwen3: thinking on")
@@ -34,7 +38,8 @@ def add_generation_args(p: argparse.ArgumentParser) -> None:
 
 def options(args: argparse.Namespace) -> dict[str, Any]:
     return dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-                top_k=args.top_k, repetition_penalty=args.repetition_penalty, seed=args.seed, stop=args.stop,
+                top_k=args.top_k, min_p=args.min_p, repetition_penalty=args.repetition_penalty,
+                presence_penalty=args.presence_penalty, seed=args.seed, stop=args.stop,
                 thinking_budget=args.thinking_budget)
 
 
@@ -60,6 +65,19 @@ def metrics_line(r: Result) -> str:
     m = r.metrics
     return (f"[{m.generated_tokens} tokens, {r.finish_reason}; TTFT {m.ttft_s * 1000:.0f} ms, prefill "
             f"{m.prefill_tokens_per_s:.0f} tok/s, decode {m.decode_tokens_per_s:.1f} tok/s, peak RSS {m.peak_rss_mb} MB]")
+
+
+def sampling_line(engine, args: argparse.Namespace) -> str:
+    """What a chat turn samples with: the model's defaults for the mode, with the flags given over them."""
+    opts = {k: v for k, v in options(args).items() if k in ("temperature", "top_p", "top_k", "min_p",
+                                                             "repetition_penalty", "presence_penalty")}
+    p = engine.sampling_params(chat=True, think=args.think, **opts)
+    given = sorted(k for k, v in opts.items() if v is not None)
+    text = "greedy" if p.greedy else f"temperature {p.temperature:g}, top_p {p.top_p:g}, top_k {p.top_k}" + \
+        (f", min_p {p.min_p:g}" if p.min_p else "")
+    text += f", repetition_penalty {p.repetition_penalty:g}" if p.repetition_penalty != 1 else ""
+    text += f", presence_penalty {p.presence_penalty:g}" if p.presence_penalty else ""
+    return text + (f" (the model's defaults; {', '.join(given)} from the flags)" if given else " (the model's defaults)")
 
 
 def load_engine(args: argparse.Namespace):
@@ -96,6 +114,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
     session = engine.session(system=args.system, think=args.think)
     print(f"edgeqwen chat: {engine.manifest['source'].get('model_id')} ({engine.manifest['profile']['name']}, "
           f"{engine.threads} threads). /reset starts over, /exit quits.")
+    print(f"sampling: {sampling_line(engine, args)}")
     while True:
         try:
             line = input("you> ")

@@ -9,7 +9,7 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterator, Sequence
 
-from edgeqwen.artifact import RuntimeSpec, load_verified, runtime_spec
+from edgeqwen.artifact import RuntimeSpec, SamplingDefaults, load_verified, runtime_spec
 from edgeqwen.errors import ContextOverflow
 from edgeqwen.runtime import backends
 from edgeqwen.runtime.backends import Backend
@@ -81,15 +81,34 @@ class Engine:
         return self.template.render(messages, add_generation_prompt=True, enable_thinking=think, tools=tools)
 
     # -- generation ---------------------------------------------------------------------------------
+    def sampling_defaults(self, chat: bool = False, think: bool | None = None) -> SamplingDefaults:
+        """The model's recommended decoding for a plain completion, or a chat turn with ``think``
+        (None: the template's default mode; False picks the non-thinking setting where the model has one)."""
+        if chat and think is False and self.runtime.sampling_non_thinking is not None:
+            return self.runtime.sampling_non_thinking
+        return self.runtime.sampling
+
+    def sampling_params(self, chat: bool = False, think: bool | None = None, **overrides: Any) -> SamplingParams:
+        """The model's defaults with each keyword that is not None in its place (``temperature=0`` is
+        greedy; the other defaults, the repetition penalty among them, stay)."""
+        d = self.sampling_defaults(chat, think)
+        base = dict(temperature=d.temperature, top_p=d.top_p, top_k=d.top_k, min_p=d.min_p,
+                    repetition_penalty=d.repetition_penalty, presence_penalty=d.presence_penalty)
+        unknown = sorted(set(overrides) - set(base) - {"seed"})
+        if unknown:
+            raise TypeError(f"unknown sampling option(s): {', '.join(unknown)}")
+        return SamplingParams(**{**base, **{k: v for k, v in overrides.items() if v is not None}})
+
     def _request(self, max_new_tokens: int = 256, sampling: SamplingParams | None = None, stop: Sequence[str] = (),
                  stop_tokens: Sequence[int] = (), thinking_budget: int | None = None,
                  cancel: threading.Event | None = None, constraint: Constraint | None = None,
-                 **sampling_kwargs: Any) -> Request:
+                 chat: bool = False, think: bool | None = None, **sampling_kwargs: Any) -> Request:
         if sampling is not None and sampling_kwargs:
             raise TypeError("give either sampling=SamplingParams(...) or sampling keywords, not both")
         if max_new_tokens < 1:
             raise ValueError("max_new_tokens must be >= 1")
-        return Request(max_new_tokens=max_new_tokens, sampling=sampling or SamplingParams(**sampling_kwargs),
+        sampling = sampling or self.sampling_params(chat, think, **sampling_kwargs)
+        return Request(max_new_tokens=max_new_tokens, sampling=sampling,
                        stop=tuple(stop), stop_tokens=tuple(stop_tokens), thinking_budget=thinking_budget,
                        cancel=cancel or threading.Event(), constraint=constraint)
 
@@ -131,15 +150,16 @@ class Engine:
     def chat(self, messages: Sequence[dict[str, Any]], think: bool | None = None,
              tools: Sequence[dict[str, Any]] | None = None, **options: Any) -> Stream:
         """One assistant turn for ``messages`` with the checkpoint's chat template."""
-        return self._stream(self.render(messages, think, tools), chat=True, **options)
+        return self._stream(self.render(messages, think, tools), chat=True, think=think, **options)
 
-    def open_stream(self, ids: Sequence[int], chat: bool, **options: Any) -> Stream:
-        """A stream over prompt token ids already rendered (``chat``: the turn also ends at <|im_end|>).
+    def open_stream(self, ids: Sequence[int], chat: bool, think: bool | None = None, **options: Any) -> Stream:
+        """A stream over prompt token ids already rendered (``chat``: the turn also ends at <|im_end|>;
+        ``think``: the mode the prompt was rendered in, for the sampling defaults).
         The sequence's KV memory is released when the stream ends, is cancelled or is dropped."""
-        return self._stream(list(ids), chat, **options)
+        return self._stream(list(ids), chat, think=think, **options)
 
-    def _stream(self, prompt: str | Sequence[int], chat: bool, **options: Any) -> Stream:
-        req = self._request(**options)
+    def _stream(self, prompt: str | Sequence[int], chat: bool, think: bool | None = None, **options: Any) -> Stream:
+        req = self._request(chat=chat, think=think, **options)
         ids = self.encode(prompt) if isinstance(prompt, str) else list(prompt)
         if not ids:
             raise ValueError("empty prompt")

@@ -42,6 +42,7 @@ class Result:
     finish_reason: str  # "stop", "length" or "cancelled"
     metrics: Metrics
     stop: str | None = None
+    sampling: SamplingParams | None = None  # what chose the tokens: the model's defaults with the caller's overrides
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -114,7 +115,7 @@ def run(engine, state, new_ids: list[int], req: Request, thinking: ThinkingState
             finish = "cancelled"
             break
         allowed = req.constraint.mask() if req.constraint is not None else None
-        tok = sampler(logits if allowed is None else apply_mask(logits, allowed), state.tokens)
+        tok = sampler(logits if allowed is None else apply_mask(logits, allowed), state.tokens, generated)
         if i == 0:
             m.ttft_s = time.perf_counter() - t0
         if tok in stop_ids:
@@ -162,4 +163,5 @@ def run(engine, state, new_ids: list[int], req: Request, thinking: ThinkingState
     m.total_s = t_end - t0
     m.peak_rss_mb = peak_rss_mb()
     # Like Qwen's own parsing, the reasoning loses the newlines that precede </think>.
-    yield Result("".join(texts["content"]), "".join(texts["reasoning"]).rstrip("\n"), generated, finish, m, hit)
+    yield Result("".join(texts["content"]), "".join(texts["reasoning"]).rstrip("\n"), generated, finish, m, hit,
+                 req.sampling)

@@ -44,7 +44,7 @@ class ChatSession:
 
     def send(self, text: str, **options: Any) -> Stream:
         engine = self.engine
-        req = engine._request(**options)
+        req = engine._request(chat=True, think=self.think, **options)
         messages = self.messages + [{"role": "user", "content": text}]
         ids = engine.encode(engine.render(messages, self.think))
         engine._check_context(len(ids), req)

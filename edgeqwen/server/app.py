@@ -12,7 +12,7 @@ import threading
 import time
 import traceback
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, AsyncIterator
 
@@ -172,6 +172,8 @@ class Server:
                 self.metrics.decode_rate.labels(model).observe(m.decode_tokens_per_s)
             record.update(completion_tokens=m.generated_tokens, ttft_s=round(ttft, 4),
                           finish_reason=outcome.finish_reason())
+            if outcome.result.sampling is not None:  # the model's defaults with the request's fields over them
+                record["sampling"] = asdict(outcome.result.sampling)
         prompt = record.pop("_prompt", None)
         self.log.write(prompt, status=status, duration_s=round(time.perf_counter() - t0, 4), **record)
 

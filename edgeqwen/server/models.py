@@ -126,7 +126,9 @@ class ServedModel:
             raise too_long(f"the prompt ({prompt_len} tokens) leaves no room to answer in the context length "
                            f"{engine.context_length}")
         return dict(max_new_tokens=job.max_tokens if job.max_tokens is not None else min(cap, room),
-                    temperature=job.temperature, top_p=job.top_p, seed=job.seed, stop=job.stop,
+                    temperature=job.temperature, top_p=job.top_p, top_k=job.top_k, min_p=job.min_p,
+                    repetition_penalty=job.repetition_penalty, presence_penalty=job.presence_penalty,
+                    seed=job.seed, stop=job.stop, think=self.think(job) if job.endpoint == "chat" else None,
                     thinking_budget=budget, constraint=self.constraint(job))
 
     def constraint(self, job: Job) -> Constraint | None:

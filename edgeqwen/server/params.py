@@ -20,8 +20,14 @@ class Job:
     stream: bool = False
     include_usage: bool = False
     max_tokens: int | None = None
-    temperature: float = 1.0  # OpenAI's defaults
-    top_p: float = 1.0
+    # None = the model's recommended value (recorded in the artifact from its generation_config.json),
+    # as vLLM does; top_k, min_p and repetition_penalty are vLLM's extension fields
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None
+    presence_penalty: float | None = None
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
     messages: list[dict[str, Any]] = field(default_factory=list)
@@ -97,12 +103,21 @@ def _common(body: dict[str, Any], endpoint: str) -> Job:
     if not isinstance(options, dict):
         raise bad("stream_options must be an object", "stream_options")
     job.include_usage = bool(options.get("include_usage")) and job.stream
-    t = _opt_number(body, "temperature", 0.0, 2.0)
-    job.temperature = 1.0 if t is None else t
-    p = _opt_number(body, "top_p", 0.0, 1.0)
-    job.top_p = 1.0 if p is None else p
+    job.temperature = _opt_number(body, "temperature", 0.0, 2.0)
+    job.top_p = _opt_number(body, "top_p", 0.0, 1.0)
     if job.top_p == 0.0:
         job.top_p, job.temperature = 1.0, 0.0  # the single most likely token
+    top_k = _opt_int(body, "top_k", -1)
+    job.top_k = 0 if top_k == -1 else top_k  # vLLM: -1 (or 0) turns the cut off
+    job.min_p = _opt_number(body, "min_p", 0.0, 1.0)
+    rep = _opt_number(body, "repetition_penalty", 0.0, 10.0)
+    if rep == 0.0:
+        raise bad("repetition_penalty must be > 0 (1 = off)", "repetition_penalty")
+    job.repetition_penalty = rep
+    job.presence_penalty = _opt_number(body, "presence_penalty", -2.0, 2.0)
+    if _opt_number(body, "frequency_penalty", -2.0, 2.0):
+        raise bad("frequency_penalty is not supported by this server (presence_penalty and repetition_penalty are)",
+                  "frequency_penalty")
     job.seed = _opt_int(body, "seed", None)
     job.stop = _stop(body.get("stop"))
     n = _opt_int(body, "n", 1)

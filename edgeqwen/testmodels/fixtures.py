@@ -16,88 +16,129 @@ from edgeqwen.testmodels.tokenizer_files import write_tokenizer
 
 QWEN_VOCAB = 151_936  # Qwen pads the 151,665 used ids to a multiple of 128 (…of 64 for Qwen3: same size)
 
+# The published config.json and generation_config.json of real Qwen models, kept whole (sizes and all).
+# Every fixture starts from one of them and changes only sizes, so it has exactly the keys a real
+# checkpoint has, and lacks the ones it lacks (Qwen2.5-0.5B-Instruct's config.json has no pad_token_id).
+PUBLISHED = Path(__file__).parent / "published"
+FAMILY_OF = {"Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3"}
+# the keys that are sizes: the only ones a fixture changes
+SIZE_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+             "head_dim", "max_position_embeddings", "vocab_size", "max_window_layers", "sliding_window")
+
+
+def published(model: str) -> tuple[dict, dict]:
+    """(config.json, generation_config.json) of the published model ``model`` (a folder in PUBLISHED)."""
+    folder = PUBLISHED / model
+    if not folder.is_dir():
+        known = ", ".join(sorted(p.name for p in PUBLISHED.iterdir() if p.is_dir()))
+        raise ValueError(f"no published config {model!r}; known: {known}")
+    return (json.loads((folder / "config.json").read_text(encoding="utf-8")),
+            json.loads((folder / "generation_config.json").read_text(encoding="utf-8")))
+
 
 @dataclass(frozen=True)
 class FixtureSpec:
     name: str
-    family: str  # "qwen2" (Qwen2 / Qwen2.5) or "qwen3"
+    published: str  # the real model whose configs this fixture starts from (a folder in PUBLISHED)
     hidden: int
     layers: int
     heads: int
     kv_heads: int
     intermediate: int
     head_dim: int | None = None  # Qwen3 only; None = hidden // heads
-    tied: bool = True
-    max_positions: int = 2048
-    rope_theta: float = 1_000_000.0
+    max_positions: int | None = None  # None = as published
     seed: int = 0
-    rope_scaling: tuple[tuple[str, float], ...] = ()  # extra rope_parameters, e.g. YaRN
+    rope_scaling: tuple[tuple[str, float], ...] = ()  # a rope_scaling table as the model card says to add (YaRN)
     embed_std: float = 0.1  # embeddings / lm_head
     block_gain: float = 2.0  # projection std = gain / sqrt(fan_in)
-    vocab: int = QWEN_VOCAB
+    vocab: int | None = None  # None = as published
     streamed: bool = False  # written tensor by tensor in bf16 (edgeqwen.testmodels.streamed): large shapes
+
+    @property
+    def base(self) -> dict:
+        return published(self.published)[0]
+
+    @property
+    def family(self) -> str:
+        return FAMILY_OF[self.base["architectures"][0]]
+
+    @property
+    def tied(self) -> bool:
+        return bool(self.base.get("tie_word_embeddings", False))
+
+    @property
+    def vocab_size(self) -> int:
+        return self.vocab or self.base["vocab_size"]
+
+    @property
+    def positions(self) -> int:
+        return self.max_positions or self.base["max_position_embeddings"]
 
 
 FIXTURES: dict[str, FixtureSpec] = {
     s.name: s
     for s in [
-        # Qwen2 (first generation): untied, rope_theta 1e6, ChatML.
-        FixtureSpec("tiny-qwen2", "qwen2", 64, 2, 4, 2, 128, tied=False, seed=1),
-        # Qwen2.5: tied like the 0.5B/1.5B/3B models.
-        FixtureSpec("tiny-qwen2.5", "qwen2", 64, 2, 4, 2, 192, tied=True, seed=2),
+        # Qwen2 / Qwen2.5 untied (7B and larger), rope_theta 1e6, ChatML.
+        FixtureSpec("tiny-qwen2", "Qwen2.5-7B-Instruct", 64, 2, 4, 2, 128, max_positions=2048, seed=1),
+        # Qwen2.5 tied like the 0.5B/1.5B/3B models.
+        FixtureSpec("tiny-qwen2.5", "Qwen2.5-0.5B-Instruct", 64, 2, 4, 2, 192, max_positions=2048, seed=2),
         # Qwen3: head_dim 32 != 64 / 4, untied (as Qwen3-4B+), q_norm/k_norm.
-        FixtureSpec("tiny-qwen3", "qwen3", 64, 2, 4, 2, 128, head_dim=32, tied=False, seed=3),
-        FixtureSpec("tiny-qwen3-tied", "qwen3", 64, 2, 4, 2, 128, head_dim=32, tied=True, seed=4),
-        # Qwen2.5's long-context setting: YaRN factor 4 (scaled down to a 512-token original context).
-        FixtureSpec("tiny-qwen2.5-yarn", "qwen2", 64, 2, 4, 2, 192, tied=True, seed=6,
-                    rope_scaling=(("factor", 4.0), ("original_max_position_embeddings", 512))),
+        FixtureSpec("tiny-qwen3", "Qwen3-8B", 64, 2, 4, 2, 128, head_dim=32, max_positions=2048, seed=3),
+        FixtureSpec("tiny-qwen3-tied", "Qwen3-0.6B", 64, 2, 4, 2, 128, head_dim=32, max_positions=2048, seed=4),
+        # Qwen2.5's long-context setting as its model card adds it: YaRN factor 4 (scaled down to a 512-token
+        # original context), on the untied 7B config the card gives it for.
+        FixtureSpec("tiny-qwen2.5-yarn", "Qwen2.5-7B-Instruct", 64, 2, 4, 2, 192, max_positions=2048, seed=6,
+                    rope_scaling=(("factor", 4.0), ("original_max_position_embeddings", 512), ("type", "yarn"))),
+        # Qwen2.5-Coder and Qwen2.5-Math (4K context) as published
+        FixtureSpec("tiny-qwen2.5-coder", "Qwen2.5-Coder-1.5B-Instruct", 64, 2, 4, 2, 192, max_positions=2048,
+                    seed=12),
+        FixtureSpec("tiny-qwen2.5-math", "Qwen2.5-Math-1.5B-Instruct", 64, 2, 4, 2, 192, seed=13),
         # Qwen2.5-0.5B shape, for benchmarks (494M parameters).
-        FixtureSpec("qwen2.5-0.5b-shape", "qwen2", 896, 24, 14, 2, 4864, tied=True,
-                    max_positions=32768, seed=5),
+        FixtureSpec("qwen2.5-0.5b-shape", "Qwen2.5-0.5B-Instruct", 896, 24, 14, 2, 4864, seed=5),
         # Real sizes, written shard by shard in bf16 without holding the model (3.1 GB, 6.2 GB, 15.2 GB, 16.4 GB).
-        FixtureSpec("qwen2.5-1.5b-shape", "qwen2", 1536, 28, 12, 2, 8960, tied=True,
-                    max_positions=32768, seed=7, streamed=True),
-        FixtureSpec("qwen3-0.6b-shape", "qwen3", 1024, 28, 16, 8, 3072, head_dim=128, tied=True,
-                    max_positions=40960, seed=11, streamed=True),
-        FixtureSpec("qwen2.5-3b-shape", "qwen2", 2048, 36, 16, 2, 11008, tied=True,
-                    max_positions=32768, seed=10, streamed=True),
-        FixtureSpec("qwen2.5-7b-shape", "qwen2", 3584, 28, 28, 4, 18944, tied=False,
-                    max_positions=32768, seed=8, vocab=152_064, streamed=True),
-        FixtureSpec("qwen3-8b-shape", "qwen3", 4096, 36, 32, 8, 12288, head_dim=128, tied=False,
-                    max_positions=40960, seed=9, streamed=True),
+        FixtureSpec("qwen2.5-1.5b-shape", "Qwen2.5-Coder-1.5B-Instruct", 1536, 28, 12, 2, 8960, seed=7,
+                    streamed=True),
+        FixtureSpec("qwen3-0.6b-shape", "Qwen3-0.6B", 1024, 28, 16, 8, 3072, head_dim=128, seed=11, streamed=True),
+        FixtureSpec("qwen2.5-3b-shape", "Qwen2.5-0.5B-Instruct", 2048, 36, 16, 2, 11008, seed=10, streamed=True),
+        FixtureSpec("qwen2.5-7b-shape", "Qwen2.5-7B-Instruct", 3584, 28, 28, 4, 18944, seed=8, streamed=True),
+        FixtureSpec("qwen3-8b-shape", "Qwen3-8B", 4096, 36, 32, 8, 12288, head_dim=128, seed=9, streamed=True),
     ]
 }
 
 
-def _config(spec: FixtureSpec):
-    from transformers import Qwen2Config, Qwen3Config
-
-    common = dict(
-        vocab_size=spec.vocab,
-        hidden_size=spec.hidden,
-        intermediate_size=spec.intermediate,
-        num_hidden_layers=spec.layers,
-        num_attention_heads=spec.heads,
-        num_key_value_heads=spec.kv_heads,
-        max_position_embeddings=spec.max_positions,
-        rms_norm_eps=1e-6,
-        tie_word_embeddings=spec.tied,
-        bos_token_id=151643,
-        eos_token_id=151645,
-        pad_token_id=151643,
-        hidden_act="silu",
-    )
-    if spec.family == "qwen3":
-        cfg = Qwen3Config(head_dim=spec.head_dim or spec.hidden // spec.heads, **common)
-        cfg.architectures = ["Qwen3ForCausalLM"]
-    else:
-        cfg = Qwen2Config(**common)
-        cfg.architectures = ["Qwen2ForCausalLM"]
+def config_dict(spec: FixtureSpec, dtype: str = "float32") -> dict:
+    """The fixture's config.json: the published one with only its sizes (and the weights' dtype) changed."""
+    cfg = dict(spec.base)
+    sizes = {"hidden_size": spec.hidden, "intermediate_size": spec.intermediate, "num_hidden_layers": spec.layers,
+             "num_attention_heads": spec.heads, "num_key_value_heads": spec.kv_heads,
+             "max_position_embeddings": spec.positions, "vocab_size": spec.vocab_size}
+    if spec.head_dim is not None or "head_dim" in cfg:
+        sizes["head_dim"] = spec.head_dim or spec.hidden // spec.heads
+    if "max_window_layers" in cfg:  # Qwen2's sliding-window layer count (off in every published model)
+        sizes["max_window_layers"] = min(cfg["max_window_layers"], spec.layers)
+    if cfg.get("sliding_window") is not None:
+        sizes["sliding_window"] = min(cfg["sliding_window"], spec.positions)
+    assert set(sizes) <= set(SIZE_KEYS)
+    cfg.update(sizes)
+    for key in ("torch_dtype", "dtype"):
+        if key in cfg:
+            cfg[key] = dtype
     if spec.rope_scaling:
-        cfg.rope_parameters = {"rope_type": "yarn", "rope_theta": spec.rope_theta, **dict(spec.rope_scaling)}
-    else:
-        cfg.rope_parameters = {"rope_type": "default", "rope_theta": spec.rope_theta}
+        cfg["rope_scaling"] = dict(spec.rope_scaling)
     return cfg
+
+
+def generation_config_dict(spec: FixtureSpec) -> dict:
+    """The published generation_config.json, as it is (it has no sizes)."""
+    return dict(published(spec.published)[1])
+
+
+def _config(spec: FixtureSpec, dtype: str = "float32"):
+    """The transformers config of ``spec``, read from its config.json the way from_pretrained reads it."""
+    from transformers import AutoConfig
+
+    return AutoConfig.for_model(**{k: v for k, v in config_dict(spec, dtype).items()
+                                   if k not in ("transformers_version",)})
 
 
 def weight_kind(name: str) -> str:
@@ -164,19 +205,36 @@ def _make_streamed(spec: FixtureSpec, out_dir: Path, dtype: str, log) -> Path:
     if dtype != "bfloat16":
         raise ValueError(f"{spec.name} is written tensor by tensor in bfloat16 only (as Qwen ships it); "
                          "pass --dtype bfloat16")
-    cfg = _config(spec)
-    cfg.dtype = "bfloat16"
-    cfg.save_pretrained(out_dir)
     write_weights(spec, out_dir, log=log)
     return _side_files(spec, out_dir, dtype)
 
 
 def _side_files(spec: FixtureSpec, out_dir: Path, dtype: str) -> Path:
-    from transformers import GenerationConfig
-
-    GenerationConfig(bos_token_id=151643, eos_token_id=[151645, 151643], pad_token_id=151643,
-                     do_sample=False).save_pretrained(out_dir)
+    """config.json and generation_config.json as published (save_pretrained's own are replaced: it writes
+    every key, null where unset), tokenizer and chat template."""
+    (out_dir / "config.json").write_text(json.dumps(config_dict(spec, dtype), indent=2) + "\n", encoding="utf-8")
+    (out_dir / "generation_config.json").write_text(json.dumps(generation_config_dict(spec), indent=2) + "\n",
+                                                    encoding="utf-8")
     template = QWEN3_THINKING if spec.family == "qwen3" else QWEN25_CHATML
-    write_tokenizer(out_dir, spec.family, template, spec.max_positions)
-    (out_dir / "edgeqwen_fixture.json").write_text(json.dumps({"fixture": spec.name, "dtype": dtype}))
+    write_tokenizer(out_dir, spec.family, template, spec.positions)
+    (out_dir / "edgeqwen_fixture.json").write_text(json.dumps({"fixture": spec.name, "dtype": dtype,
+                                                               "published": spec.published}))
     return out_dir
+
+
+def resave_with_transformers(src: Path, dst: Path) -> Path:
+    """``src`` loaded and saved again by transformers 5, as a user's fine-tuning script would leave it:
+    its config.json then lists every key (``"pad_token_id": null`` among them) and its own
+    generation_config.json replaces the published one."""
+    import shutil
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    dst = Path(dst)
+    model = AutoModelForCausalLM.from_pretrained(str(src), dtype=torch.float32)
+    model.save_pretrained(dst, safe_serialization=True)
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        if (Path(src) / name).is_file():
+            shutil.copy2(Path(src) / name, dst / name)
+    return dst

@@ -26,7 +26,7 @@ DEFAULT_SHARD_BYTES = 4 * 2**30  # Qwen's own shards are about 4 GB
 def tensor_table(spec) -> list[tuple[str, tuple[int, ...]]]:
     """(name, shape) of every tensor of a Qwen2/Qwen3 checkpoint of ``spec``'s shape, in file order."""
     h, hd = spec.hidden, spec.head_dim or spec.hidden // spec.heads
-    q, kv, inter, vocab = spec.heads * hd, spec.kv_heads * hd, spec.intermediate, spec.vocab
+    q, kv, inter, vocab = spec.heads * hd, spec.kv_heads * hd, spec.intermediate, spec.vocab_size
     rows: list[tuple[str, tuple[int, ...]]] = [("model.embed_tokens.weight", (vocab, h))]
     for i in range(spec.layers):
         p = f"model.layers.{i}"

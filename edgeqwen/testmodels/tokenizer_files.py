@@ -7,6 +7,7 @@ exactly Qwen's token ids without the Hugging Face Hub.
 from __future__ import annotations
 
 import json
+from functools import lru_cache
 from pathlib import Path
 
 # Qwen splits digits one by one (\p{N}, not \p{N}{1,3} as in cl100k).
@@ -54,10 +55,15 @@ def build_tokenizer_json(added: list[tuple[str, bool]]):
     return tok
 
 
+@lru_cache(maxsize=2)
+def tokenizer_json(family: str) -> str:
+    """tokenizer.json's text for ``family``, converted once per process (the 151,643 ranks take seconds)."""
+    return build_tokenizer_json(QWEN3_ADDED if family == "qwen3" else QWEN25_ADDED).to_str(pretty=True)
+
+
 def write_tokenizer(folder: Path, family: str, chat_template: str, model_max_length: int) -> None:
     added = QWEN3_ADDED if family == "qwen3" else QWEN25_ADDED
-    tok = build_tokenizer_json(added)
-    tok.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer.json").write_text(tokenizer_json(family), encoding="utf-8")
     first = NUM_BPE_RANKS
     config = {
         "tokenizer_class": "Qwen2Tokenizer",

@@ -50,12 +50,23 @@ class Backend(Protocol):
     def new_state(self, capacity: int) -> State:
         """An empty sequence able to hold at least ``capacity`` tokens (it may grow later)."""
 
-    def teacher_forced_logits(self, ids: Sequence[int], prefill: int) -> np.ndarray:
+    def teacher_forced_logits(self, ids: Sequence[int], prefill: int, out: np.ndarray | None = None) -> np.ndarray:
         """Logits [len(ids) - prefill + 1, V]: ids[:prefill] as one prefill step, then each further id
-        as one decode step (validation and quality reports)."""
+        as one decode step (validation and quality reports). ``out``: a float32 array of at least that many
+        rows to write them into (a caller scoring chunk after chunk reuses one buffer: first-touching a
+        fresh 311 MB array costs more than the decode steps that fill it); the rows' view is returned."""
 
     def greedy(self, ids: Sequence[int], max_new_tokens: int) -> list[int]:
         """Greedy continuation of ``ids`` straight through the backend (validation)."""
+
+
+def logit_rows(out: np.ndarray | None, rows: int, vocab: int) -> np.ndarray:
+    """[rows, vocab] float32 to fill: a view of the caller's buffer ``out``, or a new array."""
+    if out is None:
+        return np.empty((rows, vocab), dtype=np.float32)
+    if out.dtype != np.float32 or out.ndim != 2 or out.shape[0] < rows or out.shape[1] != vocab:
+        raise ValueError(f"out must be float32 [>= {rows}, {vocab}], got {out.dtype} {list(out.shape)}")
+    return out[:rows]
 
 
 def known_backends() -> tuple[str, ...]:
@@ -80,12 +91,15 @@ class StateLoops:
     def new_state(self, capacity: int) -> State:
         raise NotImplementedError
 
-    def teacher_forced_logits(self, ids: Sequence[int], prefill: int) -> np.ndarray:
+    def teacher_forced_logits(self, ids: Sequence[int], prefill: int, out: np.ndarray | None = None) -> np.ndarray:
         state = self.new_state(len(ids))
         try:
-            rows = [state.append(ids[:prefill])]
-            rows += [state.append([t]) for t in ids[prefill:]]
-            return np.stack(rows)
+            first = state.append(ids[:prefill])
+            out = logit_rows(out, len(ids) - prefill + 1, first.shape[-1])
+            out[0] = first
+            for i, t in enumerate(ids[prefill:], 1):
+                out[i] = state.append([t])
+            return out
         finally:
             state.close()
 

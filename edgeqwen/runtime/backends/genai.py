@@ -9,6 +9,7 @@ from typing import Sequence
 import numpy as np
 
 from edgeqwen.artifact import RuntimeSpec
+from edgeqwen.runtime.backends import logit_rows
 from edgeqwen.runtime.providers import choose
 
 
@@ -38,16 +39,17 @@ class GenaiBackend:
     def new_state(self, capacity: int) -> "GenaiState":
         return GenaiState(self, capacity)
 
-    def teacher_forced_logits(self, ids: Sequence[int], prefill: int) -> np.ndarray:
+    def teacher_forced_logits(self, ids: Sequence[int], prefill: int, out: np.ndarray | None = None) -> np.ndarray:
         """Logits [len(ids) - prefill + 1, V] predicting ids[prefill-1+1 ...]: the prompt ids[:prefill]
         goes in as one prefill step, then each following id one decode step at a time."""
         gen = self._generator(len(ids) + 1)
+        out = logit_rows(out, len(ids) - prefill + 1, self.vocab_size)  # [rows, V], filled in place
         gen.append_tokens(np.asarray(ids[:prefill], dtype=np.int32))
-        rows = [np.array(gen.get_logits(), dtype=np.float32).reshape(-1, self.vocab_size)[-1]]
-        for t in ids[prefill:]:
+        out[0] = np.asarray(gen.get_logits()).reshape(-1, self.vocab_size)[-1]
+        for i, t in enumerate(ids[prefill:], 1):
             gen.append_tokens(np.asarray([t], dtype=np.int32))
-            rows.append(np.array(gen.get_logits(), dtype=np.float32).reshape(-1, self.vocab_size)[-1])
-        return np.stack(rows)
+            out[i] = np.asarray(gen.get_logits()).reshape(-1, self.vocab_size)[-1]
+        return out
 
     def greedy(self, ids: Sequence[int], max_new_tokens: int) -> list[int]:
         gen = self._generator(len(ids) + max_new_tokens)
