@@ -29,8 +29,78 @@ _CHUNK = 1 << 22
 # The runtime section's own version: the contract between the compiler that writes it and the
 # runtime that reads it. A runtime refuses a contract version it does not know instead of guessing.
 # 2: sampling defaults (the checkpoint's recommended decoding); pad_token_id optional.
-RUNTIME_CONTRACT_VERSION = 2
+# 3: layers, what each decoder layer carries from step to step (KV cache or a fixed-size state).
+RUNTIME_CONTRACT_VERSION = 3
 LOGITS_MODES = ("last_position", "all_positions")
+STATE_KINDS = ("kv", "fixed")
+STATE_DTYPES = ("float32", "float16")
+# The symbolic axes of a state tensor's shape; every other axis is a fixed int.
+BATCH, SEQUENCE = "batch", "sequence"
+# State tensor names of the graphs each flow writes ({i}: layer, {kind}: key or value).
+GENAI_KV_NAMES = ("past_key_values.{i}.{kind}", "present.{i}.{kind}")  # onnxruntime-genai's builder
+STATIC_KV_NAMES = ("past_{kind}_{i}", "present_{kind}_{i}")  # edgeqwen/compiler/static/decoder.py
+
+
+@dataclass(frozen=True)
+class StateTensor:
+    """One tensor of a layer's state: fed to the graph as ``input``, its next value read from ``output``
+    (for a KV tensor, what the graph writes for this run's positions: genai graphs write them into the
+    bound buffer in place; the static graphs return only the chunk's [kv_heads, chunk, head_dim]).
+
+    ``shape`` describes ``input``: has ints and the symbolic axes "batch" (one row per sequence; axis 0 where present) and
+    "sequence" (cached positions: only a KV tensor has it, sized by the backend: the capacity it grew to,
+    or a static build's cache_length). E.g. genai keys ("batch", 2, "sequence", 64); a Gated DeltaNet
+    conv state ("batch", 6144, 3) and recurrent state ("batch", 16, 128, 128), fixed whatever the context.
+    """
+
+    input: str
+    output: str
+    shape: tuple[int | str, ...]
+    dtype: str  # one of STATE_DTYPES
+
+    @property
+    def batch_axis(self) -> int | None:
+        return self.shape.index(BATCH) if BATCH in self.shape else None
+
+    @property
+    def sequence_axis(self) -> int | None:
+        return self.shape.index(SEQUENCE) if SEQUENCE in self.shape else None
+
+    def concrete(self, batch: int, sequence: int) -> tuple[int, ...]:
+        """The shape with the symbolic axes sized: what a backend allocates."""
+        sizes = {BATCH: batch, SEQUENCE: sequence}
+        return tuple(sizes[d] if isinstance(d, str) else d for d in self.shape)
+
+
+@dataclass(frozen=True)
+class LayerState:
+    """What one decoder layer carries from one graph run to the next.
+
+    kind "kv": keys and values per cached position (a "sequence" axis); "fixed": a state of one size
+    whatever the context (a recurrent layer's conv and recurrent state), updated by every token.
+    """
+
+    kind: str  # one of STATE_KINDS
+    tensors: tuple[StateTensor, ...]
+
+    @property
+    def truncatable(self) -> bool:
+        """Whether the state can be rewound by cutting its sequence axis: a KV cache forgets the positions
+        past n; a fixed state has folded every token in and cannot give one back."""
+        return self.kind == "kv"
+
+
+def kv_layer_states(layers: int, kv_heads: int, head_dim: int, dtype: str, past: str, present: str,
+                    batch: bool = True) -> tuple[LayerState, ...]:
+    """``layers`` KV layers: keys and values [batch, kv_heads, sequence, head_dim] (without the batch
+    axis where ``batch`` is False: the static graphs run one sequence), named by the format strings
+    ``past`` / ``present`` with {i} the layer and {kind} key or value (see GENAI_KV_NAMES, STATIC_KV_NAMES)."""
+    shape: tuple[int | str, ...] = ((BATCH,) if batch else ()) + (kv_heads, SEQUENCE, head_dim)
+    return tuple(
+        LayerState("kv", tuple(StateTensor(past.format(i=i, kind=k), present.format(i=i, kind=k), shape, dtype)
+                               for k in ("key", "value")))
+        for i in range(layers)
+    )
 
 
 @dataclass(frozen=True)
@@ -60,6 +130,12 @@ class StaticSpec:
         """Raises TypeError, KeyError or AttributeError on a malformed table."""
         return cls(**{**raw, "graphs": {role: StaticGraph(**g) for role, g in raw["graphs"].items()}})
 
+    def layer_states(self) -> tuple[LayerState, ...]:
+        """What these graphs carry per layer: float32 KV [kv_heads, sequence, head_dim] (no batch axis; the
+        sequence axis is cache_length long; present_* hold the chunk's positions). The static flow writes it into runtime.layers; calibration (a build in progress, no manifest
+        yet) drives the graphs with it."""
+        return kv_layer_states(self.layers, self.kv_heads, self.head_dim, "float32", *STATIC_KV_NAMES, batch=False)
+
 
 @dataclass
 class RuntimeSpec:
@@ -67,7 +143,8 @@ class RuntimeSpec:
 
     Written by every build flow, read by the engine, the backends and the package steps (which may
     update it, e.g. ``model_file`` after an ORT-format conversion). Backend-specific fields are None
-    where a backend does not use them.
+    where a backend does not use them. ``layers`` is the only source of the state tensors' names,
+    shapes and dtypes: no backend re-reads them from genai_config.json or the graph.
     """
 
     backend: str
@@ -81,6 +158,7 @@ class RuntimeSpec:
     vocab_size: int
     eos_token_ids: list[int]
     logits: str  # one of LOGITS_MODES
+    layers: tuple[LayerState, ...]  # one per decoder layer, in order: the state the runtime allocates and steps
     pad_token_id: int | None = None  # absent from the manifest when the checkpoint names no pad token
     # the model's recommended decoding: plain completions and chat in the template's default mode, and
     # chat with thinking off where the model card gives another setting (Qwen3)
@@ -97,6 +175,7 @@ class RuntimeSpec:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        d["layers"] = _plain(d["layers"])  # lists, as the manifest file holds them: the same in memory and on disk
         return {"version": d.pop("version"), **{k: v for k, v in d.items() if v is not None}}
 
     @classmethod
@@ -135,7 +214,17 @@ class RuntimeSpec:
                     raise fail(f"has a malformed {key} table ({e})") from None
         if values.get("static") is not None:
             values["static"] = _static_spec(values["static"], fail)
+        values["layers"] = _layer_states(values["layers"], fail)
+        static = values.get("static")
+        if static is not None and len(values["layers"]) != static.layers:
+            raise fail(f"has {len(values['layers'])} layers but its static table {static.layers}")
         return cls(**values)
+
+    @property
+    def truncatable(self) -> bool:
+        """Whether a sequence's state can be rewound (every layer truncatable); otherwise reusing a cached
+        prefix that the new prompt leaves means a fresh state and a new prefill."""
+        return all(layer.truncatable for layer in self.layers)
 
 
 def _expect(values: dict[str, Any], fail, kind: type, *keys: str) -> None:
@@ -152,6 +241,65 @@ def _static_spec(raw: Any, fail) -> StaticSpec:
     if set(spec.graphs) != {"prefill", "decode"}:
         raise fail(f"static graphs are {sorted(spec.graphs)}; expected prefill and decode")
     return spec
+
+
+def _plain(value: Any) -> Any:
+    """Tuples to lists, all the way down (JSON's own types)."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def _layer_states(raw: Any, fail) -> tuple[LayerState, ...]:
+    if not isinstance(raw, (list, tuple)) or not raw:
+        raise fail("has a malformed layers table (expected a non-empty list, one table per decoder layer)")
+    layers = []
+    for i, item in enumerate(raw):
+        try:
+            layers.append(_layer_state(item))
+        except ValueError as e:
+            raise fail(f"has a malformed layers table (layer {i}: {e})") from None
+    names = [n for layer in layers for t in layer.tensors for n in (t.input, t.output)]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise fail(f"has a malformed layers table (tensor name(s) {', '.join(repeated)} used more than once)")
+    return tuple(layers)
+
+
+def _layer_state(raw: Any) -> LayerState:
+    """One layer's table; ValueError saying what is wrong."""
+    if not isinstance(raw, dict) or set(raw) != {"kind", "tensors"}:
+        raise ValueError("expected a table with exactly kind and tensors")
+    kind, tensors = raw["kind"], raw["tensors"]
+    if kind not in STATE_KINDS:
+        raise ValueError(f"kind {kind!r} is not one of {', '.join(STATE_KINDS)}")
+    if not isinstance(tensors, (list, tuple)) or not tensors:
+        raise ValueError("tensors must be a non-empty list")
+    layer = LayerState(kind, tuple(_state_tensor(t) for t in tensors))
+    for t in layer.tensors:
+        if layer.truncatable != (t.sequence_axis is not None):
+            want = "needs" if layer.truncatable else "cannot have"
+            raise ValueError(f"tensor {t.input}: a {kind} state {want} a {SEQUENCE!r} axis, shape {list(t.shape)}")
+    return layer
+
+
+def _state_tensor(raw: Any) -> StateTensor:
+    if not isinstance(raw, dict) or set(raw) != {"input", "output", "shape", "dtype"}:
+        raise ValueError("a tensor must be a table with exactly input, output, shape and dtype")
+    name, out, shape, dtype = raw["input"], raw["output"], raw["shape"], raw["dtype"]
+    if not (isinstance(name, str) and name and isinstance(out, str) and out):
+        raise ValueError("a tensor's input and output must be non-empty names")
+    if dtype not in STATE_DTYPES:
+        raise ValueError(f"tensor {name}: dtype {dtype!r} is not one of {', '.join(STATE_DTYPES)}")
+    if not isinstance(shape, (list, tuple)) or not shape or not all(
+            d in (BATCH, SEQUENCE) or (isinstance(d, int) and not isinstance(d, bool) and d > 0) for d in shape):
+        raise ValueError(f"tensor {name}: shape {shape!r} must list positive ints and the axes {BATCH!r}, {SEQUENCE!r}")
+    if list(shape).count(BATCH) > 1 or list(shape).count(SEQUENCE) > 1 or BATCH in shape[1:]:
+        raise ValueError(f"tensor {name}: shape {list(shape)} has {BATCH!r} other than once at axis 0 "
+                         f"or {SEQUENCE!r} more than once")
+    return StateTensor(name, out, tuple(shape), dtype)
 
 
 def runtime_spec(manifest: dict[str, Any], where: str = "manifest") -> RuntimeSpec:

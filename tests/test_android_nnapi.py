@@ -15,7 +15,9 @@ import pytest
 
 from edgeqwen.compiler.package_steps.mobile_usability import parse_nnapi
 from edgeqwen.compiler.pipeline import build
-from edgeqwen.compiler.static.decoder import Dims, Weights, decoder_graph, rotate_half_matrix
+from edgeqwen.compiler.static.decoder import Weights, decoder_graph, rotate_half_matrix
+from edgeqwen.model.spec import parse_spec
+from edgeqwen.model.tensors import tensor_map
 from edgeqwen.errors import ContextOverflow, ProfileError
 from edgeqwen.runtime import load
 from edgeqwen.targets import load_profile
@@ -30,8 +32,10 @@ def _nnapi_table() -> set[str]:
 
 def _toy(qk_norm: bool, tied: bool, kv_heads: int = 2):
     rng = np.random.default_rng(0)
-    dims = Dims(layers=2, hidden=32, heads=4, kv_heads=kv_heads, head_dim=16, intermediate=48, vocab=50,
-                eps=1e-6, qk_norm=qk_norm, qkv_bias=not qk_norm)
+    # Qwen3 (q/k norm, no bias) or Qwen2 (q/k/v bias), through the one parser
+    dims = parse_spec({"architectures": ["Qwen3ForCausalLM" if qk_norm else "Qwen2ForCausalLM"], "num_hidden_layers": 2,
+                       "hidden_size": 32, "num_attention_heads": 4, "num_key_value_heads": kv_heads, "head_dim": 16,
+                       "intermediate_size": 48, "vocab_size": 50, "rms_norm_eps": 1e-6, "tie_word_embeddings": tied})
     t = {"model.embed_tokens.weight": rng.normal(size=(50, 32)), "model.norm.weight": np.ones(32)}
     if not tied:
         t["lm_head.weight"] = rng.normal(size=(50, 32))
@@ -47,7 +51,7 @@ def _toy(qk_norm: bool, tied: bool, kv_heads: int = 2):
             t[p + f"mlp.{n}_proj.weight"] = rng.normal(size=shape)
     t = {k: v.astype(np.float32) for k, v in t.items()}
     cos = rng.normal(size=(40, 16)).astype(np.float32)
-    return Weights(t, cos, cos[::-1].copy(), tied), dims
+    return Weights(t, tensor_map(dims), cos, cos[::-1].copy()), dims
 
 
 def test_rotate_half_matrix():

@@ -84,11 +84,18 @@ def test_existing_output_needs_force_and_is_replaced_whole(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]
 
 
-RUNTIME = {"version": 2, "backend": "genai", "execution_provider": "cpu", "tokenizer": "tokenizer.json",
+def _kv_layers(n: int = 2) -> list[dict]:
+    shape = ["batch", 2, "sequence", 64]
+    return [{"kind": "kv", "tensors": [{"input": f"past_key_values.{i}.{k}", "output": f"present.{i}.{k}",
+                                        "shape": shape, "dtype": "float32"} for k in ("key", "value")]}
+            for i in range(n)]
+
+
+RUNTIME = {"version": 3, "backend": "genai", "execution_provider": "cpu", "tokenizer": "tokenizer.json",
            "chat_template": "chat_template.jinja", "family": "qwen3", "thinking": True,
            "special_tokens": {"im_end": 151645}, "context_length": 2048, "vocab_size": 151936,
            "eos_token_ids": [151645, 151643], "pad_token_id": 151643, "logits": "last_position",
-           "model_file": "model.onnx", "genai_config": "genai_config.json"}
+           "model_file": "model.onnx", "genai_config": "genai_config.json", "layers": _kv_layers()}
 
 
 def test_runtime_contract_round_trips():
@@ -161,9 +168,11 @@ def test_every_optional_runtime_field_round_trips(tmp_path, name, value, how):
 
 
 @pytest.mark.parametrize("edit, message", [
-    (lambda r: r.pop("version"), "contract version None, this edgeqwen reads 2"),
+    (lambda r: r.pop("version"), "contract version None, this edgeqwen reads 3"),
     (lambda r: r.update(version=1), "contract version 1"),
-    (lambda r: r.update(version=3), "contract version 3"),
+    (lambda r: r.update(version=2), "contract version 2"),
+    (lambda r: r.update(version=4), "contract version 4"),
+    (lambda r: r.pop("layers"), "lacks layers"),
     (lambda r: r.update(pad_token_id="0"), "pad_token_id must be int"),
     (lambda r: r.update(sampling={"temperature": 0.7, "top_p": 0.8, "top_k": 2.5}), "malformed sampling table"),
     (lambda r: r.update(sampling={"temperature": -1.0}), "malformed sampling table"),

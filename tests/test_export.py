@@ -139,9 +139,10 @@ def test_yarn_rope_scaling_matches_transformers(artifacts):
 
 
 def test_length_dependent_rope_is_refused():
-    from edgeqwen.compiler.passes.rope_caches import reference_tables
+    from edgeqwen.model.spec import SpecError, parse_spec
 
-    config = {"model_type": "qwen2", "hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 1,
+    config = {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": 64,
+              "num_attention_heads": 4, "num_hidden_layers": 1, "vocab_size": 128, "intermediate_size": 96,
               "rope_parameters": {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0}}
-    with pytest.raises(RuntimeError, match="changes with sequence length"):
-        reference_tables(config, "Qwen2ForCausalLM", 128)
+    with pytest.raises(SpecError, match="rope type 'dynamic' is not supported"):
+        parse_spec(config)

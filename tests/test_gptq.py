@@ -63,12 +63,15 @@ def test_an_olive_quantised_linear_is_repacked_bit_for_bit(tmp_path, k, n, group
 
 def test_group_overrides_follow_the_input_sizes():
     from edgeqwen.compiler.torch_quant import group_overrides
+    from edgeqwen.model.spec import parse_spec
 
-    cfg = {"hidden_size": 112, "num_attention_heads": 7, "intermediate_size": 200, "num_hidden_layers": 2}
-    out = group_overrides(cfg, 128)
+    cfg = {"architectures": ["Qwen2ForCausalLM"], "hidden_size": 112, "num_attention_heads": 7,
+           "intermediate_size": 200, "num_hidden_layers": 2, "vocab_size": 256}
+    out = group_overrides(parse_spec(cfg), 128)
     assert out["model.layers.1.self_attn.q_proj"] == {"group_size": 16}  # 112 = 7 x 16
     assert out["model.layers.0.mlp.down_proj"] == {"group_size": -1}  # 200: no power of two >= 16 divides it
-    assert group_overrides({**cfg, "hidden_size": 896, "num_attention_heads": 14, "intermediate_size": 4864}, 128) == {}
+    big = {**cfg, "hidden_size": 896, "num_attention_heads": 14, "intermediate_size": 4864}
+    assert group_overrides(parse_spec(big), 128) == {}
 
 
 @pytest.mark.parametrize("target", ["cpu-int4", "android-cpu-int4"])

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from edgeqwen.errors import CheckpointError
+from edgeqwen.model.tensors import TensorMap
 from edgeqwen.safetensors_io import SIZES, TensorFile, write_safetensors
 
 CONFIG = "adapter_config.json"
@@ -111,15 +112,17 @@ def tensor_shapes(path: Path, weight_files: list[str]) -> dict[str, tuple[int, .
     return shapes
 
 
-def check_against(adapter: Adapter, shapes: dict[str, tuple[int, ...]], model_id: str) -> None:
-    """Every adapted layer must be a linear layer of this checkpoint with matching shapes."""
+def check_against(adapter: Adapter, shapes: dict[str, tuple[int, ...]], model_id: str, names: TensorMap) -> None:
+    """Every adapted layer must be a decoder linear layer of this checkpoint (by its tensor map) with
+    matching shapes."""
     where = f"adapter {adapter.path}"
+    linear = set(names.linear_weights())
     with TensorFile(adapter.path / WEIGHTS) as f:
         for name, (ka, kb) in adapter.pairs.items():
-            if name.split(".")[-2] not in _LINEAR:
+            if name not in linear and name.split(".")[-2] not in _LINEAR:
                 raise CheckpointError(f"{where}: target module {name} is not one of the linear layers "
                                       f"{', '.join(_LINEAR)}")
-            if name not in shapes:
+            if name not in shapes or name not in linear:
                 raise CheckpointError(f"{where}: targets {name}, which checkpoint {model_id} does not have "
                                       f"(an adapter for another base model?)")
             a, b = f.shape(ka), f.shape(kb)

@@ -15,15 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from edgeqwen.errors import CheckpointError
-from edgeqwen.model.generation import GenerationSettings, read_generation_settings
+from edgeqwen.model.generation import GenerationSettings, read_json
+from edgeqwen.model.spec import RULES, ModelSpec, SpecError, parse_spec
+from edgeqwen.model.tensors import TensorMap, tensor_map
 
 # architecture -> family used by the runtime (chat template behaviour, thinking support)
-SUPPORTED_ARCHITECTURES = {
-    "Qwen2ForCausalLM": "qwen2",  # Qwen2, Qwen2.5, Qwen2.5-Coder, Qwen2.5-Math (q/k/v bias)
-    "Qwen3ForCausalLM": "qwen3",  # Qwen3 dense (q_norm/k_norm, explicit head_dim, thinking)
-}
-# RoPE variants whose tables do not depend on the running sequence length
-STATIC_ROPE_TYPES = {"default", "linear", "yarn", "llama3"}
+SUPPORTED_ARCHITECTURES = {arch: rule.family for arch, rule in RULES.items()}
 SUPPORTED_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _HUB_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "merges.txt", "vocab.json", "tokenizer*"]
@@ -36,6 +33,8 @@ class Checkpoint:
     architecture: str
     family: str
     config: dict[str, Any]
+    spec: ModelSpec  # what the checkpoint is, parsed once (edgeqwen.model.spec)
+    tensors: TensorMap  # its tensors by role (edgeqwen.model.tensors)
     weight_files: tuple[str, ...]
     dtype: str
     tied_embeddings: bool
@@ -46,7 +45,7 @@ class Checkpoint:
     notes: tuple[str, ...] = field(default_factory=tuple)
 
     def describe(self) -> dict[str, Any]:
-        c = self.config
+        s = self.spec
         return {
             "model_id": self.model_id,
             "revision": self.revision,
@@ -57,14 +56,14 @@ class Checkpoint:
             "weights_sha256": self.weights_sha256(),
             "parameters": self.parameter_count,
             "tied_embeddings": self.tied_embeddings,
-            "hidden_size": c.get("hidden_size"),
-            "num_hidden_layers": c.get("num_hidden_layers"),
-            "num_attention_heads": c.get("num_attention_heads"),
-            "num_key_value_heads": c.get("num_key_value_heads"),
-            "head_dim": c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"],
-            "vocab_size": c.get("vocab_size"),
-            "max_position_embeddings": c.get("max_position_embeddings"),
-            "rope": _rope_of(c),
+            "hidden_size": s.hidden,
+            "num_hidden_layers": s.layers,
+            "num_attention_heads": s.heads,
+            "num_key_value_heads": s.kv_heads,
+            "head_dim": s.head_dim,
+            "vocab_size": s.vocab,
+            "max_position_embeddings": s.positions,
+            "rope": s.rope.describe(),
         }
 
     def weights_sha256(self) -> str:
@@ -77,25 +76,28 @@ class Checkpoint:
         return h.hexdigest()
 
 
+def check_complete(ckpt: Checkpoint) -> None:
+    """Refuse, before the export starts, a checkpoint that lacks a tensor its spec needs (a shard from
+    another model, a truncated conversion): one line naming the first missing tensor."""
+    from edgeqwen.safetensors_io import CheckpointTensors
+
+    with CheckpointTensors(ckpt.path, list(ckpt.weight_files)) as src:
+        missing = [n for n in ckpt.tensors.names() if n not in src]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise CheckpointError(f"{ckpt.path}: tensor {missing[0]}{more} is missing, which {ckpt.architecture} with "
+                              "this config.json needs; is the checkpoint complete?")
+
+
 def generation_settings_of(ckpt: Checkpoint, thinking: bool = False) -> GenerationSettings:
     """The checkpoint's token ids and sampling, read once by edgeqwen.model.generation's rules."""
-    try:
-        return read_generation_settings(ckpt.path, ckpt.config, ckpt.family, thinking)
-    except (ValueError, UnicodeDecodeError) as e:  # json.JSONDecodeError is a ValueError
-        raise CheckpointError(f"{ckpt.path / 'generation_config.json'} is not valid ({e}); fix or remove it") from None
+    return ckpt.spec.generation_for(thinking)
 
 
 def generation_token_ids(ckpt: Checkpoint) -> tuple[int | None, list[int], int | None]:
     """(bos, eos in the file's order, pad) as generation uses them."""
     gen = generation_settings_of(ckpt)
     return gen.bos_token_id, list(gen.eos_token_ids), gen.pad_token_id
-
-
-def _rope_of(config: dict[str, Any]) -> dict[str, Any]:
-    rope = dict(config.get("rope_parameters") or config.get("rope_scaling") or {})
-    if "rope_theta" in config:
-        rope.setdefault("rope_theta", config["rope_theta"])
-    return rope
 
 
 def resolve(model: str, revision: str | None = None) -> tuple[Path, str, str | None]:
@@ -126,49 +128,36 @@ def open_checkpoint(model: str, revision: str | None = None) -> Checkpoint:
         config = json.loads(raw)
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{config_path} is not valid JSON ({e})") from None
-    arch = _architecture(config, config_path)
-    files = _weight_files(path)
-    dtypes, names, params = _check_safetensors(path, files)
+    try:
+        generation = read_json(path / "generation_config.json")
+    except (ValueError, UnicodeDecodeError) as e:  # json.JSONDecodeError is a ValueError
+        raise CheckpointError(f"{path / 'generation_config.json'} is not valid ({e}); fix or remove it") from None
+    try:
+        parse_spec(config, generation, where=str(config_path))  # refuse an unknown model before reading weights
+        files = _weight_files(path)
+        dtypes, names, params = _check_safetensors(path, files)
+        spec = parse_spec(config, generation, names, where=str(config_path))
+    except SpecError as e:
+        raise CheckpointError(str(e)) from None
     if not (path / "tokenizer.json").is_file():
         raise CheckpointError(f"{path} has no tokenizer.json (the runtime needs the fast tokenizer file)")
-    # A checkpoint without lm_head.weight can only be tied, whatever its config says.
-    tied = bool(config.get("tie_word_embeddings", False)) or "lm_head.weight" not in names
     dtype = "+".join(sorted(SUPPORTED_DTYPES[d] for d in dtypes))
     return Checkpoint(
         path=path,
         model_id=model_id,
-        architecture=arch,
-        family=SUPPORTED_ARCHITECTURES[arch],
+        architecture=spec.architecture,
+        family=spec.family,
         config=config,
+        spec=spec,
+        tensors=tensor_map(spec),
         weight_files=tuple(files),
         dtype=dtype,
-        tied_embeddings=tied,
+        tied_embeddings=spec.tied,
         config_sha256=hashlib.sha256(raw).hexdigest(),
         revision=revision,
         tensor_count=len(names),
         parameter_count=params,
     )
-
-
-def _architecture(config: dict[str, Any], where: Path) -> str:
-    archs = config.get("architectures") or []
-    supported = ", ".join(f"{a} ({f})" for a, f in SUPPORTED_ARCHITECTURES.items())
-    if not archs:
-        raise CheckpointError(f"{where} names no architecture; supported: {supported}")
-    arch = archs[0]
-    if arch not in SUPPORTED_ARCHITECTURES:
-        raise CheckpointError(f"architecture {arch} is not supported; edgeqwen builds {supported}")
-    for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size"):
-        if not isinstance(config.get(key), int):
-            raise CheckpointError(f"{where}: '{key}' is missing or not an integer")
-    rope = _rope_of(config)
-    kind = rope.get("rope_type", rope.get("type", "default"))
-    if kind not in STATIC_ROPE_TYPES:
-        raise CheckpointError(
-            f"{where}: rope type '{kind}' is not supported; the exported rotary tables are static "
-            f"({', '.join(sorted(STATIC_ROPE_TYPES))})"
-        )
-    return arch
 
 
 def _weight_files(path: Path) -> list[str]:

@@ -23,7 +23,7 @@ from edgeqwen.compiler.adapter import (
     tensor_shapes,
 )
 from edgeqwen.compiler.adapter import merge as merge_adapter
-from edgeqwen.compiler.checkpoint import Checkpoint, open_checkpoint
+from edgeqwen.compiler.checkpoint import Checkpoint, check_complete, open_checkpoint
 from edgeqwen.compiler.flows import FlowOutput, get_flow, known_flows
 from edgeqwen.compiler.torch_quant import leading_torch_passes
 from edgeqwen.compiler.progress import Progress
@@ -80,6 +80,7 @@ def build(model: str, target: str, out: Path | None = None, *, validate: bool = 
                         quiet=quiet)
     with progress.step("Checking checkpoint"):
         ckpt = open_checkpoint(model, revision)
+        check_complete(ckpt)
         progress.say(f"    {ckpt.architecture} ({ckpt.family}), {ckpt.parameter_count / 1e6:.1f}M parameters, "
                      f"{ckpt.dtype}, tied embeddings: {ckpt.tied_embeddings}")
         lora = _open_lora(adapter, adapter_scale, ckpt)
@@ -131,7 +132,7 @@ def _open_lora(adapter: str | Path | None, scale: float, ckpt: Checkpoint) -> Ad
     if adapter is None:
         return None
     lora = open_adapter(adapter, scale)
-    check_against(lora, tensor_shapes(ckpt.path, list(ckpt.weight_files)), ckpt.model_id)
+    check_against(lora, tensor_shapes(ckpt.path, list(ckpt.weight_files)), ckpt.model_id, ckpt.tensors)
     base = lora.config.get("base_model_name_or_path")
     if base and Path(str(base)).name != Path(ckpt.model_id).name:
         warnings.warn(f"the adapter names {base} as its base model and the checkpoint is {ckpt.model_id}; the "

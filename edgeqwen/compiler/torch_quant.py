@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from edgeqwen.errors import CheckpointError, ProfileError
+from edgeqwen.model.spec import ModelSpec, read_spec
+from edgeqwen.model.tensors import ATTENTION_LINEARS, MLP_LINEARS, tensor_map
 from edgeqwen.targets import TORCH_PASSES, targets_dir
 
 # Our own options on these passes (Olive's are passed through unchanged).
@@ -133,27 +135,26 @@ def _data_config(model_path: Path, samples: int, tokens: int) -> dict[str, Any]:
             "dataloader_config": {"batch_size": 1}}
 
 
-def input_sizes(config: dict[str, Any]) -> dict[str, int]:
-    """K (input features) of each decoder linear layer kind, from the model's config."""
-    hidden = int(config["hidden_size"])
-    head = int(config.get("head_dim") or hidden // int(config["num_attention_heads"]))
-    return {**{f"self_attn.{n}_proj": hidden for n in "qkv"}, "self_attn.o_proj": int(config["num_attention_heads"]) * head,
-            "mlp.gate_proj": hidden, "mlp.up_proj": hidden, "mlp.down_proj": int(config["intermediate_size"])}
+def input_sizes(spec: ModelSpec) -> dict[str, int]:
+    """K (input features) of each decoder linear layer kind (its module path inside a layer)."""
+    k = {ATTENTION_LINEARS[3]: spec.q_dim, MLP_LINEARS[2]: spec.intermediate}  # o_proj, down_proj
+    return {kind: k.get(kind, spec.hidden) for kind in ATTENTION_LINEARS + MLP_LINEARS}
 
 
-def group_overrides(config: dict[str, Any], group: int) -> dict[str, dict[str, int]]:
+def group_overrides(spec: ModelSpec, group: int) -> dict[str, dict[str, int]]:
     """Olive's blockwise passes need K to be a multiple of the group: a layer whose K is not gets the largest
     power-of-two group (16 or more) that divides it, or one group per row (-1) when none does (MatMulNBits
     then holds the row in one block padded to a power of two)."""
+    names = tensor_map(spec)
     out = {}
-    for kind, k in input_sizes(config).items():
+    for kind, k in input_sizes(spec).items():
         if k % group == 0:
             continue
         g = group
         while g > 16 and k % g:
             g //= 2
         g = g if k % g == 0 else -1
-        out.update({f"model.layers.{i}.{kind}": {"group_size": g} for i in range(int(config["num_hidden_layers"]))})
+        out.update({names.module(i, kind): {"group_size": g} for i in range(spec.layers)})
     return out
 
 
@@ -173,8 +174,7 @@ def run(steps: list[TorchQuantStep], checkpoint: Path, work: Path, say: Callable
     for i, step in enumerate(steps):
         opts = dict(step.options)
         calib = {k: int(opts.pop(k, v)) for k, v in CALIBRATION_OPTIONS.items()}
-        config = json.loads((checkpoint / "config.json").read_text())
-        fixed = group_overrides(config, int(opts.get("group_size", 128)))
+        fixed = group_overrides(read_spec(checkpoint), int(opts.get("group_size", 128)))
         if fixed:
             opts["overrides"] = {**fixed, **(opts.get("overrides") or {})}
             say(f"    {len(fixed)} layers take a smaller group (their input size is not a multiple of the profile's)")

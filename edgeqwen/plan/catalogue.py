@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from edgeqwen.model.spec import ModelSpec, parse_spec
+
 QWEN_VOCAB = 151_936
 QWEN_VOCAB_UNTIED = 152_064  # the 7B+ Qwen2.5 models pad the vocabulary further
 
@@ -23,11 +25,15 @@ class Shape:
     intermediate: int
     vocab: int
     tied: bool
-    head_dim: int = 0  # 0: hidden // heads
+    head_dim: int = 0  # 0 here: hidden // heads (set by __post_init__)
+
+    def __post_init__(self) -> None:
+        if not self.head_dim:
+            object.__setattr__(self, "head_dim", self.hidden // self.heads)
 
     @property
     def head_size(self) -> int:
-        return self.head_dim or self.hidden // self.heads
+        return self.head_dim
 
     def linears(self) -> list[tuple[str, int, int, int]]:
         """(role, count, N out, K in) of every matrix multiply weight, lm_head included."""
@@ -52,13 +58,15 @@ class Shape:
         return 2 * self.layers * self.kv_heads * self.head_size * itemsize
 
     @classmethod
+    def of(cls, spec: ModelSpec) -> Shape:
+        return cls(spec.family, spec.hidden, spec.layers, spec.heads, spec.kv_heads, spec.intermediate, spec.vocab,
+                   spec.tied, spec.head_dim)
+
+    @classmethod
     def from_config(cls, config: dict) -> Shape:
-        """The shape of a Hugging Face config.json (Qwen2ForCausalLM / Qwen3ForCausalLM)."""
-        family = "qwen3" if config.get("model_type") == "qwen3" else "qwen2"
-        return cls(family, config["hidden_size"], config["num_hidden_layers"], config["num_attention_heads"],
-                   config.get("num_key_value_heads", config["num_attention_heads"]), config["intermediate_size"],
-                   config["vocab_size"], bool(config.get("tie_word_embeddings", False)),
-                   int(config.get("head_dim") or 0) if family == "qwen3" else 0)
+        """The shape of a Hugging Face config.json, through the one parser (edgeqwen.model.spec: an
+        architecture it does not know is refused, not read as Qwen2)."""
+        return cls.of(parse_spec(config))
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from edgeqwen.model.spec import parse_spec
 from edgeqwen.plan.catalogue import Shape
 from edgeqwen.plan.model import (
     FEATURES,
@@ -82,8 +83,8 @@ def _size_rows(points: list[dict[str, Any]]) -> tuple[int, list[tuple[str, int, 
     """files_bytes (median of size minus initializers) and (artifact, estimate, measured) per artifact."""
     seen: dict[str, tuple[int, int]] = {}
     for p in points:
-        shape, s = Shape.from_config(p["config"]), storage(load_profile(p["profile"]))
-        seen[p["artifact"]] = (weight_bytes(shape, s, p["config"]["max_position_embeddings"]), p["size_bytes"])
+        spec, s = parse_spec(p["config"]), storage(load_profile(p["profile"]))
+        seen[p["artifact"]] = (weight_bytes(Shape.of(spec), s, spec.positions), p["size_bytes"])
     files = int(statistics.median(m - w for w, m in seen.values()))
     return files, [(a, w + files, m) for a, (w, m) in seen.items()]
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeqwen.errors import EdgeQwenError
+from edgeqwen.model.spec import SpecError
 from edgeqwen.plan.catalogue import CATALOGUE, Model, Shape
 from edgeqwen.plan.model import (
     Calibration,
@@ -76,7 +77,11 @@ def report_device(cal: Calibration, path: Path, ram_bytes: int | None) -> Device
     if not config:
         raise EdgeQwenError(f"{path}: the report does not carry the model's config (written by an older edgeqwen "
                             f"bench); bench the artifact again")
-    shape, s = Shape.from_config(config), storage(profile)
+    try:
+        shape = Shape.from_config(config)
+    except SpecError as e:
+        raise EdgeQwenError(f"{path}: {e}") from None
+    s = storage(profile)
     depth, dec = min(((int(d), v["mean"]) for d, v in speed["decode_tokens_per_s"].items()))
     n, pre = min(((int(k), v["mean"]) for k, v in speed["prefill_tokens_per_s"].items()))
     t_dec = cal.predict("decode", decode_features(shape, s, depth))

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from edgeqwen.errors import EdgeQwenError
+from edgeqwen.model.tensors import EMBED, LM_HEAD
 
 _NP = {1: np.float32, 2: np.uint8, 3: np.int8, 6: np.int32, 7: np.int64, 10: np.float16}  # TensorProto types
 
@@ -125,9 +126,9 @@ class ArtifactWeights:
                 continue
             node = self._node(op, ins, outs, attrs)
             if op == "GatherBlockQuantized":
-                self.where["model.embed_tokens.weight"] = (node, 0, node.n)
+                self.where[EMBED] = (node, 0, node.n)
             elif outs[0] == "logits":
-                self.where["lm_head.weight"] = (node, 0, node.n)
+                self.where[LM_HEAD] = (node, 0, node.n)
             else:
                 at = 0
                 for name, rows in stacked[ins[1]]:

@@ -44,22 +44,28 @@ class LayeredReference(Reference):
 
         # every shard opened once (headers parsed once) for the reference's life; reads are plain reads
         self.src = CheckpointTensors(self.path, _shards(self.path))
+        from edgeqwen.model.spec import read_spec
+        from edgeqwen.model.tensors import tensor_map
+
+        self.spec = read_spec(self.path, set(self.src.where))
+        self.names = tensor_map(self.spec)  # weights by role: module parameter -> checkpoint tensor
         if weights is not None:  # the artifact's dequantised weights in place of the checkpoint's
             from edgeqwen.quality.parity import Overlay
 
             self.src = Overlay(self.src, weights)
         self.log = log
-        self.eos = _eos_ids(self.path, self.config)
+        self.eos = set(self.spec.generation.eos_token_ids)  # as generate() stops on them
 
     # -- weights ------------------------------------------------------------------------------------
     def _materialise(self, module, prefix: str) -> None:
-        """Give ``module`` its weights ``prefix``*, read with plain reads (a memory map would keep every
-        page it touched resident) and upcast to fp32 (exact for bf16 and fp16)."""
+        """Give ``module`` (the transformers module at path ``prefix``) its weights, each read from the
+        checkpoint tensor the tensor map names for its parameter, with plain reads (a memory map would keep
+        every page it touched resident) and upcast to fp32 (exact for bf16 and fp16)."""
         torch = self.torch
         module.to_empty(device="cpu")
         with torch.no_grad():
             for name, param in module.named_parameters():
-                param.copy_(torch.from_numpy(self.src.rows(prefix + name)))
+                param.copy_(torch.from_numpy(self.src.rows(self.names.checkpoint_name(prefix + name))))
 
     def _release(self, module) -> None:
         module.to("meta")
@@ -68,7 +74,7 @@ class LayeredReference(Reference):
     def _embed(self, ids: list[int]):
         """[1, T, H]: the rows of the embedding table the ids name, not the table (2.2 GB of fp32 on a 7B)."""
         torch = self.torch
-        rows = {i: self.src.rows("model.embed_tokens.weight", i, i + 1)[0] for i in sorted(set(ids))}
+        rows = {i: self.src.rows(self.names.embed, i, i + 1)[0] for i in sorted(set(ids))}
         return torch.from_numpy(np.stack([rows[i] for i in ids]))[None]
 
     def _hidden_many(self, seqs: list[list[int]]) -> list:
@@ -118,7 +124,7 @@ class LayeredReference(Reference):
     def _head(self, x) -> np.ndarray:
         """[T, V] logits of hidden rows ``x`` [T, H], the output matrix one block of rows at a time."""
         torch, src = self.torch, self.src
-        key = "lm_head.weight" if "lm_head.weight" in src else "model.embed_tokens.weight"
+        key = self.names.output_matrix(src)
         vocab = src.shape(key)[0]
         out = np.empty((x.shape[0], vocab), dtype=np.float32)
         with torch.no_grad():
@@ -139,13 +145,6 @@ class LayeredReference(Reference):
             if nxt in self.eos:
                 break
         return out
-
-
-def _eos_ids(folder: Path, config) -> set[int]:
-    """The checkpoint's end tokens, as generate() stops on them (edgeqwen.model.generation's rules)."""
-    from edgeqwen.model.generation import read_generation_settings
-
-    return set(read_generation_settings(folder, config.to_dict(), "", False).eos_token_ids)
 
 
 def _shards(folder: Path) -> list[str]:

@@ -21,6 +21,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
+from edgeqwen.model.tensors import TensorMap
 from edgeqwen.quality.graph_weights import ArtifactWeights
 
 INT8_COMPUTE = 4  # MatMulNBits accuracy_level that quantises activations to int8
@@ -86,21 +87,22 @@ def _patch_ort(path: Path) -> bytes | None:
     return bytes(buf) if changed else None
 
 
-def load_weights(torch, model, weights: ArtifactWeights) -> None:
-    """Copy the dequantised weights into a whole (materialised) transformers model. The output matrix
-    and the embedding become separate parameters: the artifact may store them differently even when the
-    checkpoint ties them (an int4 lm_head beside a float embedding)."""
+def load_weights(torch, model, weights: ArtifactWeights, names: TensorMap) -> None:
+    """Copy the dequantised weights into a whole (materialised) transformers model, each into the
+    parameter the tensor map names for it. The output matrix and the embedding become separate
+    parameters: the artifact may store them differently even when the checkpoint ties them (an int4
+    lm_head beside a float embedding)."""
     with torch.no_grad():
         for name in weights.names():
             w = torch.from_numpy(weights.rows(name))
-            if name == "lm_head.weight":
+            if name == names.lm_head:
                 model.lm_head.weight = torch.nn.Parameter(w, requires_grad=False)
-            elif name == "model.embed_tokens.weight":
-                model.model.embed_tokens.weight = torch.nn.Parameter(w, requires_grad=False)
+            elif name == names.embed:
+                model.get_input_embeddings().weight = torch.nn.Parameter(w, requires_grad=False)
             else:
-                model.get_parameter(name).copy_(w)
-        if "lm_head.weight" not in weights.names() and model.config.tie_word_embeddings and \
-                "model.embed_tokens.weight" in weights.names():
+                model.get_parameter(names.parameter(name)).copy_(w)
+        if names.lm_head not in weights.names() and model.config.tie_word_embeddings and \
+                names.embed in weights.names():
             # a quantised embedding but a float lm_head: the lm_head keeps the checkpoint's table
             raise ValueError("artifact quantises the tied embedding but not the lm_head: not a layout edgeqwen writes")
 

@@ -8,6 +8,8 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from edgeqwen.model.tensors import TensorMap
+
 # The chat-templated validation text: one user turn, rendered by the checkpoint's own template.
 CHAT_MESSAGES = [{"role": "user", "content": "Give me three tips for writing clear error messages."}]
 
@@ -44,6 +46,17 @@ def _cached_tokenizer(folder: str, stamp: tuple):
 WHOLE_MODEL_LIMIT_BYTES = 1 * 2**30
 
 
+def checkpoint_tensor_map(model_path: str | Path) -> TensorMap:
+    """The tensor map of the checkpoint folder a reference computes from (edgeqwen.model)."""
+    from edgeqwen.model.spec import read_spec
+    from edgeqwen.model.tensors import tensor_map
+    from edgeqwen.quality.layered import _shards
+    from edgeqwen.safetensors_io import CheckpointTensors
+
+    with CheckpointTensors(Path(model_path), _shards(Path(model_path))) as src:
+        return tensor_map(read_spec(Path(model_path), set(src.where)))
+
+
 def open_reference(model_path: str | Path, parameters: int, log=None, weights=None) -> Reference:
     """The whole transformers model when it is small, else the layer-by-layer one (same numerics;
     ``log`` gets its progress lines). ``weights``: an artifact's quantised weights to compute with
@@ -68,7 +81,7 @@ class Reference:
         if weights is not None:
             from edgeqwen.quality.parity import load_weights
 
-            load_weights(torch, self.model, weights)
+            load_weights(torch, self.model, weights, checkpoint_tensor_map(model_path))
 
     def prompt_ids(self, name: str, text: str) -> list[int]:
         return prompt_ids(self.tokenizer, text)

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from edgeqwen.model.tensors import EMBED
 from edgeqwen.quality.graph_weights import ArtifactWeights
 
 ROWS_PER_READ = 4096
@@ -75,7 +76,7 @@ def check_weights(weights: ArtifactWeights, checkpoint: Path, top: int = 5,
 def _compare(weights: ArtifactWeights, src, name: str, olive, measure_steps: bool) -> tuple[float, float | None]:
     """(relative error against the checkpoint, largest distance in quantisation steps from the expected
     values: the checkpoint's, or ``olive``'s quantised ones), a block of rows at a time."""
-    source = name if name in src else "model.embed_tokens.weight"  # a tied model's output matrix
+    source = name if name in src else EMBED  # a tied model's output matrix
     rows, k = weights.shape(name)
     err = ref = steps = 0.0
     for r in range(0, rows, ROWS_PER_READ):

@@ -3,7 +3,9 @@
 Each turn renders the whole conversation with the template, keeps the longest cached prefix that
 matches the new prompt's tokens and feeds only the rest. Where the template rewrites history
 (Qwen3 drops earlier reasoning), the cache is rewound to where the texts part, so a turn always
-computes exactly what a fresh run over the whole conversation computes.
+computes exactly what a fresh run over the whole conversation computes. A state that cannot be
+rewound (fixed-size layers, ``State.truncatable`` False) is replaced by a fresh one and the whole
+prompt prefilled: the same result, only slower.
 """
 
 from __future__ import annotations
@@ -48,10 +50,16 @@ class ChatSession:
         messages = self.messages + [{"role": "user", "content": text}]
         ids = engine.encode(engine.render(messages, self.think))
         engine._check_context(len(ids), req)
+        capacity = len(ids) + req.max_new_tokens + 256
         if self.state is None:
-            self.state = engine.backend.new_state(len(ids) + req.max_new_tokens + 256)
+            self.state = engine.backend.new_state(capacity)
         keep = min(common_prefix(self.state.tokens, ids), len(ids) - 1)  # feed >= 1 token to get logits
-        self.state.rewind(keep)
+        if keep < len(self.state.tokens):
+            if self.state.truncatable:
+                self.state.rewind(keep)
+            else:  # the state holds tokens the new prompt does not: start over
+                self.close()
+                self.state, keep = engine.backend.new_state(capacity), 0
         self.reused_tokens = keep
         events = run(engine, self.state, ids[keep:], req, engine._thinking(ids), engine._stop_ids(req, chat=True))
         return _TurnStream(events, req, self, messages)

@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgeqwen.model.spec import ModelSpec, parse_spec
 from edgeqwen.testmodels.chat_templates import QWEN3_THINKING, QWEN25_CHATML
 from edgeqwen.testmodels.tokenizer_files import write_tokenizer
 
@@ -20,7 +21,6 @@ QWEN_VOCAB = 151_936  # Qwen pads the 151,665 used ids to a multiple of 128 (…
 # Every fixture starts from one of them and changes only sizes, so it has exactly the keys a real
 # checkpoint has, and lacks the ones it lacks (Qwen2.5-0.5B-Instruct's config.json has no pad_token_id).
 PUBLISHED = Path(__file__).parent / "published"
-FAMILY_OF = {"Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3"}
 # the keys that are sizes: the only ones a fixture changes
 SIZE_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
              "head_dim", "max_position_embeddings", "vocab_size", "max_window_layers", "sliding_window")
@@ -59,12 +59,17 @@ class FixtureSpec:
         return published(self.published)[0]
 
     @property
+    def model_spec(self) -> ModelSpec:
+        """What the fixture's config files describe, read by the one parser every consumer uses."""
+        return parse_spec(config_dict(self), generation_config_dict(self))
+
+    @property
     def family(self) -> str:
-        return FAMILY_OF[self.base["architectures"][0]]
+        return self.model_spec.family
 
     @property
     def tied(self) -> bool:
-        return bool(self.base.get("tie_word_embeddings", False))
+        return self.model_spec.tied
 
     @property
     def vocab_size(self) -> int:

@@ -17,6 +17,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from edgeqwen.model.tensors import checkpoint_layout
 from edgeqwen.testmodels.fixtures import scaled, weight_kind
 
 BLOCK_VALUES = 4 * 2**20  # values generated at a time: 16 MB of fp32
@@ -24,30 +25,9 @@ DEFAULT_SHARD_BYTES = 4 * 2**30  # Qwen's own shards are about 4 GB
 
 
 def tensor_table(spec) -> list[tuple[str, tuple[int, ...]]]:
-    """(name, shape) of every tensor of a Qwen2/Qwen3 checkpoint of ``spec``'s shape, in file order."""
-    h, hd = spec.hidden, spec.head_dim or spec.hidden // spec.heads
-    q, kv, inter, vocab = spec.heads * hd, spec.kv_heads * hd, spec.intermediate, spec.vocab_size
-    rows: list[tuple[str, tuple[int, ...]]] = [("model.embed_tokens.weight", (vocab, h))]
-    for i in range(spec.layers):
-        p = f"model.layers.{i}"
-        rows += [(f"{p}.input_layernorm.weight", (h,)),
-                 (f"{p}.self_attn.q_proj.weight", (q, h)),
-                 (f"{p}.self_attn.k_proj.weight", (kv, h)),
-                 (f"{p}.self_attn.v_proj.weight", (kv, h))]
-        if spec.family == "qwen2":  # Qwen2/2.5: q/k/v bias
-            rows += [(f"{p}.self_attn.q_proj.bias", (q,)), (f"{p}.self_attn.k_proj.bias", (kv,)),
-                     (f"{p}.self_attn.v_proj.bias", (kv,))]
-        else:  # Qwen3: per-head RMSNorm of q and k
-            rows += [(f"{p}.self_attn.q_norm.weight", (hd,)), (f"{p}.self_attn.k_norm.weight", (hd,))]
-        rows += [(f"{p}.self_attn.o_proj.weight", (h, q)),
-                 (f"{p}.post_attention_layernorm.weight", (h,)),
-                 (f"{p}.mlp.gate_proj.weight", (inter, h)),
-                 (f"{p}.mlp.up_proj.weight", (inter, h)),
-                 (f"{p}.mlp.down_proj.weight", (h, inter))]
-    rows.append(("model.norm.weight", (h,)))
-    if not spec.tied:
-        rows.append(("lm_head.weight", (vocab, h)))
-    return rows
+    """(name, shape) of every tensor of a checkpoint of the fixture ``spec``'s shape, in file order (the
+    tensor map's: edgeqwen.model.tensors)."""
+    return checkpoint_layout(spec.model_spec)
 
 
 def to_bf16(x: np.ndarray) -> np.ndarray:

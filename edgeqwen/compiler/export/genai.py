@@ -32,6 +32,8 @@ from edgeqwen.compiler.export.weights import (
     WeightFormat,
     linear,
 )
+from edgeqwen.model.spec import ModelSpec
+from edgeqwen.model.tensors import TensorMap
 from edgeqwen.safetensors_io import CheckpointTensors
 from edgeqwen.targets import table_block
 
@@ -51,24 +53,6 @@ class GenaiPlan:
     embedding: WeightFormat | None = None  # an untied quantised table's format (None: the layers' format)
 
 
-@dataclass(frozen=True)
-class Shape:
-    hidden: int
-    layers: int
-    heads: int
-    kv_heads: int
-    head_dim: int
-    vocab: int
-    eps: float
-    positions: int
-
-    @classmethod
-    def of(cls, c: dict[str, Any]) -> Shape:
-        return cls(c["hidden_size"], c["num_hidden_layers"], c["num_attention_heads"], c["num_key_value_heads"],
-                   c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"], c["vocab_size"],
-                   float(c.get("rms_norm_eps", 1e-6)), int(c.get("max_position_embeddings", 4096)))
-
-
 def shared_head_block(plan: GenaiPlan, hidden: int, tied: bool) -> GenaiPlan:
     """Quantised tables in a block GatherBlockQuantized can read (edgeqwen.targets.table_block): a tied
     model's lm_head (shared with the embedding, rather than storing the table twice), an untied embedding."""
@@ -85,8 +69,11 @@ class Writer:
 
     def __init__(self, ckpt: Checkpoint, plan: GenaiPlan, src: CheckpointTensors, data: DataFile,
                  log: Callable[[str], None]) -> None:
-        self.shape = Shape.of(ckpt.config)
-        self.ckpt, self.plan = ckpt, shared_head_block(plan, self.shape.hidden, "lm_head.weight" not in src)
+        self.shape: ModelSpec = ckpt.spec
+        self.names: TensorMap = ckpt.tensors
+        # the graph stores one table when the source has no separate output matrix
+        self.tied = self.names.output_matrix(src) == self.names.embed
+        self.ckpt, self.plan = ckpt, shared_head_block(plan, self.shape.hidden, self.tied)
         self.sink = Sink(data, src, [], [], set())
         self.io = plan.io_dtype
         self.consts: set[str] = set()
@@ -121,7 +108,7 @@ class Writer:
         return out
 
     def rms(self, x: str, weight: str, name: str) -> str:
-        return self.node("SimplifiedLayerNormalization", [x, weight], name, epsilon=self.shape.eps, axis=-1,
+        return self.node("SimplifiedLayerNormalization", [x, weight], name, epsilon=self.shape.rms_eps, axis=-1,
                          stash_type=1)[0]
 
     def progress(self, what: str) -> None:
@@ -190,27 +177,27 @@ def _io(w: Writer) -> tuple[list, list]:
 
 def _head_weights(w: Writer) -> tuple[list[str], int, int]:
     """The lm_head's initializers, written first so a tied embedding can read them: (names, N, K)."""
-    source = ("lm_head.weight",) if "lm_head.weight" in w.sink.src else ("model.embed_tokens.weight",)
+    source = (w.names.output_matrix(w.sink.src),)
     return w.plan.lm_head.write(w.sink, "lm_head.MatMul.weight", source)  # float: E^T [H, V]
 
 
 def _embedding(w: Writer, head: tuple[list[str], int, int]) -> str:
     """Token ids -> [batch, seq, H]."""
-    s, src, plan = w.shape, w.sink.src, w.plan
-    tied = "lm_head.weight" not in src
+    s, plan, embed = w.shape, w.plan, w.names.embed
+    tied = w.tied
     names = head[0]
     fmt = plan.lm_head if tied else (plan.embedding or plan.weights)
     shareable = isinstance(fmt, NBitsWeights) and fmt.symmetric and s.hidden % fmt.block_size == 0
     if plan.quantized_embedding and shareable:
         if not tied:
-            names, _, _ = fmt.write(w.sink, "model.embed_tokens.weight", ("model.embed_tokens.weight",))
+            names, _, _ = fmt.write(w.sink, embed, (embed,))  # the builder names a graph tensor as its source
         return _gather_blocks(w, fmt, names)
     if tied and isinstance(plan.lm_head, FloatWeights):
         # the lm_head holds E^T [H, V]; the embedding gathers rows of its transpose (stored once)
         table = w.node("Transpose", [names[0]], "/model/embed_tokens/Transpose", perm=[1, 0])[0]
         return w.node("Gather", [table, "input_ids"], "/model/embed_tokens/Gather", axis=0)[0]
-    FloatWeights(w.io).table(w.sink, "model.embed_tokens.weight", "model.embed_tokens.weight")
-    return w.node("Gather", ["model.embed_tokens.weight", "input_ids"], "/model/embed_tokens/Gather", axis=0)[0]
+    FloatWeights(w.io).table(w.sink, embed, embed)
+    return w.node("Gather", [embed, "input_ids"], "/model/embed_tokens/Gather", axis=0)[0]
 
 
 def _gather_blocks(w: Writer, fmt: NBitsWeights, names: list[str]) -> str:
@@ -247,7 +234,7 @@ def _rope(w: Writer) -> tuple[str, str]:
 
     from edgeqwen.compiler.passes.rope_caches import rotary_parameters
 
-    inv_freq, scale, _ = rotary_parameters(w.ckpt.config, w.ckpt.architecture)
+    inv_freq, scale, _ = rotary_parameters(w.shape)
     q = "/model/rotary"
     values = {"start": 0.0, "limit": float(w.shape.positions), "delta": 1.0, "scale": scale}
     for name, v in values.items():
@@ -270,38 +257,36 @@ def _rope(w: Writer) -> tuple[str, str]:
 def _layer(w: Writer, i: int, hidden: str, residual: str, mask: tuple[str, str], rope: tuple[str, str]) -> tuple[str, str]:
     """One decoder layer. ``hidden``: the previous layer's MLP output (the embedding for layer 0),
     ``residual``: the running residual sum. Returns the same pair for the next layer."""
-    p, q = f"model.layers.{i}", f"/model/layers.{i}"
-    w_in = w.vector(f"{p}.input_layernorm.weight", f"{p}.input_layernorm.weight")
+    t, q = w.names.layer(i), f"/model/layers.{i}"
+    w_in = w.vector(t.input_norm, t.input_norm)
     if i == 0:
         normed = w.rms(hidden, w_in, f"{q}/input_layernorm/LayerNorm")
     else:
         outs = [f"{q}/input_layernorm/output_0", "", "", f"{q}/input_layernorm/output_3"]
         w.sink.node("SkipSimplifiedLayerNormalization", [residual, hidden, w_in], outs,
-                    f"{q}/input_layernorm/SkipLayerNorm", MS, epsilon=w.shape.eps)
+                    f"{q}/input_layernorm/SkipLayerNorm", MS, epsilon=w.shape.rms_eps)
         normed, residual = outs[0], outs[3]
     attn = _attention(w, i, normed, mask, rope)
-    w_post = w.vector(f"{p}.post_attention_layernorm.weight", f"{p}.post_attention_layernorm.weight")
+    w_post = w.vector(t.post_norm, t.post_norm)
     outs = [f"{q}/post_attention_layernorm/output_0", "", "", f"{q}/post_attention_layernorm/output_3"]
     w.sink.node("SkipSimplifiedLayerNormalization", [residual, attn, w_post], outs,
-                f"{q}/post_attention_layernorm/SkipLayerNorm", MS, epsilon=w.shape.eps)
+                f"{q}/post_attention_layernorm/SkipLayerNorm", MS, epsilon=w.shape.rms_eps)
     return _mlp(w, i, outs[0]), outs[3]
 
 
 def _attention(w: Writer, i: int, x: str, mask: tuple[str, str], rope: tuple[str, str]) -> str:
-    s, src = w.shape, w.sink.src
-    p, q = f"model.layers.{i}.self_attn", f"/model/layers.{i}/attn"
-    q_dim, kv_dim = s.heads * s.head_dim, s.kv_heads * s.head_dim
-    names = tuple(f"{p}.{n}_proj.weight" for n in "qkv")
-    has_bias = f"{p}.q_proj.bias" in src
-    has_norm = f"{p}.q_norm.weight" in src
+    s, src, t = w.shape, w.sink.src, w.names.layer(i)
+    q = f"/model/layers.{i}/attn"
+    q_dim, kv_dim = s.q_dim, s.kv_dim
+    biases = t.qkv_bias  # [q_dim], [kv_dim], [kv_dim] (Qwen2)
     if w.plan.layout == "fused":
-        qkv = w.linear(w.plan.weights, x, f"{q}/qkv_proj", names)
-        if has_bias:
-            bias = np.concatenate([src.rows(f"{p}.{n}_proj.bias") for n in "qkv"]).astype(w.io)
+        qkv = w.linear(w.plan.weights, x, f"{q}/qkv_proj", t.qkv)
+        if biases is not None:
+            bias = np.concatenate([src.rows(b) for b in biases]).astype(w.io)
             w.sink.inits.append(w.sink.data.tensor(f"model.layers.{i}.attn.qkv_proj.Add.bias", bias))
-            w.sink.consumed.update(f"{p}.{n}_proj.bias" for n in "qkv")
+            w.sink.consumed.update(biases)
             qkv = w.node("Add", [qkv, f"model.layers.{i}.attn.qkv_proj.Add.bias"], f"{q}/qkv_proj/Add")[0]
-        if has_norm:
+        if s.qk_norm:
             qs, ks, vs = w.node("Split", [qkv, w.const([q_dim, kv_dim, kv_dim])], f"{q}/qkv_proj/Split", 3, axis=-1)
             qkv_in = [_head_norm(w, i, "q", qs, q_dim), _head_norm(w, i, "k", ks, kv_dim), vs]
         else:
@@ -309,12 +294,12 @@ def _attention(w: Writer, i: int, x: str, mask: tuple[str, str], rope: tuple[str
         rotary = [*rope]
     else:
         parts = []
-        for n, dim in zip("qkv", (q_dim, kv_dim, kv_dim)):
-            y = w.linear(w.plan.weights, x, f"{q}/{n}_proj", (f"{p}.{n}_proj.weight",))
-            if has_bias:
-                b = w.vector(f"model.layers.{i}.attn.{n}_proj.Add.bias", f"{p}.{n}_proj.bias")
+        for j, (n, dim) in enumerate(zip("qkv", (q_dim, kv_dim, kv_dim))):
+            y = w.linear(w.plan.weights, x, f"{q}/{n}_proj", (t.qkv[j],))
+            if biases is not None:
+                b = w.vector(f"model.layers.{i}.attn.{n}_proj.Add.bias", biases[j])
                 y = w.node("Add", [y, b], f"{q}/{n}_proj/Add")[0]
-            if has_norm and n != "v":
+            if s.qk_norm and n != "v":
                 y = _head_norm(w, i, n, y, dim)
             if n != "v":
                 y = w.node("RotaryEmbedding", [y, "position_ids", *rope], f"{q}/{n}_rotary/RotaryEmbedding",
@@ -327,36 +312,36 @@ def _attention(w: Writer, i: int, x: str, mask: tuple[str, str], rope: tuple[str
                 out, f"{q}/GroupQueryAttention", MS, num_heads=s.heads, kv_num_heads=s.kv_heads,
                 scale=float(1 / np.sqrt(s.head_dim)), softcap=0.0, do_rotary=int(w.plan.layout == "fused"),
                 rotary_interleaved=0)
-    return w.linear(w.plan.weights, out[0], f"{q}/o_proj", (f"{p}.o_proj.weight",))
+    return w.linear(w.plan.weights, out[0], f"{q}/o_proj", (t.o,))
 
 
 def _head_norm(w: Writer, i: int, which: str, x: str, dim: int) -> str:
     """Qwen3's per-head RMSNorm of q or k: [B, S, heads*D] -> [B, S*heads, D] -> norm -> back."""
     q, d = f"/model/layers.{i}/attn/{which}_norm", w.shape.head_dim
-    weight = w.vector(f"model.layers.{i}.attn.{which}_norm.layernorm.weight",
-                      f"model.layers.{i}.self_attn.{which}_norm.weight")
+    t = w.names.layer(i)
+    weight = w.vector(f"model.layers.{i}.attn.{which}_norm.layernorm.weight", t.q_norm if which == "q" else t.k_norm)
     y = w.node("Reshape", [x, w.const([0, -1, d])], f"{q}/Reshape_1")[0]
     y = w.rms(y, weight, f"{q}/SimplifiedLayerNormalization")
     return w.node("Reshape", [y, w.const([0, -1, dim])], f"{q}/Reshape_2")[0]
 
 
 def _mlp(w: Writer, i: int, x: str) -> str:
-    p, q = f"model.layers.{i}.mlp", f"/model/layers.{i}/mlp"
-    gate = w.linear(w.plan.weights, x, f"{q}/gate_proj", (f"{p}.gate_proj.weight",))
-    up = w.linear(w.plan.weights, x, f"{q}/up_proj", (f"{p}.up_proj.weight",))
+    t, q = w.names.layer(i), f"/model/layers.{i}/mlp"
+    gate = w.linear(w.plan.weights, x, f"{q}/gate_proj", (t.gate,))
+    up = w.linear(w.plan.weights, x, f"{q}/up_proj", (t.up,))
     sig = w.node("Sigmoid", [gate], f"{q}/act_fn/Sigmoid")[0]
     act = w.node("Mul", [gate, sig], f"{q}/act_fn/Mul")[0]
     prod = w.node("Mul", [act, up], f"{q}/Mul")[0]
-    return w.linear(w.plan.weights, prod, f"{q}/down_proj", (f"{p}.down_proj.weight",))
+    return w.linear(w.plan.weights, prod, f"{q}/down_proj", (t.down,))
 
 
 def _lm_head(w: Writer, hidden: str, residual: str, head: tuple[list[str], int, int]) -> None:
     """Final norm, last position only, lm_head -> logits."""
     n = w.shape.layers
-    norm = w.vector(f"model.layers.{n}.final_norm_layernorm.weight", "model.norm.weight")
+    norm = w.vector(f"model.layers.{n}.final_norm_layernorm.weight", w.names.final_norm)
     q = f"/model/layers.{n}/final_norm_layernorm"
     w.sink.node("SkipSimplifiedLayerNormalization", [residual, hidden, norm],
-                [f"{q}/output_0"], f"{q}/SkipLayerNorm", MS, epsilon=w.shape.eps)
+                [f"{q}/output_0"], f"{q}/SkipLayerNorm", MS, epsilon=w.shape.rms_eps)
     x = f"{q}/output_0"
     if w.plan.prune_lm_head:
         last = w.node("Gather", [x, w.const(-1)], "/lm_head/prune/Gather", axis=1)[0]  # [B, H]

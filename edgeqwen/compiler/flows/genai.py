@@ -15,7 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from edgeqwen.artifact import RuntimeSpec
+from edgeqwen.artifact import GENAI_KV_NAMES, RuntimeSpec, kv_layer_states
 from edgeqwen.compiler import package
 from edgeqwen.compiler.checkpoint import Checkpoint
 from edgeqwen.compiler.flows import FlowOutput
@@ -30,7 +30,7 @@ def run(ckpt: Checkpoint, profile: TargetProfile, work: Path, art: Path, progres
         exporter: str = "streaming") -> FlowOutput:
     if exporter not in EXPORTERS:
         raise ProfileError(f"unknown exporter '{exporter}'; one of {', '.join(EXPORTERS)}")
-    head = ckpt.config.get("head_dim") or ckpt.config["hidden_size"] // ckpt.config["num_attention_heads"]
+    head = ckpt.spec.head_dim
     if head % 16:  # Qwen's own models use 64 and 128; found by an odd test config failing at run time
         raise CheckpointError(f"head_dim {head} is not a multiple of 16, which onnxruntime's GroupQueryAttention "
                               f"(genai profiles) requires; edgeqwen cannot build this shape for {profile.name}")
@@ -44,7 +44,7 @@ def run(ckpt: Checkpoint, profile: TargetProfile, work: Path, art: Path, progres
     from edgeqwen.compiler.olive import run_olive
 
     with progress.step(f"Olive passes for {profile.name}: " + " -> ".join(p.type for p in profile.olive_passes)):
-        olive_out = run_olive(profile, ckpt.path, work, progress, layers=int(ckpt.config["num_hidden_layers"]))
+        olive_out = run_olive(profile, ckpt.path, work, progress, layers=ckpt.spec.layers)
     with progress.step("Graph passes and packaging"):
         return _package(olive_out, art, ckpt, profile, progress)
 
@@ -85,8 +85,7 @@ def _package(olive_out: Path, art: Path, ckpt: Checkpoint, profile: TargetProfil
 
     genai_cfg = json.loads((olive_out / "genai_config.json").read_text())
     model = onnx.load(str(olive_out / package.MODEL_FILE))
-    ctx = PassContext(tied_embeddings=ckpt.tied_embeddings, genai_config=genai_cfg,
-                      checkpoint_config=ckpt.config, architecture=ckpt.architecture)
+    ctx = PassContext(tied_embeddings=ckpt.spec.tied, genai_config=genai_cfg, spec=ckpt.spec)
     applied = {}
     for name in profile.graph_passes:
         applied[name] = get_pass(name)(model, ctx)
@@ -103,15 +102,23 @@ def _finish(side_src: Path, cfg_src: Path, art: Path, ckpt: Checkpoint, profile:
     session options, into the artifact; then the runtime contract and the profile's package steps."""
     template = package.copy_side_files(side_src, art, ckpt)
     cfg = package.write_genai_config(cfg_src, art, profile.session_options)
-    runtime = runtime_spec(cfg, ckpt, profile, template, package.special_tokens(art), quant)
+    runtime = runtime_spec(cfg, ckpt, profile, template, package.special_tokens(art), quant, art / package.MODEL_FILE)
     steps = package.run_steps(art, runtime, profile, progress.say)
     return FlowOutput(runtime=runtime, quantization=quant, package_steps=steps, graph_passes=passes)
 
 
 def runtime_spec(cfg: dict[str, Any], ckpt: Checkpoint, profile: TargetProfile, template: str,
-                 specials: dict[str, int], quant: dict[str, Any]) -> RuntimeSpec:
+                 specials: dict[str, int], quant: dict[str, Any], graph: Path) -> RuntimeSpec:
+    """The runtime contract of the genai graph ``graph`` whose genai_config.json is ``cfg``."""
     model = cfg["model"]
     eos = model["eos_token_id"]
+    decoder = model["decoder"]
+    past, present = GENAI_KV_NAMES
+    # KV [batch, kv_heads, sequence, head_dim] per layer, in the graph's io dtype (fp16 on DirectML, and
+    # wherever the builder picks it): read from the graph, the one place it is certain
+    dtype = _input_dtype(graph, past.format(i=0, kind="key"))
+    layers = kv_layer_states(int(decoder["num_hidden_layers"]), int(decoder["num_key_value_heads"]),
+                             int(decoder["head_size"]), dtype, past, present)
     return RuntimeSpec(
         **package.common_runtime(ckpt, profile, template, specials),
         model_file=package.MODEL_FILE,
@@ -120,4 +127,19 @@ def runtime_spec(cfg: dict[str, Any], ckpt: Checkpoint, profile: TargetProfile, 
         vocab_size=int(model["vocab_size"]),
         eos_token_ids=eos if isinstance(eos, list) else [eos],
         logits="last_position" if quant["lm_head_last_position_only"] else "all_positions",
+        layers=layers,
     )
+
+
+def _input_dtype(graph: Path, name: str) -> str:
+    """The element type of the graph input ``name`` as the runtime contract spells it (no weights read)."""
+    import onnx
+    from onnx import TensorProto
+
+    model = onnx.load(str(graph), load_external_data=False)
+    kinds = {i.name: i.type.tensor_type.elem_type for i in model.graph.input}
+    names = {TensorProto.FLOAT: "float32", TensorProto.FLOAT16: "float16"}
+    if kinds.get(name) not in names:
+        got = TensorProto.DataType.Name(kinds[name]) if name in kinds else "no such input"
+        raise ProfileError(f"{graph.name}: KV input {name} is {got}; the runtime contract takes float32 or float16 KV")
+    return names[kinds[name]]

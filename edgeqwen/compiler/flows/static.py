@@ -104,5 +104,6 @@ def runtime_spec(spec: dict[str, Any], ckpt: Checkpoint, profile: TargetProfile,
         vocab_size=static.vocab_size,
         eos_token_ids=sorted(set(generation_token_ids(ckpt)[1])),
         logits="last_position",
+        layers=static.layer_states(),  # KV [kv_heads, cache_length, head_dim] float32 per layer, no batch axis
         static=static,
     )

@@ -8,8 +8,10 @@ are imported only when a pass runs, so profiles validate without onnx installed.
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
+
+from edgeqwen.model.spec import ModelSpec
 
 _PASSES = {
     "restore_io_names": "edgeqwen.compiler.passes.restore_io_names",
@@ -22,8 +24,7 @@ _PASSES = {
 class PassContext:
     tied_embeddings: bool
     genai_config: dict[str, Any]
-    checkpoint_config: dict[str, Any] = field(default_factory=dict)
-    architecture: str = ""
+    spec: ModelSpec | None = None  # the checkpoint's (passes that read it: rope_caches)
 
 
 

@@ -8,37 +8,39 @@ cos_cache[p, i] = cos(p * inv_freq[i]) * attention_scaling, shape [max_positions
 
 from __future__ import annotations
 
+import copy
+import importlib
 from typing import Any
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from edgeqwen.model.spec import ModelSpec
+
 # rope types whose tables depend on the running sequence length cannot be precomputed
 _DYNAMIC = {"dynamic", "longrope"}
 
 
-def rotary_parameters(config: dict[str, Any], architecture: str) -> tuple[np.ndarray, float, str]:
+def rotary_parameters(spec: ModelSpec) -> tuple[np.ndarray, float, str]:
     """(inv_freq [head_dim/2] float64, attention scaling, rope type) from transformers' own rotary module
-    (YaRN's blended frequencies and scaling included)."""
+    for the spec's architecture (YaRN's blended frequencies and scaling included)."""
     from transformers import AutoConfig
 
-    cfg = AutoConfig.for_model(**{k: v for k, v in config.items() if k not in ("architectures",)})
+    # a deep copy: transformers standardises the rope table in place, and the spec is read-only
+    cfg = AutoConfig.for_model(**copy.deepcopy({k: v for k, v in spec.config.items() if k not in ("architectures",)}))
     rope = getattr(cfg, "rope_parameters", None) or {}
     kind = rope.get("rope_type", "default")
     if kind in _DYNAMIC:
         raise RuntimeError(f"rope_type '{kind}' changes with sequence length; static rotary tables cannot express it")
-    if architecture == "Qwen3ForCausalLM":
-        from transformers.models.qwen3.modeling_qwen3 import Qwen3RotaryEmbedding as Rotary
-    else:
-        from transformers.models.qwen2.modeling_qwen2 import Qwen2RotaryEmbedding as Rotary
-    rotary = Rotary(cfg)
+    module, cls = spec.rotary_module.split(":")
+    rotary = getattr(importlib.import_module(module), cls)(cfg)
     return rotary.inv_freq.double().numpy(), float(rotary.attention_scaling), kind
 
 
-def reference_tables(config: dict[str, Any], architecture: str, positions: int) -> tuple[np.ndarray, np.ndarray, str]:
+def reference_tables(spec: ModelSpec, positions: int) -> tuple[np.ndarray, np.ndarray, str]:
     """cos/sin [positions, head_dim/2], computed in float64 and rounded once to fp32."""
-    inv_freq, scale, kind = rotary_parameters(config, architecture)
+    inv_freq, scale, kind = rotary_parameters(spec)
     freqs = np.outer(np.arange(positions, dtype=np.float64), inv_freq)
     return (np.cos(freqs) * scale).astype(np.float32), (np.sin(freqs) * scale).astype(np.float32), kind
 
@@ -48,7 +50,7 @@ def run(model: onnx.ModelProto, ctx) -> dict[str, Any]:
     if "cos_cache" not in inits or "sin_cache" not in inits:
         raise RuntimeError("graph has no cos_cache/sin_cache initializers to replace")
     old_cos = numpy_helper.to_array(inits["cos_cache"])
-    cos, sin, kind = reference_tables(ctx.checkpoint_config, ctx.architecture, old_cos.shape[0])
+    cos, sin, kind = reference_tables(ctx.spec, old_cos.shape[0])
     if cos.shape != old_cos.shape:
         raise RuntimeError(f"reference rotary table {cos.shape} does not match the graph's {old_cos.shape}")
     diff = float(np.abs(cos - old_cos).max())

@@ -15,12 +15,14 @@ is NNAPI's FULLY_CONNECTED layout, so tied embeddings serve the Gather and the l
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
 
 import numpy as np
 import onnx
 
 from edgeqwen.compiler.static.graph import FLOAT, INT32, GraphWriter
+from edgeqwen.model.spec import ModelSpec
+from edgeqwen.model.tensors import TensorMap
 
 # Finite, so a fully masked (padding) row gives a uniform softmax instead of NaN, and small enough
 # for fp16 accelerators (NNAPI's relaxed fp32) to hold scores + mask.
@@ -29,39 +31,22 @@ MASK_VALUE = -10000.0
 LM_HEAD_NODE = "lm_head"
 
 
-@dataclass(frozen=True)
-class Dims:
-    layers: int
-    hidden: int
-    heads: int
-    kv_heads: int
-    head_dim: int
-    intermediate: int
-    vocab: int
-    eps: float
-    qk_norm: bool  # Qwen3: RMSNorm over each head's q and k before rotary
-    qkv_bias: bool  # Qwen2: q/k/v projections have a bias
-
-    @property
-    def group(self) -> int:
-        return self.heads // self.kv_heads
-
-
 class Weights:
-    """Checkpoint tensors as fp32 numpy arrays, named as in transformers' state dict, plus the rotary
-    tables cos/sin [S, D] and the attention scale already folded where it is free."""
+    """Checkpoint tensors as fp32 numpy arrays by checkpoint name (``names`` says which is which), plus the
+    rotary tables cos/sin [S, D]. A graph initializer is named as the tensor it holds."""
 
-    def __init__(self, tensors: dict[str, np.ndarray], cos: np.ndarray, sin: np.ndarray, tied: bool) -> None:
+    def __init__(self, tensors: Mapping[str, np.ndarray], names: TensorMap, cos: np.ndarray, sin: np.ndarray) -> None:
         self.t = tensors
+        self.names = names
         self.cos, self.sin = cos, sin
-        self.tied = tied
+        self.tied = names.tied
 
     def __getitem__(self, name: str) -> np.ndarray:
         return self.t[name]
 
     @property
     def lm_head(self) -> np.ndarray:
-        return self.t["model.embed_tokens.weight"] if self.tied else self.t["lm_head.weight"]
+        return self.t[self.names.embed] if self.tied else self.t[self.names.lm_head]
 
 
 def rotate_half_matrix(d: int) -> np.ndarray:
@@ -93,22 +78,23 @@ def rotary(g: GraphWriter, x3: str, rows: int, heads: int, d: int, cos: str, sin
     return g.op("Add", [g.op("Mul", [x3, cos]), g.op("Mul", [rotated, sin])])
 
 
-def attention(g: GraphWriter, w: Weights, dims: Dims, i: int, x: str, c: int, s: int, tables: dict[str, str]) -> str:
-    p = f"model.layers.{i}.self_attn."
-    d, nh, nkv = dims.head_dim, dims.heads, dims.kv_heads
-    bias = (lambda n: g.weight(p + n + ".bias", w[p + n + ".bias"])) if dims.qkv_bias else (lambda n: None)
+def attention(g: GraphWriter, w: Weights, spec: ModelSpec, i: int, x: str, c: int, s: int,
+              tables: dict[str, str]) -> str:
+    t = w.names.layer(i)
+    d, nh, nkv = spec.head_dim, spec.heads, spec.kv_heads
+    weight = lambda name, value=None: g.weight(name, w[name] if value is None else value)
     scale = np.float32(d ** -0.5)
     # 1/sqrt(D) is folded into q: into its weight and bias, or, after q_norm, into the norm's weight.
-    q_w = w[p + "q_proj.weight"] * (1.0 if dims.qk_norm else scale)
-    q_b = w[p + "q_proj.bias"] * scale if dims.qkv_bias else None
-    q = linear(g, x, g.weight(p + "q_proj.weight", q_w), g.weight(p + "q_proj.bias", q_b) if q_b is not None else None)
-    k = linear(g, x, g.weight(p + "k_proj.weight", w[p + "k_proj.weight"]), bias("k_proj"))
-    v = linear(g, x, g.weight(p + "v_proj.weight", w[p + "v_proj.weight"]), bias("v_proj"))
+    q_w = w[t.q] * (1.0 if spec.qk_norm else scale)
+    q_b = w[t.q_bias] * scale if t.q_bias is not None else None
+    q = linear(g, x, weight(t.q, q_w), weight(t.q_bias, q_b) if t.q_bias is not None else None)
+    k = linear(g, x, weight(t.k), weight(t.k_bias) if t.k_bias is not None else None)
+    v = linear(g, x, weight(t.v), weight(t.v_bias) if t.v_bias is not None else None)
     q = g.op("Reshape", [q, g.const([c, nh, d])])  # [C, H, D]
     k = g.op("Reshape", [k, g.const([c, nkv, d])])  # [C, KV, D]
-    if dims.qk_norm:
-        q = rms_norm(g, q, g.weight(p + "q_norm.weight", w[p + "q_norm.weight"] * scale), dims.eps)
-        k = rms_norm(g, k, g.weight(p + "k_norm.weight", w[p + "k_norm.weight"]), dims.eps)
+    if t.q_norm is not None and t.k_norm is not None:
+        q = rms_norm(g, q, weight(t.q_norm, w[t.q_norm] * scale), spec.rms_eps)
+        k = rms_norm(g, k, weight(t.k_norm), spec.rms_eps)
     q = rotary(g, q, c, nh, d, tables["cos"], tables["sin"], tables["rot"])
     k = rotary(g, k, c, nkv, d, tables["cos"], tables["sin"], tables["rot"])
     q = g.op("Transpose", [q], perm=[1, 0, 2])  # [H, C, D]
@@ -118,28 +104,29 @@ def attention(g: GraphWriter, w: Weights, dims: Dims, i: int, x: str, c: int, s:
     values = g.op("Concat", [f"past_value_{i}", v], axis=1)
     # Grouped-query attention without repeating K/V: the G query heads of one KV head are stacked
     # along the row axis, so one batched MatMul per KV head covers them: [KV, G*C, D] x [KV, D, S+C].
-    qg = g.op("Reshape", [q, g.const([nkv, dims.group * c, d])])
+    qg = g.op("Reshape", [q, g.const([nkv, spec.group * c, d])])
     scores = g.op("MatMul", [qg, g.op("Transpose", [keys], perm=[0, 2, 1])])
     scores = g.op("Add", [scores, tables["mask"]])
     # onnxruntime's NNAPI Softmax builder takes only 2-D or 4-D input: softmax over rows of a 2-D view
-    rows = g.op("Reshape", [scores, g.const([nkv * dims.group * c, s + c])])
-    probs = g.op("Reshape", [g.op("Softmax", [rows], axis=-1), g.const([nkv, dims.group * c, s + c])])
+    rows = g.op("Reshape", [scores, g.const([nkv * spec.group * c, s + c])])
+    probs = g.op("Reshape", [g.op("Softmax", [rows], axis=-1), g.const([nkv, spec.group * c, s + c])])
     out = g.op("MatMul", [probs, values])  # [KV, G*C, D]
     out = g.op("Reshape", [out, g.const([nh, c, d])])
     out = g.op("Reshape", [g.op("Transpose", [out], perm=[1, 0, 2]), g.const([c, nh * d])])
-    return linear(g, out, g.weight(p + "o_proj.weight", w[p + "o_proj.weight"]))
+    return linear(g, out, weight(t.o))
 
 
 def mlp(g: GraphWriter, w: Weights, i: int, x: str) -> str:
-    p = f"model.layers.{i}.mlp."
-    gate = linear(g, x, g.weight(p + "gate_proj.weight", w[p + "gate_proj.weight"]))
-    up = linear(g, x, g.weight(p + "up_proj.weight", w[p + "up_proj.weight"]))
+    t = w.names.layer(i)
+    gate = linear(g, x, g.weight(t.gate, w[t.gate]))
+    up = linear(g, x, g.weight(t.up, w[t.up]))
     act = g.op("Mul", [g.op("Mul", [gate, g.op("Sigmoid", [gate])]), up])  # SiLU(gate) * up
-    return linear(g, act, g.weight(p + "down_proj.weight", w[p + "down_proj.weight"]))
+    return linear(g, act, g.weight(t.down, w[t.down]))
 
 
-def decoder_graph(w: Weights, dims: Dims, chunk: int, cache: int, name: str) -> onnx.ModelProto:
+def decoder_graph(w: Weights, dims: ModelSpec, chunk: int, cache: int, name: str) -> onnx.ModelProto:
     c, s, d = chunk, cache, dims.head_dim
+    names = w.names
     g = GraphWriter(name)
     ids = g.input("input_ids", INT32, [c])
     pos = g.input("position_ids", INT32, [c])
@@ -148,7 +135,7 @@ def decoder_graph(w: Weights, dims: Dims, chunk: int, cache: int, name: str) -> 
         g.input(f"past_key_{i}", FLOAT, [dims.kv_heads, s, d])
         g.input(f"past_value_{i}", FLOAT, [dims.kv_heads, s, d])
 
-    embed = g.weight("model.embed_tokens.weight", w["model.embed_tokens.weight"])
+    embed = g.weight(names.embed, w[names.embed])
     cos = g.op("Reshape", [g.op("Gather", [g.weight("cos_table", w.cos), pos], axis=0), g.const([c, 1, d])])
     sin = g.op("Reshape", [g.op("Gather", [g.weight("sin_table", w.sin), pos], axis=0), g.const([c, 1, d])])
     tiled = g.op("Concat", [mask] * dims.group, axis=0) if dims.group > 1 else mask  # [G*C, S+C]
@@ -156,16 +143,16 @@ def decoder_graph(w: Weights, dims: Dims, chunk: int, cache: int, name: str) -> 
 
     h = g.op("Gather", [embed, ids], axis=0)  # [C, hidden]
     for i in range(dims.layers):
-        p = f"model.layers.{i}."
-        x = rms_norm(g, h, g.weight(p + "input_layernorm.weight", w[p + "input_layernorm.weight"]), dims.eps)
+        t = names.layer(i)
+        x = rms_norm(g, h, g.weight(t.input_norm, w[t.input_norm]), dims.rms_eps)
         h = g.op("Add", [h, attention(g, w, dims, i, x, c, s, tables)])
-        x = rms_norm(g, h, g.weight(p + "post_attention_layernorm.weight", w[p + "post_attention_layernorm.weight"]), dims.eps)
+        x = rms_norm(g, h, g.weight(t.post_norm, w[t.post_norm]), dims.rms_eps)
         h = g.op("Add", [h, mlp(g, w, i, x)])
         g.output(f"present_key_{i}", f"present_key_{i}", FLOAT, [dims.kv_heads, c, d])
         g.output(f"present_value_{i}", f"present_value_{i}", FLOAT, [dims.kv_heads, c, d])
     if c > 1:  # only the last position's logits are needed: the lm_head runs on one row
         h = g.op("Slice", [h, g.const([c - 1]), g.const([c]), g.const([0])])
-    h = rms_norm(g, h, g.weight("model.norm.weight", w["model.norm.weight"]), dims.eps)
-    lm_head = embed if w.tied else g.weight("lm_head.weight", w.lm_head)
+    h = rms_norm(g, h, g.weight(names.final_norm, w[names.final_norm]), dims.rms_eps)
+    lm_head = embed if w.tied else g.weight(names.lm_head, w.lm_head)
     g.output(linear(g, h, lm_head, node_name=LM_HEAD_NODE), "logits", FLOAT, [1, dims.vocab])
     return g.model()

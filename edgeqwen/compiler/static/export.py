@@ -9,28 +9,13 @@ from typing import Any, Callable
 import numpy as np
 
 from edgeqwen.compiler.checkpoint import Checkpoint
-from edgeqwen.compiler.static.decoder import MASK_VALUE, Dims, Weights, decoder_graph
+from edgeqwen.compiler.static.decoder import MASK_VALUE, Weights, decoder_graph
+from edgeqwen.model.spec import ModelSpec
 from edgeqwen.safetensors_io import CheckpointTensors
 
 # Files of the two graphs, by role; the manifest's runtime section carries them to the runtime.
 GRAPHS = {"prefill": "prefill.onnx", "decode": "decode.onnx"}
 _PROTO_LIMIT = 2**31 - 1  # protobuf's message size limit: inline weights must stay under it
-
-
-def dims_of(config: dict[str, Any], architecture: str) -> Dims:
-    heads = int(config["num_attention_heads"])
-    return Dims(
-        layers=int(config["num_hidden_layers"]),
-        hidden=int(config["hidden_size"]),
-        heads=heads,
-        kv_heads=int(config.get("num_key_value_heads") or heads),
-        head_dim=int(config.get("head_dim") or config["hidden_size"] // heads),
-        intermediate=int(config["intermediate_size"]),
-        vocab=int(config["vocab_size"]),
-        eps=float(config["rms_norm_eps"]),
-        qk_norm=architecture == "Qwen3ForCausalLM",
-        qkv_bias=architecture == "Qwen2ForCausalLM" or bool(config.get("attention_bias")),
-    )
 
 
 class LazyTensors(Mapping):
@@ -51,22 +36,18 @@ class LazyTensors(Mapping):
         return len(self.src.where)
 
 
-def load_weights(ckpt: Checkpoint, cache: int, src: CheckpointTensors) -> tuple[Weights, Dims]:
+def load_weights(ckpt: Checkpoint, cache: int, src: CheckpointTensors) -> tuple[Weights, ModelSpec]:
     from edgeqwen.compiler.passes.rope_caches import reference_tables
 
-    tensors = LazyTensors(src)
-    dims = dims_of(ckpt.config, ckpt.architecture)
-    cos, sin, _ = reference_tables(ckpt.config, ckpt.architecture, cache)  # [S, D/2] each
+    cos, sin, _ = reference_tables(ckpt.spec, cache)  # [S, D/2] each
     full = lambda t: np.concatenate([t, t], axis=1).astype(np.float32)  # HF duplicates the half table
-    return Weights(tensors, full(cos), full(sin), ckpt.tied_embeddings), dims
+    return Weights(LazyTensors(src), ckpt.tensors, full(cos), full(sin)), ckpt.spec
 
 
 def export(ckpt: Checkpoint, folder: Path, chunk: int, cache: int, say: Callable[[str], None] = print) -> dict[str, Any]:
     """Write prefill.onnx (C = ``chunk``) and decode.onnx (C = 1) into ``folder``; return the runtime's
     description of them."""
 
-    if ckpt.config.get("use_sliding_window"):
-        raise RuntimeError("sliding-window attention is not supported by the static export")
     with CheckpointTensors(ckpt.path, list(ckpt.weight_files)) as src:
         return _export(ckpt, folder, chunk, cache, say, src)
 
@@ -77,7 +58,7 @@ def _export(ckpt: Checkpoint, folder: Path, chunk: int, cache: int, say: Callabl
 
     weights, dims = load_weights(ckpt, cache, src)
     # a tied lm_head is the embedding table: stored once in the graph
-    params = sum(int(np.prod(src.shape(k))) for k in src.where if not (weights.tied and k == "lm_head.weight"))
+    params = sum(int(np.prod(src.shape(k))) for k in src.where if not (weights.tied and k == weights.names.lm_head))
     if params * 4 > _PROTO_LIMIT:
         raise RuntimeError(f"{params / 1e6:.0f}M fp32 parameters do not fit one inline ONNX file (2 GB protobuf "
                            "limit); the static export takes models up to ~500M parameters")

@@ -26,15 +26,22 @@ _BACKENDS = {
 
 
 class State(Protocol):
-    """One sequence's KV cache."""
+    """One sequence's state: per layer what the manifest's ``runtime.layers`` describes (a KV cache, or a
+    fixed-size state such as a recurrent layer's).
 
-    tokens: list[int]  # the ids whose keys/values are cached, in order
+    Snapshots of a fixed state (``snapshot()`` / ``restore(snap)``, to reuse a prefix without a new
+    prefill) come with the first backend that runs fixed-state layers one sequence at a time."""
+
+    tokens: list[int]  # the ids the state has seen, in order
+    truncatable: bool  # every layer can be rewound (runtime.truncatable): rewind works
 
     def append(self, ids: Sequence[int]) -> np.ndarray:
-        """Run ``ids`` (KV kept); return the next-token logits [V] after the last one."""
+        """Run ``ids`` (state kept); return the next-token logits [V] after the last one."""
 
     def rewind(self, n: int) -> None:
-        """Forget every cached token from position ``n`` on."""
+        """Forget every token from position ``n`` on. A no-op where ``n >= len(tokens)``; otherwise only
+        for a truncatable state (raises NotTruncatable): a caller that must go back checks
+        ``truncatable`` and else starts a fresh state and prefills again."""
 
     def close(self) -> None:
         """Release what the sequence holds (a no-op where the state is plain memory)."""
@@ -58,6 +65,21 @@ class Backend(Protocol):
 
     def greedy(self, ids: Sequence[int], max_new_tokens: int) -> list[int]:
         """Greedy continuation of ``ids`` straight through the backend (validation)."""
+
+
+class NotTruncatable(RuntimeError):
+    """rewind asked of a state that cannot forget tokens (a fixed state has folded them all in). A bug
+    in the caller, which checks ``State.truncatable`` first."""
+
+
+def check_rewind(state: State, n: int) -> bool:
+    """Whether rewind(n) has anything to cut; raises NotTruncatable where it has and cannot."""
+    if n >= len(state.tokens):
+        return False
+    if not state.truncatable:
+        raise NotTruncatable(f"cannot rewind a state with fixed-size layers from {len(state.tokens)} to {n} "
+                             "tokens; start a fresh state and prefill again")
+    return True
 
 
 def logit_rows(out: np.ndarray | None, rows: int, vocab: int) -> np.ndarray:

@@ -5,37 +5,46 @@ Where decode is memory-bound (every weight is read once per run whatever the bat
 sequences together costs little more than stepping one; where it is compute-bound it still saves
 (the 0.5B int4 shape on 2 cores: 4 rows per run give 1.5-1.9x the tokens of one row,
 benchmarks/batched_step.py). onnxruntime-genai 0.14 batches only sequences that start together; a
-server's requests join and leave at any step, so this backend owns the KV cache itself:
+server's requests join and leave at any step, so this backend owns the state itself, one buffer per
+state tensor of the manifest's ``runtime.layers`` (names, shapes and dtypes from there only):
 
-    keys/values per layer: [slots, kv_heads, capacity, head_dim], one row per live sequence
+    kv tensor    [slots, kv_heads, capacity, head_dim], one row per live sequence
+    fixed tensor [slots, ...] (e.g. a recurrent state [slots, heads, d_k, d_v]), one row per live sequence
 
-and binds it as both ``past_key_values.*`` and ``present.*`` (GroupQueryAttention's shared-buffer
-mode: each step writes the new position in place, no copy). Rows of different lengths step together:
-the attention mask [rows, T] has row b's first len_b + 1 entries set, from which the graph derives
-each row's own sequence length, rotary positions and write slot. A row that has no token this step
-rides along with its last token again; its KV slot is rewritten by its next real step.
+A kv buffer is bound as both the past input and the present output (GroupQueryAttention's shared-buffer
+mode: each step writes the new positions in place, no copy). A fixed tensor is read from its buffer and
+written to a scratch buffer, copied back only for the rows that stepped. Rows of different lengths step
+together: the attention mask [rows, T] has row b's first len_b + 1 entries set, from which the graph
+derives each row's own sequence length, rotary positions and write slot.
 
-One scheduler thread runs every graph call; a sequence's ``append`` (from any thread) queues its
-tokens and waits. Multi-token appends (prompts) run alone in chunks of PREFILL_CHUNK tokens, taking
-turns with decode rounds; single tokens of all rows run as one batch. Rows are kept packed at the
-front, so a step runs on [:live rows] only.
+A row that has no token in a decode step is masked, not re-run: it is fed a dummy token whose mask
+covers len_b + 1 positions, so its kv layers write the dummy's keys/values at position len_b, beyond the
+row's length: hidden by the mask of every later step and overwritten by the row's next real token. Its
+fixed tensors keep their pre-step rows (the scratch rows are not copied back). Only a row that already
+fills the whole context has no free position: it re-runs its own newest token at its own position
+(same keys/values) and its fixed rows are kept the same way.
+
+One scheduler thread runs every graph call; a sequence's ``append`` (from any thread) queues a work
+item and waits on its future. Multi-token appends (prompts) run alone in chunks of PREFILL_CHUNK
+tokens, taking turns with decode rounds; single tokens of all rows run as one batch. Rows are kept
+packed at the front, so a step runs on [:live rows] only.
 """
 
 from __future__ import annotations
 
-import json
 import queue
 import threading
 import time
 from concurrent.futures import Future
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from edgeqwen.artifact import RuntimeSpec
+from edgeqwen.artifact import BATCH, LayerState, RuntimeSpec, StateTensor
 from edgeqwen.errors import ArtifactError, ContextOverflow
-from edgeqwen.runtime.backends import StateLoops
+from edgeqwen.runtime.backends import StateLoops, check_rewind
 from edgeqwen.runtime.providers import choose
 
 # How long a decode round waits for live rows that have not queued their next token yet (they are
@@ -45,8 +54,45 @@ GATHER_S = 0.004
 # delays the rows already decoding by one chunk (~0.5-1 s for the 0.5B shape on 2 cores), not by its
 # whole prefill.
 PREFILL_CHUNK = 256
-# KV buffer shape to start from and to return to when no sequence is live: (slots, positions)
+# State buffer shape to start from and to return to when no sequence is live: (slots, positions)
 INITIAL = (4, 256)
+_ORT_TYPES = {"float32": "tensor(float)", "float16": "tensor(float16)"}
+
+
+# -- work items: what a request thread hands the scheduler, each with the future it waits on ------------
+@dataclass(frozen=True, eq=False)
+class Join:
+    state: BatchedState
+    done: Future = field(default_factory=Future)
+
+
+@dataclass(frozen=True, eq=False)
+class Leave:
+    state: BatchedState
+    done: Future = field(default_factory=Future)
+
+
+@dataclass(frozen=True, eq=False)
+class Rewind:
+    state: BatchedState
+    length: int  # positions to keep
+    last: int  # the token at position length - 1 (0 for none)
+    done: Future = field(default_factory=Future)
+
+
+@dataclass(frozen=True, eq=False)
+class Append:
+    state: BatchedState
+    ids: tuple[int, ...]
+    done: Future = field(default_factory=Future)  # -> logits [V] after the last id
+
+    @property
+    def prompt(self) -> bool:
+        """Several tokens: runs alone (in chunks); a single token steps with the other rows."""
+        return len(self.ids) > 1
+
+
+Work = Join | Leave | Rewind | Append
 
 
 class BatchedBackend(StateLoops):
@@ -58,27 +104,23 @@ class BatchedBackend(StateLoops):
                                 f"and runtime.genai_config); this artifact has backend {runtime.backend!r}")
         self._ort = ort
         self.provider = choose(provider, runtime.execution_provider, {"cpu"})
-        decoder = json.loads((folder / runtime.genai_config).read_text(encoding="utf-8"))["model"]["decoder"]
-        self.layers = int(decoder["num_hidden_layers"])
-        self.kv_heads = int(decoder["num_key_value_heads"])
-        self.head_dim = int(decoder["head_size"])
         self.context_length = runtime.context_length
         self.vocab_size = runtime.vocab_size
+        self.truncatable = runtime.truncatable
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         self.session = ort.InferenceSession(str(folder / runtime.model_file), options,
                                             providers=["CPUExecutionProvider"])
+        self.tensors = _state_tensors(folder, runtime.layers, self.session)
         kinds = {i.name: i.type for i in self.session.get_inputs()}
-        self.kv_dtype = np.float16 if kinds.get("past_key_values.0.key") == "tensor(float16)" else np.float32
         self.ids_dtype = np.int32 if kinds.get("input_ids") == "tensor(int32)" else np.int64
         self.mask_dtype = np.int32 if kinds.get("attention_mask") == "tensor(int32)" else np.int64
-        self.kv_names = [f"{i}.{kv}" for i in range(self.layers) for kv in ("key", "value")]
         self.max_batch, self.capacity = INITIAL  # both double when needed
-        self.cache = self._alloc(*INITIAL)
-        self.rows: list[BatchedState] = []  # live sequences; rows[i] owns cache row i
-        self.steps = 0  # graph runs, and how many rows they carried (for tests and metrics)
+        self.cache = self._alloc(*INITIAL)  # state input name -> buffer [slots, ...]
+        self.rows: list[BatchedState] = []  # live sequences; rows[i] owns row i of every buffer
+        self.steps = 0  # batched decode runs, and how many rows had a token in them (tests and metrics)
         self.rows_stepped = 0
-        self._queue: queue.Queue = queue.Queue()
+        self._queue: queue.Queue[Work] = queue.Queue()
         self._thread = threading.Thread(target=self._loop, name="edgeqwen-batch", daemon=True)
         self._thread.start()
 
@@ -87,87 +129,87 @@ class BatchedBackend(StateLoops):
         return BatchedState(self)
 
     # -- called from request threads ------------------------------------------------------------------
-    def _submit(self, op: tuple) -> Future:
-        fut: Future = Future()
-        self._queue.put((op, fut))
-        return fut
+    def _submit(self, work: Work) -> Future:
+        self._queue.put(work)
+        return work.done
 
     # -- the scheduler thread ---------------------------------------------------------------------------
     def _alloc(self, slots: int, capacity: int) -> dict[str, np.ndarray]:
-        shape = (slots, self.kv_heads, capacity, self.head_dim)
-        return {name: np.zeros(shape, self.kv_dtype) for name in self.kv_names}
+        # a fresh sequence's state is zeros: an empty KV cache, a recurrent layer's initial state
+        return {t.input: np.zeros(t.concrete(slots, capacity), np.dtype(t.dtype)) for t in self.tensors}
 
     def _loop(self) -> None:
-        pending: list[tuple[tuple, Future]] = []
+        pending: list[Append] = []
         prompt_turn = True  # prompt chunks and decode rounds take turns while both wait
         while True:
-            if not pending:
-                pending.append(self._queue.get())
-            pending += self._drain()
-            pending = self._control(pending)
-            prompts = [p for p in pending if len(p[0][2]) > 1]
-            if prompts and (prompt_turn or not any(len(p[0][2]) == 1 for p in pending)):
+            arrived: list[Work] = [] if pending else [self._queue.get()]
+            pending = self._control(pending + arrived + self._drain())
+            prompts = [a for a in pending if a.prompt]
+            if prompts and (prompt_turn or all(a.prompt for a in pending)):
                 pending.remove(prompts[0])
-                rest = self._prefill_chunk(*prompts[0])
+                rest = self._prefill_chunk(prompts[0])
                 if rest is not None:
                     pending.insert(0, rest)
                 prompt_turn = False
                 continue
             prompt_turn = True
             pending = self._gather(pending)
-            steps = [p for p in pending if len(p[0][2]) == 1]  # a prompt that came meanwhile waits a round
-            pending = [p for p in pending if len(p[0][2]) > 1]
+            steps = [a for a in pending if not a.prompt]  # a prompt that came meanwhile waits a round
+            pending = [a for a in pending if a.prompt]
             if steps:
                 self._run_guarded(steps)
 
-    def _prefill_chunk(self, op: tuple, fut: Future) -> tuple | None:
+    def _prefill_chunk(self, work: Append) -> Append | None:
         """Run the first PREFILL_CHUNK tokens of a prompt; return what is left of it (its caller waits for
         the last chunk's logits), or None when done."""
-        state, ids = op[1], op[2]
+        state, ids = work.state, work.ids
         if state.length + len(ids) > self.context_length:
-            fut.set_exception(ContextOverflow(f"{state.length + len(ids)} tokens exceed the context length "
-                                              f"{self.context_length}"))
+            work.done.set_exception(ContextOverflow(f"{state.length + len(ids)} tokens exceed the context length "
+                                                    f"{self.context_length}"))
             return None
         if len(ids) <= PREFILL_CHUNK:
-            self._run_guarded([(op, fut)])
+            self._run_guarded([work])
             return None
-        head: Future = Future()
-        self._run_guarded([(("append", state, ids[:PREFILL_CHUNK]), head)])
-        if head.exception() is not None:
-            fut.set_exception(head.exception())
+        head = Append(state, ids[:PREFILL_CHUNK])
+        self._run_guarded([head])
+        if head.done.exception() is not None:
+            work.done.set_exception(head.done.exception())
             return None
-        return ("append", state, ids[PREFILL_CHUNK:]), fut
+        return Append(state, ids[PREFILL_CHUNK:], work.done)
 
-    def _drain(self) -> list:
-        got = []
+    def _drain(self) -> list[Work]:
+        got: list[Work] = []
         while True:
             try:
                 got.append(self._queue.get_nowait())
             except queue.Empty:
                 return got
 
-    def _control(self, pending: list) -> list:
-        """Handle joins and leaves (cheap, in order) and keep the appends."""
+    def _control(self, items: list[Work]) -> list[Append]:
+        """Handle joins, leaves and rewinds (cheap, in order) and keep the appends."""
         keep = []
-        for op, fut in pending:
-            if op[0] == "join":
-                self._join(op[1])
-                fut.set_result(None)
-            elif op[0] == "leave":
-                self._leave(op[1])
-                fut.set_result(None)
-            elif op[0] == "rewind":
-                op[1].length, op[1].last = op[2], op[3]
-                fut.set_result(None)
+        for work in items:
+            if isinstance(work, Append):
+                keep.append(work)
+                continue
+            try:
+                if isinstance(work, Join):
+                    self._join(work.state)
+                elif isinstance(work, Leave):
+                    self._leave(work.state)
+                else:  # positions past length are masked out and overwritten as tokens arrive
+                    work.state.length, work.state.last = work.length, work.last
+            except BaseException as e:  # e.g. no memory for a grown buffer: the caller gets it
+                work.done.set_exception(e)
             else:
-                keep.append((op, fut))
+                work.done.set_result(None)
         return keep
 
-    def _gather(self, pending: list) -> list:
+    def _gather(self, pending: list[Append]) -> list[Append]:
         """Wait briefly until every live row has queued its token, so they step together."""
         deadline = time.perf_counter() + GATHER_S
         while True:
-            waiting = {id(op[1]) for op, _ in pending}  # _control left only appends
+            waiting = {id(a.state) for a in pending}
             if len(waiting) >= len(self.rows) or time.perf_counter() >= deadline:
                 return pending
             try:
@@ -175,13 +217,16 @@ class BatchedBackend(StateLoops):
             except queue.Empty:
                 return pending
             pending = self._control(pending + [item])
-            if any(len(op[2]) > 1 for op, _ in pending):
+            if any(a.prompt for a in pending):
                 return pending
 
     def _join(self, state: "BatchedState") -> None:
         if len(self.rows) == self.max_batch:
             self._regrow(2 * self.max_batch, self.capacity)
         state.row = len(self.rows)
+        for t in self.tensors:  # a fixed state starts from zeros (a kv row is masked until written)
+            if t.sequence_axis is None:
+                self.cache[t.input][state.row] = 0
         self.rows.append(state)
 
     def _leave(self, state: "BatchedState") -> None:
@@ -190,8 +235,11 @@ class BatchedBackend(StateLoops):
         i, last = state.row, len(self.rows) - 1
         if i != last:  # keep rows packed: the last row moves into the hole
             moved = self.rows[last]
-            for buf in self.cache.values():
-                buf[i, :, :moved.length] = buf[last, :, :moved.length]
+            for t in self.tensors:
+                buf = self.cache[t.input]
+                # kv: its cached positions only ([:length] on the sequence axis); fixed: the whole row
+                held = _rows(t, last, moved.length)
+                buf[_rows(t, i, moved.length)] = buf[held]
             self.rows[i], moved.row = moved, i
         self.rows.pop()
         state.row = None
@@ -202,49 +250,71 @@ class BatchedBackend(StateLoops):
     def _regrow(self, slots: int, capacity: int) -> None:
         new = self._alloc(slots, capacity)
         n, c = len(self.rows), min(self.capacity, capacity)
-        for name, buf in self.cache.items():
-            new[name][:n, :, :c] = buf[:n, :, :c]
+        for t in self.tensors:
+            keep = _rows(t, slice(0, n), c)
+            new[t.input][keep] = self.cache[t.input][keep]
         self.cache, self.max_batch, self.capacity = new, slots, capacity
 
-    def _run_guarded(self, ops: list) -> None:
+    def _run_guarded(self, work: list[Append]) -> None:
         try:
-            self._run(ops)
+            self._run(work)
         except BaseException as e:  # the waiting request threads get the error, the loop lives on
-            for _, fut in ops:
-                if not fut.done():
-                    fut.set_exception(e)
+            for w in work:
+                if not w.done.done():
+                    w.done.set_exception(e)
 
-    def _run(self, ops: list) -> None:
+    def _run(self, work: list[Append]) -> None:
         """One graph run: a single multi-token append (its row alone), or one token for every live row."""
-        states = [op[1] for op, _ in ops]
-        need = max([s.length + len(op[2]) for s, (op, _) in zip(states, ops)] + [r.length + 1 for r in self.rows])
-        if need > self.context_length:
-            raise ContextOverflow(f"{need} tokens exceed the context length {self.context_length}")
+        if len(work) == 1 and work[0].prompt:
+            self._prefill(work[0])
+        else:
+            self._decode(work)
+
+    def _grow_to(self, need: int) -> None:
         if need > self.capacity:
             self._regrow(self.max_batch, min(self.context_length, max(need, 2 * self.capacity)))
-        if len(ops) == 1 and len(ops[0][0][2]) > 1:
-            state, ids = states[0], list(ops[0][0][2])
-            logits = self._step(state.row, state.row + 1, np.asarray([ids]), [state.length + len(ids)])
-            state.length, state.last = state.length + len(ids), ids[-1]
-            ops[0][1].set_result(logits[0])
+
+    def _prefill(self, work: Append) -> None:
+        state, ids = work.state, list(work.ids)
+        total = state.length + len(ids)
+        if total > self.context_length:
+            raise ContextOverflow(f"{total} tokens exceed the context length {self.context_length}")
+        self._grow_to(total)
+        logits = self._step(state.row, state.row + 1, np.asarray([ids]), [total])
+        state.length, state.last = total, ids[-1]
+        work.done.set_result(logits[0])
+
+    def _decode(self, work: list[Append]) -> None:
+        """One token for each row in ``work``; the other live rows are masked (module docstring)."""
+        full = [w for w in work if w.state.length + 1 > self.context_length]
+        for w in full:
+            w.done.set_exception(ContextOverflow(f"{w.state.length + 1} tokens exceed the context length "
+                                                 f"{self.context_length}"))
+        work = [w for w in work if w not in full]
+        if not work:
             return
         n = len(self.rows)
-        tokens = np.array([r.last for r in self.rows])[:, None]  # riders repeat their last token
-        lengths = [r.length for r in self.rows]
-        for (op, _), s in zip(ops, states):
-            tokens[s.row, 0] = op[2][0]
-            lengths[s.row] = s.length + 1
-        logits = self._step(0, n, tokens, [max(1, ln) for ln in lengths])
-        for (op, fut), s in zip(ops, states):
-            # length and last move together, here: a row that rides along in the next run (before its
-            # owner thread wakes) must rewrite its newest position with that position's own token
-            s.length, s.last = s.length + 1, op[2][0]
-            fut.set_result(logits[s.row])
+        tokens = np.zeros((n, 1), np.int64)  # [rows, 1]; an idle row's dummy is token 0
+        totals = [r.length + 1 for r in self.rows]  # an idle row writes its dummy at position length: hidden
+        active = np.zeros(n, bool)
+        for b, r in enumerate(self.rows):
+            if r.length == self.context_length:  # no free position: rewrite the newest with its own token
+                tokens[b, 0], totals[b] = r.last, r.length
+        for w in work:
+            b = w.state.row
+            tokens[b, 0], totals[b], active[b] = w.ids[0], w.state.length + 1, True
+        self._grow_to(max(totals))
+        logits = self._step(0, n, tokens, totals, active)
+        for w in work:
+            w.state.length, w.state.last = w.state.length + 1, w.ids[0]
+            w.done.set_result(logits[w.state.row])
         self.steps += 1
-        self.rows_stepped += len(ops)
+        self.rows_stepped += len(work)
 
-    def _step(self, lo: int, hi: int, tokens: np.ndarray, totals: list[int]) -> np.ndarray:
-        """Run rows lo:hi. tokens [rows, S]; totals[b] = row b's length after this step. -> logits [rows, V]"""
+    def _step(self, lo: int, hi: int, tokens: np.ndarray, totals: list[int],
+              active: np.ndarray | None = None) -> np.ndarray:
+        """Run rows lo:hi. tokens [rows, S]; totals[b] = row b's mask length this step; active [rows] bool:
+        the rows whose fixed state this step advances (None: all). -> logits [rows, V]"""
         ort = self._ort
         width = max(totals)
         mask = np.zeros((hi - lo, width), self.mask_dtype)
@@ -253,45 +323,81 @@ class BatchedBackend(StateLoops):
         io = self.session.io_binding()
         io.bind_cpu_input("input_ids", np.ascontiguousarray(tokens, dtype=self.ids_dtype))
         io.bind_cpu_input("attention_mask", mask)
-        for name, buf in self.cache.items():
-            value = ort.OrtValue.ortvalue_from_numpy(buf[lo:hi])  # a view: shared past/present buffer
-            io.bind_ortvalue_input(f"past_key_values.{name}", value)
-            io.bind_ortvalue_output(f"present.{name}", value)
+        written: list[tuple[np.ndarray, np.ndarray]] = []  # fixed tensors: (rows lo:hi, this step's output)
+        for t in self.tensors:
+            rows = self.cache[t.input][lo:hi]  # a view: contiguous, rows are the leading axis
+            value = ort.OrtValue.ortvalue_from_numpy(rows)
+            io.bind_ortvalue_input(t.input, value)
+            if t.sequence_axis is not None:  # kv: the shared past/present buffer, new positions written in place
+                io.bind_ortvalue_output(t.output, value)
+            else:  # fixed: the graph reads the old state while writing the new one, so a separate buffer
+                out = np.empty_like(rows)
+                io.bind_ortvalue_output(t.output, ort.OrtValue.ortvalue_from_numpy(out))
+                written.append((rows, out))
         io.bind_output("logits")
         self.session.run_with_iobinding(io)
+        for rows, out in written:
+            if active is None:
+                rows[...] = out
+            else:
+                rows[active] = out[active]  # idle rows keep their pre-step state
         logits = io.get_outputs()[-1].numpy()  # [rows, S or 1, V]
         return np.asarray(logits[:, -1], dtype=np.float32)
 
 
+def _state_tensors(folder: Path, layers: tuple[LayerState, ...], session) -> tuple[StateTensor, ...]:
+    """runtime.layers' tensors, checked against the graph: rows on axis 0, names and dtypes as it has them."""
+    inputs = {i.name: i.type for i in session.get_inputs()}
+    outputs = {o.name for o in session.get_outputs()}
+    tensors = tuple(t for layer in layers for t in layer.tensors)
+    for t in tensors:
+        where = f"artifact {folder}: runtime.layers state tensor {t.input}"
+        if t.batch_axis != 0:
+            raise ArtifactError(f"{where} has no {BATCH!r} axis first; the batched backend keeps one row per sequence")
+        if t.input not in inputs or t.output not in outputs:
+            raise ArtifactError(f"{where} (output {t.output}) is not in the graph; rebuild the artifact")
+        if inputs[t.input] != _ORT_TYPES[t.dtype]:
+            raise ArtifactError(f"{where} is {t.dtype}, but the graph takes {inputs[t.input]}; rebuild the artifact")
+    return tensors
+
+
+def _rows(t: StateTensor, rows: int | slice, length: int) -> tuple[int | slice, ...]:
+    """An index of ``rows`` of t's buffer: for kv the first ``length`` positions of the sequence axis,
+    for a fixed tensor everything."""
+    if t.sequence_axis is None:
+        return (rows,)
+    return (rows,) + (slice(None),) * (t.sequence_axis - 1) + (slice(0, length),)
+
+
 class BatchedState:
-    """One sequence: a row of the backend's shared KV cache."""
+    """One sequence: a row of each of the backend's shared state buffers."""
 
     def __init__(self, backend: BatchedBackend) -> None:
         self.backend = backend
+        self.truncatable = backend.truncatable
         self.tokens: list[int] = []
-        self.length = 0  # positions cached in this row; with ``last``, written by the scheduler thread only
+        self.length = 0  # positions this row holds; with ``last``, written by the scheduler thread only
         self.last = 0  # the token at position length - 1
         self.row: int | None = None
-        backend._submit(("join", self)).result()
+        backend._submit(Join(self)).result()
 
     def append(self, ids: Sequence[int]) -> np.ndarray:
-        ids = [int(t) for t in ids]
+        ids = tuple(int(t) for t in ids)
         if not ids:
             raise ValueError("append needs at least one token")
         if self.row is None:
             raise RuntimeError("this sequence was closed")
-        logits = self.backend._submit(("append", self, ids)).result()
+        logits = self.backend._submit(Append(self, ids)).result()
         self.tokens.extend(ids)
         return logits
 
     def rewind(self, n: int) -> None:
-        if n < len(self.tokens):
+        if check_rewind(self, n):
             del self.tokens[n:]
-            # positions past n are masked out and overwritten as tokens arrive; the scheduler moves
-            # length and last together so a ride-along run never sees half of the change
-            self.backend._submit(("rewind", self, n, self.tokens[-1] if self.tokens else 0)).result()
+            # the scheduler moves length and last together, between graph runs
+            self.backend._submit(Rewind(self, n, self.tokens[-1] if self.tokens else 0)).result()
 
     def close(self) -> None:
         """Give the row back (the server calls this when a request ends or its client goes away)."""
         if self.row is not None:
-            self.backend._submit(("leave", self)).result()
+            self.backend._submit(Leave(self)).result()

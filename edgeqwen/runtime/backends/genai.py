@@ -9,7 +9,8 @@ from typing import Sequence
 import numpy as np
 
 from edgeqwen.artifact import RuntimeSpec
-from edgeqwen.runtime.backends import logit_rows
+from edgeqwen.errors import ArtifactError
+from edgeqwen.runtime.backends import check_rewind, logit_rows
 from edgeqwen.runtime.providers import choose
 
 
@@ -17,6 +18,10 @@ class GenaiBackend:
     def __init__(self, folder: Path, runtime: RuntimeSpec, threads: int, provider: str | None = None) -> None:
         import onnxruntime_genai as og
 
+        fixed = sorted({layer.kind for layer in runtime.layers if layer.kind != "kv"})
+        if fixed:  # genai allocates and steps the state itself, as KV only
+            raise ArtifactError(f"artifact {folder}: onnxruntime-genai's backend here handles KV layers only; this "
+                                f"artifact has {', '.join(fixed)} layers")
         self._og = og
         available = {"cpu"} | ({"dml"} if og.is_dml_available() else set())
         self.provider = choose(provider, runtime.execution_provider, available)
@@ -64,6 +69,8 @@ class GenaiBackend:
 class GenaiState:
     """One sequence's KV cache inside a genai Generator; grows by re-prefilling when full."""
 
+    truncatable = True  # the backend takes only KV layers
+
     def __init__(self, backend: GenaiBackend, capacity: int) -> None:
         self.backend = backend
         self.capacity = min(capacity, backend.context_length)
@@ -80,7 +87,7 @@ class GenaiState:
         return np.asarray(self.gen.get_logits(), dtype=np.float32).reshape(-1, self.backend.vocab_size)[-1]
 
     def rewind(self, n: int) -> None:
-        if n < len(self.tokens):
+        if check_rewind(self, n):
             self.gen.rewind_to(n)
             del self.tokens[n:]
 

@@ -3,7 +3,8 @@
 
 Used for accelerators that need every shape known when the graph is compiled (Android NNAPI). The
 graphs' calling convention is described in edgeqwen/compiler/static/decoder.py; everything needed to
-drive them (files, chunk, cache length, mask value) comes from the manifest's runtime.static table.
+drive them (files, chunk, cache length, mask value) comes from the manifest's runtime.static table,
+and the state tensors (names, shapes, dtypes) from runtime.layers.
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ from typing import Sequence
 
 import numpy as np
 
-from edgeqwen.artifact import RuntimeSpec, StaticSpec
+from edgeqwen.artifact import BATCH, LayerState, RuntimeSpec, StateTensor, StaticSpec
 from edgeqwen.errors import ArtifactError, ContextOverflow
 from edgeqwen.providers import PROVIDERS
-from edgeqwen.runtime.backends import StateLoops
+from edgeqwen.runtime.backends import StateLoops, check_rewind
 from edgeqwen.runtime.providers import choose
 
 
@@ -25,21 +26,23 @@ class StaticBackend(StateLoops):
         spec = runtime.static
         if spec is None:
             raise ArtifactError(f"artifact {folder}: backend 'static' needs the runtime section's static table")
-        self._open(folder, spec, runtime.execution_provider, runtime.session_options, threads, provider)
+        self._open(folder, spec, runtime.layers, runtime.execution_provider, runtime.session_options, threads,
+                   provider)
 
     @classmethod
     def on_cpu(cls, folder: Path, spec: StaticSpec, threads: int) -> "StaticBackend":
-        """The graphs of a build in progress (no manifest yet), on the CPU provider: calibration."""
+        """The graphs of a build in progress (no manifest yet), on the CPU provider: calibration. Their
+        state is what the static flow will write into runtime.layers."""
         backend = cls.__new__(cls)
-        backend._open(folder, spec, "cpu", {}, threads, "cpu")
+        backend._open(folder, spec, spec.layer_states(), "cpu", {}, threads, "cpu")
         return backend
 
-    def _open(self, folder: Path, spec: StaticSpec, built_for: str, session_options: dict, threads: int,
-              provider: str | None) -> None:
+    def _open(self, folder: Path, spec: StaticSpec, layers: tuple[LayerState, ...], built_for: str,
+              session_options: dict, threads: int, provider: str | None) -> None:
         import onnxruntime as ort
 
         self.cache = spec.cache_length
-        self.layers, self.kv_heads, self.head_dim = spec.layers, spec.kv_heads, spec.head_dim
+        self.tensors = _kv_tensors(folder, layers)
         self.vocab_size = spec.vocab_size
         self.mask_value = np.float32(spec.mask_value)
         self.context_length = self.cache
@@ -62,15 +65,30 @@ class StaticBackend(StateLoops):
         return StaticState(self)
 
 
+def _kv_tensors(folder: Path, layers: tuple[LayerState, ...]) -> tuple[StateTensor, ...]:
+    """Every state tensor, checked to be what these graphs can carry: KV without a batch axis. A fixed
+    state is refused: a left-padded chunk would fold its padding into it (a KV cache just masks it)."""
+    fixed = sorted({layer.kind for layer in layers if not layer.truncatable})
+    if fixed:
+        raise ArtifactError(f"artifact {folder}: the static backend handles KV layers only; this artifact has "
+                            f"{', '.join(fixed)} layers")
+    tensors = tuple(t for layer in layers for t in layer.tensors)
+    batched = [t.input for t in tensors if BATCH in t.shape]
+    if batched:
+        raise ArtifactError(f"artifact {folder}: the static graphs run one sequence, but state tensor {batched[0]} "
+                            f"has a {BATCH!r} axis")
+    return tensors
+
+
 class StaticState:
-    """One sequence: keys/values [layers][KV, S, D] filled up to len(tokens)."""
+    """One sequence: per KV tensor a buffer [KV, S, D] (S the cache length) filled up to len(tokens)."""
+
+    truncatable = True  # the backend takes only KV layers
 
     def __init__(self, backend: StaticBackend) -> None:
         b = backend
         self.backend = b
-        shape = (b.kv_heads, b.cache, b.head_dim)
-        self.keys = [np.zeros(shape, np.float32) for _ in range(b.layers)]
-        self.values = [np.zeros(shape, np.float32) for _ in range(b.layers)]
+        self.buffers = {t.input: np.zeros(t.concrete(1, b.cache), np.dtype(t.dtype)) for t in b.tensors}
         self.tokens: list[int] = []
 
     def append(self, ids: Sequence[int]) -> np.ndarray:
@@ -90,7 +108,8 @@ class StaticState:
 
     def rewind(self, n: int) -> None:
         # Slots past n are masked out on the next run and overwritten as tokens arrive.
-        del self.tokens[n:]
+        if check_rewind(self, n):
+            del self.tokens[n:]
 
     def close(self) -> None:
         pass  # plain numpy buffers
@@ -108,13 +127,17 @@ class StaticState:
         rows = np.arange(m)
         causal = rows[:, None] >= rows[None, :]  # [m, m]: token j sees chunk tokens up to itself
         mask[pad:, s + pad:] = np.where(causal, 0.0, b.mask_value)
-        feed: dict[str, np.ndarray] = {"input_ids": input_ids, "position_ids": positions, "attention_mask": mask}
-        for i in range(b.layers):
-            feed[f"past_key_{i}"] = self.keys[i]
-            feed[f"past_value_{i}"] = self.values[i]
+        feed: dict[str, np.ndarray] = {"input_ids": input_ids, "position_ids": positions, "attention_mask": mask,
+                                       **self.buffers}
         result = dict(zip(b.output_names[role], b.sessions[role].run(None, feed)))
-        for i in range(b.layers):
-            self.keys[i][:, n:n + m] = result[f"present_key_{i}"][:, pad:]
-            self.values[i][:, n:n + m] = result[f"present_value_{i}"][:, pad:]
+        for t in b.tensors:
+            # present [KV, C, D] holds the chunk's positions, padding first: the real ones go to slots n:n+m
+            axis = t.sequence_axis
+            self.buffers[t.input][_along(axis, slice(n, n + m))] = result[t.output][_along(axis, slice(pad, c))]
         self.tokens.extend(ids)
         return result["logits"][0]
+
+
+def _along(axis: int, positions: slice) -> tuple[slice, ...]:
+    """An index taking ``positions`` on ``axis`` and everything on the axes before it."""
+    return (slice(None),) * axis + (positions,)
