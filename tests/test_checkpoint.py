@@ -101,3 +101,17 @@ def test_cli_reports_bad_input_in_one_line(tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 2 and "unknown target 'tpu-int2'; available: android-cpu-int4-fast, android-cpu-int4, " in r.stderr
     assert "cpu-int4, cpu-int8, directml-fp16" in r.stderr
+
+
+def test_a_checkpoint_missing_a_tensor_its_spec_needs_is_refused_in_one_line(tmp_path):
+    """It opens (inspect and validate read such folders), but a build stops before any export, naming the
+    first tensor the tensor map expects and the file lacks."""
+    d = fake(tmp_path)  # config of a 1-layer Qwen2, weights of the embedding only
+    r = subprocess.run([sys.executable, "-m", "edgeqwen.cli", "build", str(d), "-t", "cpu-fp32", "-o", str(tmp_path / "out")],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    errors = [line for line in r.stderr.splitlines() if line.startswith("edgeqwen: error:")]  # beside progress lines
+    assert len(errors) == 1 and r.stderr.strip().splitlines()[-1] == errors[0], r.stderr
+    # 1 layer x 12 tensors (norms, q/k/v + biases, o, gate/up/down) + the final norm, tied: 13 missing
+    assert "tensor model.layers.0.input_layernorm.weight (and 12 more) is missing" in errors[0], r.stderr
+    assert not (tmp_path / "out").exists()

@@ -16,11 +16,9 @@ from typing import Any
 
 from edgeqwen.errors import CheckpointError
 from edgeqwen.model.generation import GenerationSettings, read_json
-from edgeqwen.model.spec import RULES, ModelSpec, SpecError, parse_spec
+from edgeqwen.model.spec import ModelSpec, SpecError, parse_spec
 from edgeqwen.model.tensors import TensorMap, tensor_map
 
-# architecture -> family used by the runtime (chat template behaviour, thinking support)
-SUPPORTED_ARCHITECTURES = {arch: rule.family for arch, rule in RULES.items()}
 SUPPORTED_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _HUB_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "merges.txt", "vocab.json", "tokenizer*"]
@@ -41,6 +39,7 @@ class Checkpoint:
     config_sha256: str
     revision: str | None = None
     tensor_count: int = 0
+    tensor_names: frozenset[str] = frozenset()  # every tensor the weight files hold (from their headers)
     parameter_count: int = 0
     notes: tuple[str, ...] = field(default_factory=tuple)
 
@@ -79,10 +78,7 @@ class Checkpoint:
 def check_complete(ckpt: Checkpoint) -> None:
     """Refuse, before the export starts, a checkpoint that lacks a tensor its spec needs (a shard from
     another model, a truncated conversion): one line naming the first missing tensor."""
-    from edgeqwen.safetensors_io import CheckpointTensors
-
-    with CheckpointTensors(ckpt.path, list(ckpt.weight_files)) as src:
-        missing = [n for n in ckpt.tensors.names() if n not in src]
+    missing = [n for n in ckpt.tensors.names() if n not in ckpt.tensor_names]
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise CheckpointError(f"{ckpt.path}: tensor {missing[0]}{more} is missing, which {ckpt.architecture} with "
@@ -156,6 +152,7 @@ def open_checkpoint(model: str, revision: str | None = None) -> Checkpoint:
         config_sha256=hashlib.sha256(raw).hexdigest(),
         revision=revision,
         tensor_count=len(names),
+        tensor_names=frozenset(names),
         parameter_count=params,
     )
 
