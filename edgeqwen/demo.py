@@ -23,12 +23,13 @@ def _log(text: str) -> None:
 
 def _reusable(folder: Path, checkpoint: Path, target: str) -> bool:
     """An earlier demo artifact that is complete, intact and built from this checkpoint for this target."""
-    from edgeqwen.artifact import load_verified
+    from edgeqwen.artifact import load_verified, runtime_spec
     from edgeqwen.compiler.checkpoint import open_checkpoint
     from edgeqwen.errors import ArtifactError
 
     try:
         manifest = load_verified(folder)
+        runtime_spec(manifest)  # a contract this runtime reads (an older edgeqwen's artifact is rebuilt, not reused)
     except ArtifactError:
         return False
     source = manifest.get("source", {})

@@ -46,3 +46,11 @@ def test_demo_builds_validates_and_writes_python(tmp_path):
 
     forced = demo(tmp_path, "--force")
     assert "edgeqwen build" in forced.stderr and "reusing" not in forced.stderr
+
+    # an artifact an older edgeqwen wrote (runtime contract 2) is rebuilt, not reused and then refused
+    manifest_path = next(tmp_path.rglob("edgeqwen.json"))
+    manifest = json.loads(manifest_path.read_text())
+    manifest["runtime"]["version"] = 2
+    manifest_path.write_text(json.dumps(manifest))
+    older = demo(tmp_path)
+    assert older.returncode == 0 and "edgeqwen build" in older.stderr and "reusing" not in older.stderr, older.stderr
