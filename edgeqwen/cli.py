@@ -72,8 +72,9 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         result = validate_apart(lambda: Engine(args.artifact, verify="size"), reference, ckpt.parameter_count,
                                 profile.validation, log=log, quality=profile.quality,
                                 loss_text=not args.no_loss_text)
-    print(json.dumps(result, indent=2) if args.json else "\n".join(validation_lines(result)))
-    return 0 if result["passed"] else 3
+    record = result.to_dict()
+    print(json.dumps(record, indent=2) if args.json else "\n".join(validation_lines(record)))
+    return 0 if result.passed else 3
 
 
 def _reference_with_adapter(manifest: dict, ckpt, adapter: str | None, tmp: Path) -> Path:

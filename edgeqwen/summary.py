@@ -128,6 +128,28 @@ def sampling_lines(rt: dict[str, Any]) -> list[str]:
     return lines
 
 
+def state_lines(rt: dict[str, Any]) -> list[str]:
+    """What each decoder layer carries between steps (the runtime contract's layer descriptors), runs of
+    identical layers on one line: "layers 0-23: KV key/value [batch, 2, sequence, 64] float32"."""
+    layers = rt.get("layers") or []
+
+    def describe(layer: dict[str, Any]) -> str:
+        shapes = sorted({"[" + ", ".join(str(d) for d in t["shape"]) + "] " + t["dtype"] for t in layer["tensors"]})
+        what = ("KV cache", "rewinds by truncation") if layer["kind"] == "kv" else \
+            (f"{layer['kind']} state", "its size does not grow; not truncatable")
+        n = len(layer["tensors"])
+        return f"{what[0]}, {n} tensor{'s' if n > 1 else ''} {' / '.join(shapes)} ({what[1]})"
+
+    runs: list[tuple[int, int, str]] = []
+    for i, layer in enumerate(layers):
+        d = describe(layer)
+        if runs and runs[-1][2] == d and runs[-1][1] == i - 1:
+            runs[-1] = (runs[-1][0], i, d)
+        else:
+            runs.append((i, i, d))
+    return [f"  state, layer{'s' if a != b else ''} {a}{f'-{b}' if a != b else ''}: {d}" for a, b, d in runs]
+
+
 def format_manifest(m: dict[str, Any], folder: str = "") -> str:
     src, prof, rt = m.get("source", {}), m["profile"], m["runtime"]
     total = artifact_bytes(m)
@@ -144,6 +166,7 @@ def format_manifest(m: dict[str, Any], folder: str = "") -> str:
         f"  runtime: backend {rt['backend']} on {rt['execution_provider']}, context {rt['context_length']}, "
         f"threads {rt.get('threads', 'auto')}, family {rt['family']}" + (", thinking" if rt.get("thinking") else ""),
         *sampling_lines(rt),
+        *state_lines(rt),
         f"  size on disk: {human_bytes(total)} in {len(m['files'])} files",
         "quantisation (read back from the graph):",
         *quantization_lines(m.get("quantization", {})),

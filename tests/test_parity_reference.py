@@ -13,7 +13,13 @@ import shutil
 import numpy as np
 import pytest
 
+from edgeqwen.model.tensors import tensor_map
 from edgeqwen.quality.graph_weights import ArtifactWeights
+from edgeqwen.testmodels.fixtures import FIXTURES
+
+# the hand-made graphs' MatMulNBits name their own sources (a.weight, b.weight); the map names only the
+# embedding and the output matrix, which they do not have
+NAMES = tensor_map(FIXTURES["tiny-qwen2"].model_spec)
 
 
 def _one_matmul(folder, k: int, n: int, block: int, bits: int, symmetric: bool, accuracy: int, seed: int = 0):
@@ -59,7 +65,7 @@ def test_weights_read_back_are_the_kernels_weights(tmp_path, k, n, block, bits, 
     import onnxruntime as ort
 
     w, manifest = _one_matmul(tmp_path, k, n, block, bits, symmetric, accuracy=0)
-    aw = ArtifactWeights(tmp_path, manifest)
+    aw = ArtifactWeights(tmp_path, manifest, NAMES)
     deq = np.concatenate([aw.rows("a.weight"), aw.rows("b.weight")])
     assert deq.shape == (n, k) and aw.shape("b.weight") == (n - n // 2, k)
     step = np.abs(w).max() / (2 ** (bits - 1) - 1)
@@ -84,7 +90,7 @@ def test_the_fp32_compute_twin_is_exact_where_int8_compute_is_not(tmp_path, k, n
     art = tmp_path / "art"
     art.mkdir()
     _, manifest = _one_matmul(art, k, n, block, bits, symmetric, accuracy=4)
-    aw = ArtifactWeights(art, manifest)
+    aw = ArtifactWeights(art, manifest, NAMES)
     assert aw.where["a.weight"][0].accuracy_level == 4
     deq = np.concatenate([aw.rows("a.weight"), aw.rows("b.weight")]).astype(np.float64)
     a = np.random.default_rng(2).standard_normal((7, k)).astype(np.float32)
@@ -93,7 +99,7 @@ def test_the_fp32_compute_twin_is_exact_where_int8_compute_is_not(tmp_path, k, n
     scale = np.abs(plain).max()
     assert np.abs(run(art) - plain).max() / scale > 1e-3
     twin = exact_compute_twin(art, manifest, tmp_path / "twin")
-    assert ArtifactWeights(twin, manifest).where["a.weight"][0].accuracy_level == 0
+    assert ArtifactWeights(twin, manifest, NAMES).where["a.weight"][0].accuracy_level == 0
     assert np.abs(run(twin) - plain).max() / scale < 1e-5
     for f in art.iterdir():
         assert (twin / f.name).stat().st_size == f.stat().st_size
@@ -104,7 +110,7 @@ def test_a_manifest_without_stacked_sources_is_refused_in_one_line(tmp_path):
     from edgeqwen.errors import EdgeQwenError
 
     with pytest.raises(EdgeQwenError, match="streaming exporter"):
-        ArtifactWeights(tmp_path, {"runtime": {}, "quantization": {"export": {}}})
+        ArtifactWeights(tmp_path, {"runtime": {}, "quantization": {"export": {}}}, NAMES)
 
 
 # -- tier 2: built fixtures ------------------------------------------------------------------------------
@@ -181,7 +187,7 @@ def test_one_perturbed_tensor_fails_the_gate(artifacts, checkpoints, tmp_path):
     bad = tmp_path / "bad"
     shutil.copytree(good, bad)
     manifest = json.loads((bad / "edgeqwen.json").read_text())
-    aw = ArtifactWeights(bad, manifest)
+    aw = ArtifactWeights(bad, manifest, NAMES)  # tiny-qwen2: the map these names come from
     node = aw.where["model.layers.1.mlp.down_proj.weight"][0]
     t = aw.file.inits[node.scales]
     info = {e.key: e.value for e in t.external_data}
@@ -196,12 +202,12 @@ def test_one_perturbed_tensor_fails_the_gate(artifacts, checkpoints, tmp_path):
                         log=lambda s: None)
     broken = validate_apart(lambda: Engine(bad, verify="size"), checkpoints("tiny-qwen2"), 1, profile.validation,
                             log=lambda s: None)
-    assert ok["passed"], ok["failures"]
-    assert ok["weights"]["max_error_steps"] <= 1.001 and not ok["weights"]["not_quantisations"]
-    assert not broken["passed"]
-    assert broken["failures"] == ["weights not a quantisation of the checkpoint: model.layers.1.mlp.down_proj.weight "
-                                  f"({broken['weights']['not_quantisations'][0]['error_steps']:.3g} steps off)"]
+    assert ok.passed, ok.failures
+    assert ok.weights.max_error_steps <= 1.001 and not ok.weights.not_quantisations
+    assert not broken.passed
+    assert broken.failures == ["weights not a quantisation of the checkpoint: model.layers.1.mlp.down_proj.weight "
+                               f"({broken.weights.not_quantisations[0].error_steps:.3g} steps off)"]
     # the graph check alone cannot see it (it computes with the artifact's own weights), and the loss
     # against fp32 hides it among the quantisation error: it is the weight check that fails
-    assert broken["summary"]["kl_mean"] < 1e-6
-    assert broken["quantization_loss"]["summary"]["kl_mean"] < 3 * ok["quantization_loss"]["summary"]["kl_mean"]
+    assert broken.gate.summary.kl_mean < 1e-6
+    assert broken.quantization_loss.summary["kl_mean"] < 3 * ok.quantization_loss.summary["kl_mean"]

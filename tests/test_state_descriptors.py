@@ -62,6 +62,18 @@ def test_contract_3_round_trips_layers_through_the_manifest(tmp_path):
     assert _spec(layers=HYBRID[1:]).truncatable
 
 
+def test_inspect_shows_each_runs_state():
+    """`edgeqwen inspect` says what every layer carries, runs of identical layers on one line (a Qwen3.5
+    artifact: three fixed-state layers, then one KV layer, repeated)."""
+    from edgeqwen.summary import state_lines
+
+    rt = _spec(layers=HYBRID[:1] * 3 + HYBRID[1:] + HYBRID[:1]).to_dict()
+    assert state_lines(rt) == [
+        "  state, layers 0-2: fixed state, 1 tensor [batch, 4] float32 (its size does not grow; not truncatable)",
+        "  state, layer 3: KV cache, 2 tensors [batch, 1, sequence, 16] float32 (rewinds by truncation)",
+        "  state, layer 4: fixed state, 1 tensor [batch, 4] float32 (its size does not grow; not truncatable)"]
+
+
 def test_kv_layer_states_names_the_graphs_tensors():
     genai = kv_layer_states(2, 2, 64, "float16", *GENAI_KV_NAMES)
     assert [(t.input, t.output) for t in genai[1].tensors] == [("past_key_values.1.key", "present.1.key"),

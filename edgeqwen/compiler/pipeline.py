@@ -173,12 +173,12 @@ def _validate(art: Path, manifest: dict[str, Any], ckpt: Checkpoint, profile: Ta
 
     result = validate_apart(open_engine, ckpt.path, ckpt.parameter_count, profile.validation, log=progress.say,
                             quality=quality, quantized=quantized, loss_text=loss_text)
-    verdict = "PASS" if result["passed"] else "FAIL: " + "; ".join(result["failures"])
+    verdict = "PASS" if result.passed else "FAIL: " + "; ".join(result.failures)
     progress.say(f"    verdict: {verdict}")
-    loss = result.get("quantization_loss")
-    if loss and loss.get("warn"):
-        worst = result["weights"]["worst_tensors"]
-        warnings.warn(f"quantisation costs KL {loss['summary']['kl_mean']:.3g} nats per token against fp32 (above "
+    loss = result.quantization_loss
+    if loss and loss.warn and result.weights:
+        worst = result.weights.worst_tensors
+        warnings.warn(f"quantisation costs KL {loss.summary['kl_mean']:.3g} nats per token against fp32 (above "
                       f"{quality.warn_kl_mean}); most changed: " + ", ".join(
-                          f"{t['tensor']} ({t['relative_error']:.1%})" for t in worst[:3]), stacklevel=2)
-    return result
+                          f"{t.tensor} ({t.relative_error:.1%})" for t in worst[:3]), stacklevel=2)
+    return result.to_dict()

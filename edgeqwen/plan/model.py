@@ -44,7 +44,7 @@ def decode_features(shape: Shape, s: Storage, depth: int) -> dict[str, float]:
 
 def prefill_features(shape: Shape, s: Storage, n: int) -> dict[str, float]:
     """Seconds to prefill an ``n``-token prompt."""
-    return {"per_token": float(n), f"macs_{s.kind}": float(n * matmul_params(shape)),
+    return {"per_token": float(n), f"macs_{s.kind}": float(n * matmul_params(shape, s)),
             "attention": float(shape.layers * shape.heads * shape.head_size * n * n)}
 
 

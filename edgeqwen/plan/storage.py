@@ -11,45 +11,34 @@ the compiler.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from edgeqwen.plan.catalogue import Shape
-from edgeqwen.targets import TORCH_PASSES, TargetProfile, rtn_roles, table_block
+from edgeqwen.profile_passes import Stored, read_passes
+from edgeqwen.targets import TargetProfile, table_block
 
 
-@dataclass(frozen=True)
-class Format:
-    bits: int  # 32, 16 (float) or 8, 4 (blocks)
-    block: int = 0  # quantisation block along K (0: float)
-    symmetric: bool = True
-    # Olive's PyTorch passes (GPTQ): a layer whose K the block does not divide takes the largest power-of-two
-    # block that does (edgeqwen.compiler.torch_quant.group_overrides); ONNX RTN pads K to whole blocks instead
-    divides: bool = False
-
-    @property
-    def kind(self) -> str:
-        return f"int{self.bits}" if self.block else f"fp{self.bits}"
-
-    def matrix_bytes(self, n: int, k: int, scale_bytes: int) -> int:
-        """Bytes of one [N, K] weight: MatMulNBits B + scales (+ zero points) for block formats."""
-        if not self.block:
-            return n * k * self.bits // 8
-        block = self.block
-        while self.divides and k % block and block > 16:
-            block //= 2
-        if self.divides and k % block:  # no power-of-two block divides K: one per row
-            block = 1 << (k - 1).bit_length()
-        kb = math.ceil(k / block)
-        zero = 0 if self.symmetric else n * math.ceil(kb * self.bits / 8)
-        return n * kb * (block * self.bits // 8 + scale_bytes) + zero
+def matrix_bytes(fmt: Stored, n: int, k: int, scale_bytes: int) -> int:
+    """Bytes of one [N, K] weight stored as ``fmt``: MatMulNBits B + scales (+ zero points) for blocks."""
+    if fmt.is_float:
+        return n * k * fmt.bits // 8
+    block = fmt.block
+    while fmt.divides and k % block and block > 16:
+        block //= 2
+    if fmt.divides and k % block:  # no power-of-two block divides K: one per row
+        block = 1 << (k - 1).bit_length()
+    kb = math.ceil(k / block)
+    zero = 0 if fmt.symmetric else n * math.ceil(kb * fmt.bits / 8)
+    return n * kb * (block * fmt.bits // 8 + scale_bytes) + zero
 
 
 @dataclass(frozen=True)
 class Storage:
-    weights: Format  # decoder linear layers
-    lm_head: Format
-    embedding: Format | None  # a quantised table (shared with a tied lm_head); None: a float table
+    weights: Stored  # decoder linear layers
+    lm_head: Stored
+    embedding: Stored | None  # a quantised table (shared with a tied lm_head); None: a float table
     float_bytes: int  # activations, KV cache, scales, norms, rotary tables: 4 (fp32) or 2 (fp16)
+    prune_lm_head: bool  # the lm_head runs for the last position only
 
     @property
     def kind(self) -> str:
@@ -57,31 +46,15 @@ class Storage:
         return self.weights.kind
 
     def linear_bytes(self, shape: Shape) -> int:
-        return sum(c * (self.lm_head if role == "lm_head" else self.weights).matrix_bytes(n, k, self.float_bytes)
+        return sum(c * matrix_bytes(self.lm_head if role == "lm_head" else self.weights, n, k, self.float_bytes)
                    for role, c, n, k in shape.linears())
 
 
 def storage(profile: TargetProfile) -> Storage:
-    """The storage a genai profile's passes produce (static-shape profiles are not planned)."""
-    passes = list(profile.olive_passes)
-    roles: dict[str, Format] = {}
-    while passes and passes[0].type in TORCH_PASSES:  # Olive's PyTorch passes before the builder: the layers
-        o = passes.pop(0).options
-        roles.setdefault("weights", Format(int(o.get("bits", 4)), int(o.get("group_size", 128)),
-                                           bool(o.get("sym", False)), divides=True))
-    mb = passes[0].options
-    extra = dict(mb.get("extra_options") or {})
-    precision = str(mb.get("precision", "fp32"))
-    dml = profile.execution_provider == "dml"
-    io = 2 if precision == "fp16" or (precision == "int4" and dml) else 4
-    base = Format(4, int(extra.get("int4_block_size", 32))) if precision == "int4" else Format(8 * io)
-    for p in passes[1:]:
-        if p.type == "OnnxBlockWiseRtnQuantization":
-            o = p.options
-            fmt = Format(int(o.get("bits", 4)), int(o.get("block_size", 128)), bool(o.get("is_symmetric", True)))
-            for role in rtn_roles(o, f"profile {profile.name}"):
-                roles.setdefault(role, fmt)
-    return Storage(roles.get("weights", base), roles.get("lm_head", base), roles.get("embedding"), io)
+    """The storage a genai profile's passes produce, as the build reads them (edgeqwen.profile_passes;
+    static-shape profiles are not planned)."""
+    p = read_passes(profile)
+    return Storage(p.weights, p.lm_head, p.embedding, p.io_bytes, p.prune_lm_head)
 
 
 def weight_bytes(shape: Shape, s: Storage, positions: int) -> int:
@@ -89,18 +62,18 @@ def weight_bytes(shape: Shape, s: Storage, positions: int) -> int:
     v, h = shape.vocab, shape.hidden
     head = s.lm_head
     if shape.tied and s.embedding is not None and head.block and head.symmetric and table_block(head.block, h):
-        head = Format(head.bits, table_block(head.block, h), head.symmetric)  # as the exporter stores it
-        s = Storage(s.weights, head, s.embedding, s.float_bytes)
+        head = replace(head, block=table_block(head.block, h))  # as the exporter stores it
+        s = replace(s, lm_head=head)
     emb = s.embedding
     if not shape.tied and emb is not None and emb.block and emb.symmetric and table_block(emb.block, h):
-        s = Storage(s.weights, head, Format(emb.bits, table_block(emb.block, h), emb.symmetric), s.float_bytes)
+        s = replace(s, lm_head=head, embedding=replace(emb, block=table_block(emb.block, h)))
     total = s.linear_bytes(shape)
     # A tied table is stored once when the embedding can read the lm_head's own storage: float (the lm_head
     # MatMul reads the embedding) or symmetric blocks dividing the hidden size (GatherBlockQuantized).
     shared = shape.tied and (not head.block or (s.embedding is not None and head.symmetric and h % head.block == 0))
     if not shared:
         if s.embedding is not None and not shape.tied and s.embedding.symmetric and h % s.embedding.block == 0:
-            total += s.embedding.matrix_bytes(v, h, s.float_bytes)
+            total += matrix_bytes(s.embedding, v, h, s.float_bytes)
         else:
             total += v * h * s.float_bytes
     # cos/sin are a constant subgraph onnxruntime folds at load: the file holds inv_freq [head/2] and
@@ -115,7 +88,7 @@ def decode_bytes(shape: Shape, s: Storage, depth: int) -> int:
     return s.linear_bytes(shape) + depth * shape.kv_bytes_per_token(s.float_bytes)
 
 
-def matmul_params(shape: Shape) -> int:
-    """Multiply-adds per token in the decoder's matrix multiplies (prefill's compute; the lm_head runs for
-    the last position only when the profile prunes it)."""
-    return sum(c * n * k for role, c, n, k in shape.linears() if role != "lm_head")
+def matmul_params(shape: Shape, s: Storage) -> int:
+    """Multiply-adds per token in the decoder's matrix multiplies (prefill's compute; the lm_head counts only
+    when the profile runs it for every position, not just the last)."""
+    return sum(c * n * k for role, c, n, k in shape.linears() if role != "lm_head" or not s.prune_lm_head)

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from edgeqwen.errors import EdgeQwenError
-from edgeqwen.model.tensors import EMBED, LM_HEAD
+from edgeqwen.model.tensors import TensorMap
 
 _NP = {1: np.float32, 2: np.uint8, 3: np.int8, 6: np.int32, 7: np.int64, 10: np.float16}  # TensorProto types
 
@@ -107,10 +107,11 @@ class _OrtFile:
 
 
 class ArtifactWeights:
-    """Dequantised weights [rows, K] by checkpoint tensor name; ``lm_head.weight`` is the output matrix
-    (a tied model's too: the artifact quantises it apart from the embedding when it must)."""
+    """Dequantised weights [rows, K] by checkpoint tensor name (``names``: the checkpoint's tensor map); the
+    output matrix is under the map's lm_head name (a tied model's too: the artifact quantises it apart from
+    the embedding when it must)."""
 
-    def __init__(self, folder: Path, manifest: dict[str, Any]) -> None:
+    def __init__(self, folder: Path, manifest: dict[str, Any], names: TensorMap) -> None:
         stacked = manifest.get("quantization", {}).get("export", {}).get("stacked_sources")
         if stacked is None:
             raise EdgeQwenError(f"{folder}: the manifest does not say which checkpoint tensors its quantised weights "
@@ -120,15 +121,16 @@ class ArtifactWeights:
         self.prequantized = set(manifest["quantization"]["export"].get("prequantized", []))
         model_file = manifest["runtime"].get("model_file", "model.onnx")
         self.file = (_OrtFile if model_file.endswith(".ort") else _OnnxFile)(folder / model_file)
+        self.tensors = names
         self.where: dict[str, tuple[QuantNode, int, int]] = {}  # name -> (node, first row, rows)
         for op, ins, outs, attrs in self.file.nodes():
             if op not in ("MatMulNBits", "GatherBlockQuantized"):
                 continue
             node = self._node(op, ins, outs, attrs)
             if op == "GatherBlockQuantized":
-                self.where[EMBED] = (node, 0, node.n)
+                self.where[names.embed] = (node, 0, node.n)
             elif outs[0] == "logits":
-                self.where[LM_HEAD] = (node, 0, node.n)
+                self.where[names.lm_head] = (node, 0, node.n)
             else:
                 at = 0
                 for name, rows in stacked[ins[1]]:

@@ -28,8 +28,20 @@ from edgeqwen.quality.graph_weights import ArtifactWeights
 from edgeqwen.quality.loss_text import ArtifactLogits, compare_loss, run_artifact_loss
 from edgeqwen.quality.metrics import per_token
 from edgeqwen.quality.parity import exact_compute_twin
+from edgeqwen.quality.results import (
+    Gate,
+    GateSummary,
+    Int8Effect,
+    LogitComparison,
+    LossSkipped,
+    PromptResult,
+    QuantizationLoss,
+    Validation,
+    WeightCheck,
+)
 from edgeqwen.quality.reference import (
     Reference,
+    checkpoint_tensor_map,
     load_tokenizer,
     open_reference,
     prompt_ids,
@@ -61,7 +73,7 @@ def top1_agreement(ref: np.ndarray, test: np.ndarray) -> np.ndarray:
     return ref[np.arange(len(ref)), pick] >= ref.max(-1) - TIE
 
 
-def compare_logits(ref: np.ndarray, test: np.ndarray, targets: list[int]) -> dict[str, Any]:
+def compare_logits(ref: np.ndarray, test: np.ndarray, targets: list[int]) -> LogitComparison:
     """``targets``: the tokens rows 0..len(targets)-1 predict (the last row predicts past the text)."""
     n = len(targets)
     # blocked per-token metrics (edgeqwen.quality.metrics.per_token): the same numbers as whole-array
@@ -70,17 +82,15 @@ def compare_logits(ref: np.ndarray, test: np.ndarray, targets: list[int]) -> dic
     padded[:n] = targets
     parts = per_token(ref, test, padded)
     kl = parts["kl"]
-    return {
-        "_nll": (parts["nll_ref"][:n], parts["nll_test"][:n]),
-        "positions": int(ref.shape[0]),
-        "max_abs_logit_diff": float(np.abs(ref.astype(np.float64) - test).max()),
-        "kl_mean": float(kl.mean()),
-        "kl_p90": float(np.percentile(kl, 90)),
-        "kl_p99": float(np.percentile(kl, 99)),
-        "kl_max": float(kl.max()),
-        "top1_agreement": float(top1_agreement(ref, test).mean()),
-        "_kl": kl,
-    }
+    return LogitComparison(
+        positions=int(ref.shape[0]),
+        max_abs_logit_diff=float(np.abs(ref.astype(np.float64) - test).max()),
+        kl_mean=float(kl.mean()),
+        kl_p90=float(np.percentile(kl, 90)),
+        kl_p99=float(np.percentile(kl, 99)),
+        kl_max=float(kl.max()),
+        top1_agreement=float(top1_agreement(ref, test).mean()),
+        kl=kl, nll_ref=parts["nll_ref"][:n], nll_test=parts["nll_test"][:n])
 
 
 @dataclass
@@ -118,58 +128,44 @@ def greedy_agreement(ref_logits: np.ndarray, prompt_len: int, generated: list[in
     return int(differ[0]) if differ.size else len(generated)
 
 
-def compare(reference: Reference, art: ArtifactOutputs, bounds: ValidationBounds, log=print) -> dict[str, Any]:
+def compare(reference: Reference, art: ArtifactOutputs, bounds: ValidationBounds, log=print) -> Gate:
     t0 = time.perf_counter()
-    per_prompt, kls, nll_ref, nll_art = [], [], [], []
     # every sequence the reference must score, in one call (a layered reference loads each layer once)
     names = [name for name, _ in PROMPTS]
     seqs = [art.ids[n] for n in names] + [art.gen_prompt[n] + art.generated[n][:-1] for n in names]
     ref_logits = dict(zip([("text", n) for n in names] + [("greedy", n) for n in names], reference.logits_many(seqs)))
+    prompts: list[PromptResult] = []
     for name in names:
         prefill, gen = art.prefill[name], art.generated[name]
-        m = compare_logits(ref_logits["text", name][prefill - 1:], art.logits[name], art.ids[name][prefill:])
-        kls.append(m.pop("_kl"))
-        r, a = m.pop("_nll")
-        nll_ref.append(r)
-        nll_art.append(a)
+        c = compare_logits(ref_logits["text", name][prefill - 1:], art.logits[name], art.ids[name][prefill:])
         prompt = art.gen_prompt[name]
-        m["greedy_match"] = greedy_agreement(ref_logits["greedy", name], len(prompt), gen) if gen else 0
-        m["greedy_tokens"] = len(gen)
-        m["tokenizer_match"] = art.tokenizer_match[name]
-        m["prompt"] = name
-        per_prompt.append(m)
-        log(f"    {name:8s} positions {m['positions']:3d}  max|dlogit| {m['max_abs_logit_diff']:.2e}  "
-            f"KL mean {m['kl_mean']:.2e}  top1 {m['top1_agreement']:.1%}  greedy {m['greedy_match']}/{m['greedy_tokens']}")
-    allkl = np.concatenate(kls)
-    summary = {
-        "positions": int(allkl.size),
-        "max_abs_logit_diff": max(p["max_abs_logit_diff"] for p in per_prompt),
-        "kl_mean": float(allkl.mean()),
-        "kl_p90": float(np.percentile(allkl, 90)),
-        "kl_p99": float(np.percentile(allkl, 99)),
-        "perplexity": float(np.exp(np.concatenate(nll_art).mean())),
-        "reference_perplexity": float(np.exp(np.concatenate(nll_ref).mean())),
-        "kl_max": float(allkl.max()),
-        "top1_agreement": float(np.mean([p["top1_agreement"] for p in per_prompt])),
+        p = PromptResult(name, c, greedy_agreement(ref_logits["greedy", name], len(prompt), gen) if gen else 0,
+                         len(gen), art.tokenizer_match[name])
+        prompts.append(p)
+        log(f"    {name:8s} positions {c.positions:3d}  max|dlogit| {c.max_abs_logit_diff:.2e}  "
+            f"KL mean {c.kl_mean:.2e}  top1 {c.top1_agreement:.1%}  greedy {p.greedy_match}/{p.greedy_tokens}")
+    allkl = np.concatenate([p.logits.kl for p in prompts])
+    summary = GateSummary(
+        positions=int(allkl.size),
+        max_abs_logit_diff=max(p.logits.max_abs_logit_diff for p in prompts),
+        kl_mean=float(allkl.mean()),
+        kl_p90=float(np.percentile(allkl, 90)),
+        kl_p99=float(np.percentile(allkl, 99)),
+        perplexity=float(np.exp(np.concatenate([p.logits.nll_test for p in prompts]).mean())),
+        reference_perplexity=float(np.exp(np.concatenate([p.logits.nll_ref for p in prompts]).mean())),
+        kl_max=float(allkl.max()),
+        top1_agreement=float(np.mean([p.logits.top1_agreement for p in prompts])),
         # a continuation that ended at an end token the reference also chose matched all the way
-        "greedy_match_min": min(bounds.greedy_tokens if p["greedy_match"] == p["greedy_tokens"] > 0
-                                else p["greedy_match"] for p in per_prompt),
-        "tokenizer_match": all(p["tokenizer_match"] for p in per_prompt),
-    }
-    failures = _check(summary, bounds)
-    return {
-        "passed": not failures,
-        "failures": failures,
-        "bounds": {k: v for k, v in bounds.__dict__.items()},
-        "summary": summary,
-        "prompts": per_prompt,
-        "seconds": round(time.perf_counter() - t0, 2),
-    }
+        greedy_match_min=min(bounds.greedy_tokens if p.greedy_match == p.greedy_tokens > 0 else p.greedy_match
+                             for p in prompts),
+        tokenizer_match=all(p.tokenizer_match for p in prompts),
+    )
+    return Gate(_check(summary, bounds), bounds, summary, prompts, round(time.perf_counter() - t0, 2))
 
 
 def validate_apart(open_engine: Callable[[], Any], model_path: Path, parameters: int, bounds: ValidationBounds,
                    log=print, quality: QualityBounds | None = None, quantized: Path | None = None,
-                   loss_text: bool = True) -> dict[str, Any]:
+                   loss_text: bool = True) -> Validation:
     """The artifact's side first, then the reference's, never both in memory: the peak is the larger
     of the two. ``open_engine()`` gives the runtime Engine (nobody else may hold it, so that it is
     freed before the reference loads); the reference is whole or layer by layer (``open_reference``).
@@ -188,7 +184,7 @@ def validate_apart(open_engine: Callable[[], Any], model_path: Path, parameters:
     provider, manifest, folder = engine.provider, engine.manifest, engine.folder
     tokenizer = load_tokenizer(model_path)
     outputs = run_artifact(engine, tokenizer, bounds.greedy_tokens)
-    weights = artifact_weights(folder, manifest)
+    weights = artifact_weights(folder, manifest, model_path)
     with tempfile.TemporaryDirectory(prefix=f".{folder.name}-validation-", dir=folder.parent) as tmp:
         scored = weights is not None and loss_text
         loss_logits = run_artifact_loss(engine, tokenizer, Path(tmp), log) if scored else None
@@ -200,20 +196,18 @@ def validate_apart(open_engine: Callable[[], Any], model_path: Path, parameters:
         if weights is not None:
             log("    parity: transformers with the artifact's own quantised weights")
         reference = open_reference(model_path, parameters, log, weights)
-        result = compare(reference, exact, bounds, log)
-        result["reference"] = type(reference).__name__ + (" with the artifact's weights" if weights else "")
+        gate = compare(reference, exact, bounds, log)
+        name = type(reference).__name__ + (" with the artifact's weights" if weights else "")
         del reference
         gc.collect()
+        check = loss = int8 = None
         if weights is not None:
-            _weights_and_loss(result, weights, model_path, parameters, quantized, loss_logits, quality, log)
+            check, loss = _weights_and_loss(weights, model_path, parameters, quantized, loss_logits, quality, log)
         if weights is not None and not scored:
-            result["quantization_loss"] = {"skipped": True, "failures": [],
-                                           "reason": "not scored (--no-loss-text): parity only"}
+            loss = LossSkipped("not scored (--no-loss-text): parity only")
             if exact is not outputs:
-                result["int8_activations"] = int8_effect(exact, outputs)
-    result["execution_provider"] = provider
-    result["seconds"] = round(time.perf_counter() - t0, 2)
-    return result
+                int8 = int8_effect(exact, outputs)
+    return Validation(gate, name, provider, round(time.perf_counter() - t0, 2), check, loss, int8)
 
 
 def _twin_outputs(folder: Path, manifest: dict[str, Any], tmp: Path, tokenizer, bounds: ValidationBounds,
@@ -228,26 +222,19 @@ def _twin_outputs(folder: Path, manifest: dict[str, Any], tmp: Path, tokenizer, 
     return out
 
 
-def _weights_and_loss(result: dict[str, Any], weights: ArtifactWeights, model_path: Path, parameters: int,
-                      quantized: Path | None, loss_logits: ArtifactLogits | None, quality: QualityBounds | None,
-                      log) -> None:
-    """The weight check (a quantisation of the checkpoint, in steps) and the loss against fp32, into ``result``."""
+def _weights_and_loss(weights: ArtifactWeights, model_path: Path, parameters: int, quantized: Path | None,
+                      loss_logits: ArtifactLogits | None, quality: QualityBounds | None,
+                      log) -> tuple[WeightCheck, QuantizationLoss | None]:
+    """The weight check (a quantisation of the checkpoint, in steps) and the loss against fp32 (None when the
+    loss text was not run)."""
     log("    weights: the artifact's quantised values against the checkpoint's, in quantisation steps")
     check = check_weights(weights, Path(model_path), quantized=quantized)
-    result["weights"] = check
-    if check["not_quantisations"]:
-        result["passed"] = False
-        result["failures"].append("weights not a quantisation of the checkpoint: " + ", ".join(
-            f"{t['tensor']} ({t['error_steps']:.3g} steps off)" for t in check["not_quantisations"][:3]))
     if loss_logits is None:
-        return
+        return check, None
     log(f"    quantisation loss: the fp32 checkpoint on the built-in text ({loss_logits.tokens} tokens)")
     loss = quantization_loss(compare_loss(open_reference(model_path, parameters, log), loss_logits),
                              quality or QualityBounds())
-    result["quantization_loss"] = loss
-    if loss["failures"]:
-        result["passed"] = False
-        result["failures"] += loss["failures"]
+    return check, loss
 
 
 def _engine(folder: Path):
@@ -260,34 +247,33 @@ def _engine(folder: Path):
         return Engine(folder, verify="size")
 
 
-def int8_effect(exact: ArtifactOutputs, shipped: ArtifactOutputs) -> dict[str, Any]:
+def int8_effect(exact: ArtifactOutputs, shipped: ArtifactOutputs) -> Int8Effect:
     """What int8 activations in MatMulNBits change: the artifact against its fp32-compute twin."""
     kl = np.concatenate([per_token(exact.logits[n], shipped.logits[n], np.zeros(len(exact.logits[n]), np.int64))["kl"]
                          for n in exact.logits])
     agree = np.concatenate([exact.logits[n].argmax(-1) == shipped.logits[n].argmax(-1) for n in exact.logits])
-    return {"kl_mean": float(kl.mean()), "kl_p99": float(np.percentile(kl, 99)), "top1_agreement": float(agree.mean())}
+    return Int8Effect(float(kl.mean()), float(np.percentile(kl, 99)), float(agree.mean()))
 
 
-def artifact_weights(folder: Path, manifest: dict[str, Any]) -> ArtifactWeights | None:
+def artifact_weights(folder: Path, manifest: dict[str, Any], model_path: Path) -> ArtifactWeights | None:
     """The artifact's quantised weights, or None for a float artifact (checked against plain fp32)."""
     ops = {w["op"] for w in manifest.get("quantization", {}).get("weight_ops", [])}
     if not ops & {"MatMulNBits", "GatherBlockQuantized"}:
         return None
-    return ArtifactWeights(folder, manifest)
+    return ArtifactWeights(folder, manifest, checkpoint_tensor_map(model_path))
 
 
-def quantization_loss(cmp: dict[str, Any], q: QualityBounds) -> dict[str, Any]:
+def quantization_loss(cmp: dict[str, Any], q: QualityBounds) -> QuantizationLoss:
     """What quantisation cost against fp32: a figure to report; a failure only past the user's bounds."""
     s = cmp["summary"]
     failures = [f"quantisation loss {k} = {s[k]:.4g} nats, bound <= {b} (--max-kl / the profile's [quality])"
                 for k, b in (("kl_mean", q.max_kl_mean), ("kl_p99", q.max_kl_p99)) if b is not None and s[k] > b]
-    return {"summary": s, "texts": cmp["texts"], "bounds": {k: v for k, v in q.__dict__.items() if v is not None},
-            "failures": failures, "warn": s["kl_mean"] > q.warn_kl_mean}
+    return QuantizationLoss(s, cmp["texts"], q, failures, s["kl_mean"] > q.warn_kl_mean)
 
 
-def _check(s: dict[str, Any], b: ValidationBounds) -> list[str]:
+def _check(s: GateSummary, b: ValidationBounds) -> list[str]:
     fails = []
-    if not s["tokenizer_match"]:
+    if not s.tokenizer_match:
         fails.append("artifact tokenizer gives different ids than the reference tokenizer")
     checks = [
         ("max_abs_logit_diff", b.max_abs_logit_diff, "<="),
@@ -299,7 +285,7 @@ def _check(s: dict[str, Any], b: ValidationBounds) -> list[str]:
     for key, bound, op in checks:
         if bound is None:
             continue
-        v = s[key]
+        v = getattr(s, key)
         ok = v <= bound if op == "<=" else v >= bound
         if not ok or (isinstance(v, float) and math.isnan(v)):
             fails.append(f"{key} = {v:.4g}, bound {op} {bound}")

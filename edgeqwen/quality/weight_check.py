@@ -15,12 +15,11 @@ must be the same value (a repack, no arithmetic): EXACT_STEPS allows only float 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from edgeqwen.model.tensors import EMBED
 from edgeqwen.quality.graph_weights import ArtifactWeights
+from edgeqwen.quality.results import OffTensor, TensorError, WeightCheck
 
 ROWS_PER_READ = 4096
 # One step (the clip) plus rounding: DirectML profiles quantise the checkpoint's weights after rounding them to
@@ -47,7 +46,7 @@ def olive_rows(src, name: str, start: int, stop: int, k: int) -> np.ndarray:
 
 
 def check_weights(weights: ArtifactWeights, checkpoint: Path, top: int = 5,
-                  quantized: Path | None = None) -> dict[str, Any]:
+                  quantized: Path | None = None) -> WeightCheck:
     """Every quantised weight against the checkpoint (within MAX_STEPS) or, for one an Olive pass quantised,
     against ``quantized`` (within EXACT_STEPS; unchecked without it, e.g. once the build's work folder is gone)."""
     from edgeqwen.quality.layered import _shards
@@ -66,17 +65,19 @@ def check_weights(weights: ArtifactWeights, checkpoint: Path, top: int = 5,
             worst_steps[name], limits[name] = steps, EXACT_STEPS if pre else MAX_STEPS
     errors.sort(key=lambda x: -x[1])
     bad = sorted((n for n, s in worst_steps.items() if s > limits[n]), key=lambda n: -worst_steps[n])
-    return {"tensors": len(errors), "max_error_steps": max(worst_steps.values(), default=0.0),
-            "prequantized": sum(weights.is_prequantized(n) for n in weights.names()), "unchecked": unchecked,
-            "prequantized_max_steps": max((s for n, s in worst_steps.items() if limits[n] == EXACT_STEPS), default=0.0),
-            "not_quantisations": [{"tensor": n, "error_steps": round(worst_steps[n], 3)} for n in bad],
-            "worst_tensors": [{"tensor": n, "relative_error": round(e, 5)} for n, e in errors[:top]]}
+    return WeightCheck(
+        tensors=len(errors), max_error_steps=max(worst_steps.values(), default=0.0),
+        prequantized=sum(weights.is_prequantized(n) for n in weights.names()), unchecked=unchecked,
+        prequantized_max_steps=max((s for n, s in worst_steps.items() if limits[n] == EXACT_STEPS), default=0.0),
+        not_quantisations=[OffTensor(n, round(worst_steps[n], 3)) for n in bad],
+        worst_tensors=[TensorError(n, round(e, 5)) for n, e in errors[:top]])
 
 
 def _compare(weights: ArtifactWeights, src, name: str, olive, measure_steps: bool) -> tuple[float, float | None]:
     """(relative error against the checkpoint, largest distance in quantisation steps from the expected
     values: the checkpoint's, or ``olive``'s quantised ones), a block of rows at a time."""
-    source = name if name in src else EMBED  # a tied model's output matrix
+    # a tied model's output matrix is the checkpoint's embedding
+    source = weights.tensors.output_matrix(src) if name == weights.tensors.lm_head else name
     rows, k = weights.shape(name)
     err = ref = steps = 0.0
     for r in range(0, rows, ROWS_PER_READ):

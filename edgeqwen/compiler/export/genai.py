@@ -48,7 +48,7 @@ class GenaiPlan:
     lm_head: WeightFormat
     quantized_embedding: bool  # GatherBlockQuantized (sharing the lm_head's blocks when tied) vs a float table
     layout: str  # "fused" | "split"
-    prune_lm_head: bool = True  # logits of the last position only
+    prune_lm_head: bool  # logits of the last position only (the profile says: edgeqwen.profile_passes)
     execution_provider: str = "cpu"  # named in genai_config.json's provider options
     embedding: WeightFormat | None = None  # an untied quantised table's format (None: the layers' format)
 

@@ -1,0 +1,146 @@
+"""A genai profile's Olive passes, read once: what each weight is stored as.
+
+The streaming exporter (edgeqwen.compiler.export.plan turns this record into weight writers) and the
+planner (edgeqwen.plan.storage counts its bytes) both read a profile through ``read_passes``, so the two
+cannot disagree on a default. Stdlib only: `edgeqwen plan` runs without the compiler.
+
+A genai profile is: Olive's PyTorch quantisation passes (GPTQ, RTN, k-quant; optional), then ModelBuilder
+(precision and extra options), then block-wise RTN passes on the builder's graph (optional), each taking
+the weights it names (the first pass to take a weight keeps it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+from edgeqwen.errors import ProfileError
+from edgeqwen.targets import TORCH_PASSES, OlivePass, TargetProfile, rtn_roles
+
+BUILDER_PRECISIONS = ("fp32", "fp16", "int4")  # the ModelBuilder precisions the streaming exporter writes
+RTN_PASS = "OnnxBlockWiseRtnQuantization"
+# Olive's defaults when a PyTorch pass leaves them out (olive.passes.pytorch: 4 bits, group 128, asymmetric)
+TORCH_DEFAULTS = {"bits": 4, "group_size": 128, "sym": False}
+
+
+@dataclass(frozen=True)
+class Stored:
+    """How one kind of weight is stored: float, or blocks of ``bits`` along K."""
+
+    bits: int  # 32, 16 (float) or 8, 4 (blocks)
+    block: int = 0  # 0: float
+    symmetric: bool = True
+    accuracy_level: int = 0  # MatMulNBits: 4 = int8 activations (the fast CPU kernel), 0 = the op's default
+    scales_2d: bool = False  # ModelBuilder's own int4 keeps its scales as [N, K/block]
+    # Olive's PyTorch passes: a layer whose K the group does not divide takes the largest power-of-two group
+    # that does (edgeqwen.compiler.torch_quant.group_overrides); ONNX RTN pads K to whole blocks instead
+    divides: bool = False
+
+    @property
+    def is_float(self) -> bool:
+        return not self.block
+
+    @property
+    def kind(self) -> str:
+        return f"int{self.bits}" if self.block else f"fp{self.bits}"
+
+
+@dataclass(frozen=True)
+class TorchQuant:
+    """What Olive's PyTorch passes write into the checkpoint's quantisation_config: the last pass's format,
+    every pass's per-module overrides (what Olive's prepare_model merges)."""
+
+    bits: int
+    group_size: int
+    symmetric: bool
+    overrides: dict[str, dict[str, Any]]
+    steps: tuple[OlivePass, ...]
+
+    def config(self) -> dict[str, Any]:
+        """As Olive's quantisation_config names the fields."""
+        return {"bits": self.bits, "group_size": self.group_size, "symmetric": self.symmetric,
+                "overrides": dict(self.overrides)}
+
+    @property
+    def stored(self) -> Stored:
+        return Stored(self.bits, self.group_size, self.symmetric, divides=True)
+
+
+@dataclass(frozen=True)
+class PassPlan:
+    """Everything a genai profile's passes decide about the weights, for ``where`` (the profile)."""
+
+    where: str
+    execution_provider: str
+    io_bytes: int  # activations, KV cache, logits, norm weights and scales: 4 (fp32) or 2 (fp16)
+    builder: Stored  # what ModelBuilder alone writes for every matrix
+    layers: Stored  # decoder linear layers as the graph's passes store them (an RTN pass's format, or the builder's)
+    lm_head: Stored
+    embedding: Stored | None  # a quantised table (shared with a tied lm_head); None: a float table
+    prune_lm_head: bool  # logits of the last position only
+    int4_accuracy_level: int  # the builder's option: MatMulNBits' compute type for its int4 and the torch layers
+    layout: str  # "fused" (q/k/v in one MatMul) | "split" (DirectML)
+    torch: TorchQuant | None  # Olive's PyTorch passes before the builder
+    builder_pass: OlivePass
+    rtn_passes: tuple[OlivePass, ...]
+
+    @property
+    def weights(self) -> Stored:
+        """The decoder linear layers: a PyTorch pass's format when one ran (it quantises them first), else
+        ``layers``."""
+        return replace(self.torch.stored, accuracy_level=self.int4_accuracy_level) if self.torch else self.layers
+
+
+def read_passes(profile: TargetProfile) -> PassPlan:
+    """The record of ``profile``'s passes; a pass or option the streaming exporter cannot apply is refused in
+    one line naming the way out."""
+    where = f"profile {profile.source or profile.name}"
+    passes = list(profile.olive_passes)
+    steps: list[OlivePass] = []
+    while passes and passes[0].type in TORCH_PASSES:
+        steps.append(passes.pop(0))
+    if not passes or passes[0].type != "ModelBuilder":
+        raise ProfileError(f"{where}: a genai profile starts with Olive's ModelBuilder pass (after any of "
+                           f"Olive's PyTorch quantisation passes {', '.join(TORCH_PASSES)})")
+    mb, rtn = passes[0], tuple(passes[1:])
+    extra = dict(mb.options.get("extra_options") or {})
+    precision = str(mb.options.get("precision", "fp32"))
+    ep = profile.execution_provider
+    if precision not in BUILDER_PRECISIONS:
+        raise ProfileError(f"{where}: ModelBuilder precision '{precision}' is not one the streaming exporter writes "
+                           f"({', '.join(BUILDER_PRECISIONS)}); build with --exporter olive")
+    io = 2 if precision == "fp16" or (precision == "int4" and ep == "dml") else 4
+    # the builder's own int4: symmetric blocks, scales in a [N, K/block] table
+    level = int(extra.get("int4_accuracy_level", 0))
+    builder = Stored(4, int(extra.get("int4_block_size", 32)), True, level, scales_2d=True) \
+        if precision == "int4" else Stored(8 * io)
+    roles: dict[str, Stored] = {}
+    for p in rtn:
+        if p.type != RTN_PASS or not builder.is_float or io != 4:
+            raise ProfileError(f"{where}: the streaming exporter cannot apply Olive pass {p.type} here; build with "
+                               f"--exporter olive")
+        o = p.options
+        fmt = Stored(int(o.get("bits", 4)), int(o.get("block_size", 128)), bool(o.get("is_symmetric", True)),
+                     int(o.get("accuracy_level", 0)))
+        for role in rtn_roles(o, where):
+            roles.setdefault(role, fmt)  # a node an earlier pass quantised is MatMulNBits: later passes skip it
+    torch = _torch_quant(steps, where) if steps else None
+    return PassPlan(where=where, execution_provider=ep, io_bytes=io, builder=builder,
+                    layers=roles.get("weights", builder),
+                    lm_head=roles.get("lm_head", builder), embedding=roles.get("embedding"),
+                    prune_lm_head=bool(extra.get("prune_lm_head", False)), int4_accuracy_level=level,
+                    layout="split" if ep == "dml" else "fused", torch=torch, builder_pass=mb, rtn_passes=rtn)
+
+
+def _torch_quant(steps: list[OlivePass], where: str) -> TorchQuant:
+    cfg = dict(TORCH_DEFAULTS)
+    overrides: dict[str, dict[str, Any]] = {}
+    for s in steps:
+        if s.options.get("lm_head") or s.options.get("embeds"):
+            # measured on the trained small Qwen3: a GPTQ'd 4-bit tied table costs 2-3x the KL of the layers
+            raise ProfileError(f"{where}: the streaming exporter quantises the lm_head and embedding with an "
+                               f"{RTN_PASS} pass after ModelBuilder (nodes_to_include); set lm_head/embeds false "
+                               f"in the {s.type} pass")
+        cfg.update({k: s.options.get(k, cfg[k]) for k in TORCH_DEFAULTS})
+        overrides.update(s.options.get("overrides") or {})
+    return TorchQuant(int(cfg["bits"]), int(cfg["group_size"]), bool(cfg["sym"]), overrides, tuple(steps))
