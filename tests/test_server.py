@@ -49,6 +49,7 @@ def server(artifacts, thinking_artifact, tmp_path_factory):
                log=log)
     s.log = log
     s.q25 = Engine(q25)
+    s.think_folder = thinking_artifact
     yield s
     assert s.stop() == 0
 
@@ -210,6 +211,36 @@ def test_concurrent_requests_share_batches_and_match_single_runs(server):
     rows = [float(line.split()[-1]) for line in metrics.splitlines()
             if line.startswith('edgeqwen_batch_rows_per_step{model="think"}')]
     assert rows and rows[0] > 1.0  # some graph runs carried several sequences
+
+
+def test_a_resent_conversation_prefills_only_what_is_new(server):
+    """OpenAI clients resend the history: the server keeps finished sequences, so the next turn reports the
+    resent part as cached_tokens and feeds only the rest; what it generates is what a fresh run of the
+    whole prompt generates (the fp32 model: exact greedy tokens)."""
+    from edgeqwen.runtime import load
+
+    c = server.client()
+    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a large river."}]
+    r1 = c.chat.completions.create(model="qwen25", messages=msgs, max_tokens=10, temperature=0)
+    first = r1.usage.prompt_tokens
+    msgs += [{"role": "assistant", "content": r1.choices[0].message.content},
+             {"role": "user", "content": "And a second one?"}]
+    r2 = c.chat.completions.create(model="qwen25", messages=msgs, max_tokens=10, temperature=0)
+    cached = r2.usage.prompt_tokens_details.cached_tokens
+    assert first + 5 <= cached < r2.usage.prompt_tokens  # the first prompt and its answer, not the new message
+    # completions on the fp32 model: the continued text's greedy tokens are a fresh run's
+    prompt = "The quick brown fox jumps over the lazy dog. " * 3
+    a = c.completions.create(model="think", prompt=prompt, max_tokens=12, temperature=0)
+    longer = prompt + a.choices[0].text + " Then"
+    b = c.completions.create(model="think", prompt=longer, max_tokens=12, temperature=0)
+    # (the prompt's trailing space merges with the text after it: the token there differs)
+    assert a.usage.prompt_tokens - 2 <= b.usage.prompt_tokens_details.cached_tokens < b.usage.prompt_tokens
+    fresh = load(server.think_folder, backend="batched").generate(longer, max_new_tokens=12, temperature=0)
+    assert b.choices[0].text == fresh.text
+    metrics = server.get("/metrics")[1].decode()
+    hits = [float(line.split()[-1]) for line in metrics.splitlines()
+            if line.startswith('edgeqwen_prefix_cache_hits_total{model="think"}')]
+    assert hits and hits[0] >= 1
 
 
 def test_request_log_hashes_prompts_and_metrics_count(server):

@@ -286,6 +286,66 @@ def test_rows_joining_idling_and_leaving_compute_what_they_compute_alone(hybrid)
     assert b.rows == []
 
 
+def test_snapshots_restore_a_fixed_state_exactly(hybrid):
+    """A light snapshot (fixed rows only) brings its own sequence back to an earlier position; a full one
+    (fixed + the KV positions) moves the sequence into another row; both then compute what a fresh
+    sequence computes for the same tokens, and a light snapshot refuses a state it is no prefix of."""
+    b = hybrid
+    ids, tail, other = [3, 1, 4, 1, 5, 9, 2], [6, 5, 3], [7, 7]
+    fresh = b.teacher_forced_logits(ids + tail, len(ids))
+    s = b.new_state(16)
+    s.append(ids)
+    light, full = s.snapshot(kv=False), s.snapshot()
+    assert light.kv is None and light.nbytes == 4 * 4 and full.nbytes == 4 * 4 + 2 * len(ids) * D * 4
+    s.append(other)  # the sequence moves on with other tokens
+    s.restore(light)
+    assert s.tokens == ids and not s.truncatable
+    again = [s.append([t]) for t in tail]
+    np.testing.assert_allclose(np.stack(again), fresh[1:], rtol=1e-6, atol=1e-6)
+    moved = b.new_state(16)
+    moved.append([8, 8, 8])  # whatever it held is replaced
+    moved.restore(full)
+    np.testing.assert_allclose(np.stack([moved.append([t]) for t in tail]), fresh[1:], rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="prefix"):
+        b.new_state(16).restore(light)  # an empty state does not hold those tokens
+    for st in (s, moved):
+        st.close()
+
+
+def test_the_prefix_cache_feeds_only_what_is_new(hybrid):
+    """A parked sequence restored for a prompt that extends it (a chat's next turn) feeds only the new
+    tokens; one whose history differs restarts from its last turn boundary (a light snapshot taken where
+    its prompt ended), not from zero; the logits are a fresh run's either way."""
+    from edgeqwen.runtime.prefix_cache import MIN_REUSE, PrefixCache
+
+    b = hybrid
+    rng = np.random.default_rng(3)
+    prompt, answer, turn = (rng.integers(0, V, size=k).tolist() for k in (20, 8, 6))
+    cache = PrefixCache(1 << 20)
+    t = cache.take(b, prompt, 64)
+    assert t.keep == 0
+    t.state.append(prompt)
+    marks = [t.state.snapshot(kv=False)]  # the turn boundary, as the engine takes it
+    for a in answer:
+        t.state.append([a])
+    cache.park(t.state, marks)
+    assert t.state.row is None and cache.stats()["entries"] == 1
+    # the history resent as generated, then a new message: only the message is fed
+    nxt = prompt + answer + turn
+    t2 = cache.take(b, nxt, 64)
+    assert t2.keep == len(prompt) + len(answer) and t2.state.tokens == prompt + answer
+    np.testing.assert_allclose(t2.state.append(turn), b.teacher_forced_logits(nxt, len(nxt))[0], rtol=1e-6, atol=1e-6)
+    cache.park(t2.state, t2.marks)
+    # the answer came back changed: back to the boundary after the first prompt
+    edited = prompt + [0] * len(answer) + turn
+    t3 = cache.take(b, edited, 64)
+    assert t3.keep == len(prompt) >= MIN_REUSE
+    np.testing.assert_allclose(t3.state.append(edited[t3.keep:]), b.teacher_forced_logits(edited, len(edited))[0],
+                               rtol=1e-6, atol=1e-6)
+    t3.state.close()
+    assert cache.stats()["hits"] == 2 and b.rows == []
+
+
 def test_the_graph_and_the_descriptors_must_agree(tmp_path):
     from edgeqwen.runtime.backends.batched import BatchedBackend
 
@@ -409,25 +469,36 @@ def test_the_batched_backend_does_not_read_genai_config(artifacts, tmp_path):
     assert BatchedBackend(broken, spec, threads=2).greedy(ids, 8) == want
 
 
-def test_a_session_whose_state_cannot_rewind_prefills_again(artifacts, monkeypatch):
-    """The session's fall-back where a state is not truncatable: a fresh state, the whole prompt again,
-    and the same tokens as a fresh run (rewind would raise)."""
+@pytest.mark.parametrize("snapshots", [True, False])
+def test_a_session_whose_state_cannot_rewind(artifacts, monkeypatch, snapshots):
+    """A state that cannot be cut back: with snapshots, each turn goes back to the snapshot taken where the
+    previous prompt ended (the template re-renders the answer: the history parts inside it) and feeds the
+    rest, in the same state; without, a fresh state and the whole prompt again. Either way the tokens are
+    a fresh run's (rewind would raise)."""
+    from edgeqwen.runtime.backends.batched import BatchedState
     from edgeqwen.runtime.engine import Engine
 
     engine = Engine(artifacts("tiny-qwen3", "cpu-fp32").folder, backend="batched")
     monkeypatch.setattr(engine.backend, "truncatable", False)
+    monkeypatch.setattr(BatchedState, "snapshots", snapshots)
     made = []
     new_state = engine.backend.new_state
     monkeypatch.setattr(engine.backend, "new_state", lambda capacity: made.append(capacity) or new_state(capacity))
     session = engine.session()
+    reused = []
     for text in ("Hello there", "And then?", "Why?"):
         turn = session.send(text, max_new_tokens=6, temperature=0).finish()
         assert not session.state.truncatable
+        reused.append(turn.metrics.cached_tokens)
         fresh = engine.chat(session.messages[:-1], max_new_tokens=6, temperature=0).finish()
         assert turn.token_ids == fresh.token_ids
     session.close()
     assert engine.backend.rows == []
-    assert len(made) >= 3 + 2  # the three fresh runs, the first turn, and at least one turn started over
+    if snapshots:  # the three fresh runs and the session's one state
+        assert len(made) == 3 + 1 and reused[0] == 0 and all(r > 10 for r in reused[1:]), (made, reused)
+        assert len(session.marks) == 0  # closed
+    else:
+        assert len(made) >= 3 + 2 and 0 in reused[1:]  # at least one turn started over
 
 
 @pytest.mark.parametrize("elem, expect", [(TensorProto.FLOAT16, "float16"), (TensorProto.FLOAT, "float32"),

@@ -15,6 +15,7 @@ from edgeqwen.runtime import backends
 from edgeqwen.runtime.backends import Backend
 from edgeqwen.runtime.chat import BUDGET_CLOSE, ChatTemplate, ThinkingState
 from edgeqwen.runtime.generate import Delta, Request, Result, Stream, run
+from edgeqwen.runtime.prefix_cache import PrefixCache, Taken
 from edgeqwen.runtime.sampling import Constraint, SamplingParams
 from edgeqwen.runtime.threads import resolve_threads
 
@@ -45,6 +46,18 @@ class Engine:
         self._tokenizer = None
         self._template: ChatTemplate | None = None
         self._budget_close: list[int] | None = None
+        self.prefix_cache: PrefixCache | None = None  # keep_prefixes() turns it on (the server does)
+
+    def keep_prefixes(self, max_bytes: int) -> PrefixCache | None:
+        """Park finished sequences (up to ``max_bytes`` of state copies) so a prompt that resends one prefills
+        only what is new (edgeqwen.runtime.prefix_cache). Only backends whose states copy out take part."""
+        probe = self.backend.new_state(1)
+        try:
+            ok = probe.snapshots
+        finally:
+            probe.close()
+        self.prefix_cache = PrefixCache(max_bytes) if ok and max_bytes > 0 else None
+        return self.prefix_cache
 
     # -- text <-> ids ---------------------------------------------------------------------------
     @property
@@ -164,8 +177,16 @@ class Engine:
         if not ids:
             raise ValueError("empty prompt")
         self._check_context(len(ids), req)
-        state = self.backend.new_state(len(ids) + req.max_new_tokens + 64)
-        return Stream(_closing(run(self, state, ids, req, self._thinking(ids), self._stop_ids(req, chat)), state), req)
+        capacity = len(ids) + req.max_new_tokens + 64
+        cache = self.prefix_cache
+        taken = cache.take(self.backend, ids, capacity) if cache else Taken(self.backend.new_state(capacity), 0, [])
+        state, marks = taken.state, list(taken.marks)
+        # a state that cannot be cut back keeps a light snapshot where this prompt ends (a turn boundary)
+        mark = (lambda: marks.append(state.snapshot(kv=False))) if cache and not state.truncatable else None
+        events = run(self, state, ids[taken.keep:], req, self._thinking(ids), self._stop_ids(req, chat),
+                     cached=taken.keep, after_prefill=mark)
+        park = (lambda: cache.park(state, marks)) if cache else None
+        return Stream(_closing(events, state, park), req)
 
     def session(self, system: str | None = None, think: bool | None = None) -> "ChatSession":
         from edgeqwen.runtime.session import ChatSession
@@ -243,11 +264,19 @@ async def aiterate(start: Callable[[], Stream], executor: Executor | None = None
             pass  # the worker's own error was raised above, or the caller is being cancelled
 
 
-def _closing(events: Iterator[Delta | Result], state) -> Iterator[Delta | Result]:
+def _closing(events: Iterator[Delta | Result], state, park: Callable[[], None] | None = None
+             ) -> Iterator[Delta | Result]:
+    """The events, then the state released: parked for a later prompt (``park``) when the stream ran to its
+    end, closed when it failed or was dropped half-way."""
+    finished = False
     try:
         yield from events
+        finished = True
     finally:
-        state.close()
+        if finished and park is not None:
+            park()
+        else:
+            state.close()
 
 
 def load(folder: str | Path, **kwargs: Any) -> Engine:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from edgeqwen.runtime.chat import ThinkingState
 from edgeqwen.runtime.detok import IncrementalDecoder
@@ -24,6 +24,7 @@ class Delta:
 @dataclass
 class Metrics:
     prompt_tokens: int = 0  # tokens fed in this request (only the new ones for a session turn)
+    cached_tokens: int = 0  # prompt tokens a kept state already held (a session's cache, the server's prefixes)
     generated_tokens: int = 0
     ttft_s: float = 0.0
     prefill_s: float = 0.0
@@ -85,15 +86,18 @@ class Stream:
 
 
 def run(engine, state, new_ids: list[int], req: Request, thinking: ThinkingState | None,
-        stop_ids: set[int]) -> Iterator[Delta | Result]:
-    """Feed ``new_ids`` to ``state`` and generate; yields Deltas, then one Result."""
+        stop_ids: set[int], cached: int = 0, after_prefill: Callable[[], None] | None = None
+        ) -> Iterator[Delta | Result]:
+    """Feed ``new_ids`` to ``state`` and generate; yields Deltas, then one Result. ``cached``: the prompt
+    tokens the state already held (reported); ``after_prefill``: called once the prompt is in (a turn
+    boundary: where a caller keeps a snapshot)."""
     sampler = Sampler(req.sampling)
     decoders = {"content": IncrementalDecoder(engine.tokenizer), "reasoning": IncrementalDecoder(engine.tokenizer)}
     stops = StopStrings(req.stop)
     texts = {"content": [], "reasoning": []}
     started = {"content": False, "reasoning": False}
     generated: list[int] = []
-    m = Metrics(prompt_tokens=len(new_ids))
+    m = Metrics(prompt_tokens=len(new_ids), cached_tokens=cached)
     finish, hit = "length", None
 
     def emit(kind: str, text: str) -> Iterator[Delta]:
@@ -108,6 +112,8 @@ def run(engine, state, new_ids: list[int], req: Request, thinking: ThinkingState
 
     t0 = time.perf_counter()
     logits = state.append(new_ids)
+    if after_prefill is not None:
+        after_prefill()
     t_prefill = time.perf_counter()
     decode_steps = 0
     for i in range(req.max_new_tokens):

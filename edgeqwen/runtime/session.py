@@ -4,24 +4,21 @@ Each turn renders the whole conversation with the template, keeps the longest ca
 matches the new prompt's tokens and feeds only the rest. Where the template rewrites history
 (Qwen3 drops earlier reasoning), the cache is rewound to where the texts part, so a turn always
 computes exactly what a fresh run over the whole conversation computes. A state that cannot be
-rewound (fixed-size layers, ``State.truncatable`` False) is replaced by a fresh one and the whole
-prompt prefilled: the same result, only slower.
+cut back (fixed-size recurrent layers, ``State.truncatable`` False) keeps a light snapshot where each
+turn's prompt ends (``State.snapshot``): a history that parts from the cached one restores the last
+snapshot before the difference and feeds the rest (an edited or dropped answer costs that answer, not
+the conversation); without snapshots it starts over and prefills the whole prompt.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from edgeqwen.runtime.backends import Snapshot
 from edgeqwen.runtime.generate import Result, Stream, run
+from edgeqwen.runtime.prefix_cache import common_prefix
 
-
-def common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
+MAX_MARKS = 8  # turn-boundary snapshots kept (a recurrent layer's state each, not the KV cache)
 
 
 class ChatSession:
@@ -31,6 +28,7 @@ class ChatSession:
         self.system = system
         self.messages: list[dict[str, Any]] = []
         self.state = None
+        self.marks: list[Snapshot] = []  # light snapshots at turn boundaries (states that cannot be cut back)
         self.reused_tokens = 0  # of the last turn: prompt tokens served from the cache
         self.reset()
 
@@ -43,6 +41,7 @@ class ChatSession:
         if self.state is not None:
             self.state.close()
         self.state = None
+        self.marks = []
 
     def send(self, text: str, **options: Any) -> Stream:
         engine = self.engine
@@ -55,14 +54,31 @@ class ChatSession:
             self.state = engine.backend.new_state(capacity)
         keep = min(common_prefix(self.state.tokens, ids), len(ids) - 1)  # feed >= 1 token to get logits
         if keep < len(self.state.tokens):
-            if self.state.truncatable:
-                self.state.rewind(keep)
-            else:  # the state holds tokens the new prompt does not: start over
-                self.close()
-                self.state, keep = engine.backend.new_state(capacity), 0
+            keep = self._back_to(keep, capacity)
         self.reused_tokens = keep
-        events = run(engine, self.state, ids[keep:], req, engine._thinking(ids), engine._stop_ids(req, chat=True))
+        state = self.state
+        mark = None if state.truncatable or not state.snapshots else lambda: self._mark(state.snapshot(kv=False))
+        events = run(engine, state, ids[keep:], req, engine._thinking(ids), engine._stop_ids(req, chat=True),
+                     cached=keep, after_prefill=mark)
         return _TurnStream(events, req, self, messages)
+
+    def _back_to(self, keep: int, capacity: int) -> int:
+        """Bring the state back to at most ``keep`` tokens; -> how many it holds."""
+        if self.state.truncatable:
+            self.state.rewind(keep)
+            return keep
+        usable = [m for m in self.marks if len(m.tokens) <= keep]
+        if usable:
+            mark = max(usable, key=lambda m: len(m.tokens))
+            self.state.restore(mark)
+            self.marks = [m for m in usable if len(m.tokens) <= len(mark.tokens)]
+            return len(mark.tokens)
+        self.close()  # nothing to go back to: start over
+        self.state = self.engine.backend.new_state(capacity)
+        return 0
+
+    def _mark(self, snap: Snapshot) -> None:
+        self.marks = (self.marks + [snap])[-MAX_MARKS:]
 
 
 class _TurnStream(Stream):

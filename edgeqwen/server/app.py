@@ -121,6 +121,8 @@ class Server:
             backend = m.engine.backend
             if getattr(backend, "steps", 0):
                 self.metrics.batch_rows.labels(m.name).set(backend.rows_stepped / backend.steps)
+            if m.prefixes is not None:
+                self.metrics.prefix_bytes.labels(m.name).set(m.prefixes.nbytes)
         return Response(self.metrics.render(), media_type=CONTENT_TYPE)
 
     # -- generation routes -------------------------------------------------------------------------
@@ -165,12 +167,15 @@ class Server:
         if outcome is not None and outcome.result is not None:
             m = outcome.result.metrics
             self.metrics.prompt_tokens.labels(model).inc(m.prompt_tokens)
+            if m.cached_tokens:
+                self.metrics.prefix_hits.labels(model).inc()
+                self.metrics.cached_tokens.labels(model).inc(m.cached_tokens)
             self.metrics.completion_tokens.labels(model).inc(m.generated_tokens)
             ttft = outcome.first_token_s if outcome.first_token_s is not None else m.ttft_s
             self.metrics.ttft.labels(model).observe(ttft)
             if m.decode_tokens_per_s:
                 self.metrics.decode_rate.labels(model).observe(m.decode_tokens_per_s)
-            record.update(completion_tokens=m.generated_tokens, ttft_s=round(ttft, 4),
+            record.update(completion_tokens=m.generated_tokens, cached_tokens=m.cached_tokens, ttft_s=round(ttft, 4),
                           finish_reason=outcome.finish_reason())
             if outcome.result.sampling is not None:  # the model's defaults with the request's fields over them
                 record["sampling"] = asdict(outcome.result.sampling)
@@ -235,9 +240,11 @@ class Run:
             self.outcome.tool_calls.append(call)
         return out
 
-    def usage(self) -> dict[str, int]:
-        done = self.outcome.result.metrics.generated_tokens if self.outcome.result else 0
-        return {"prompt_tokens": len(self.ids), "completion_tokens": done, "total_tokens": len(self.ids) + done}
+    def usage(self) -> dict[str, Any]:
+        m = self.outcome.result.metrics if self.outcome.result else None
+        done = m.generated_tokens if m else 0
+        return {"prompt_tokens": len(self.ids), "completion_tokens": done, "total_tokens": len(self.ids) + done,
+                "prompt_tokens_details": {"cached_tokens": m.cached_tokens if m else 0}}
 
     def _settle(self, status: int) -> None:
         if self.outcome.result is None and self.stream is not None:

@@ -32,6 +32,9 @@ def register(sub: Any) -> None:
     s.add_argument("--threads", type=positive_int, help="intra-op threads (default: usable cores)")
     s.add_argument("--backend", choices=("auto", "batched", "artifact"),
                    help="auto (default): batch concurrent sequences where the artifact allows")
+    s.add_argument("--prefix-cache-mb", type=nonneg_int,
+                   help="MB of finished sequences' state kept per model, so a request resending a conversation "
+                        "prefills only what is new (default 512; 0 = off)")
     s.add_argument("--allow-unauthenticated", action="store_true", default=None,
                    help="listen beyond loopback without API keys")
     s.add_argument("--hash-key", metavar="KEY", help="print the sha256 to put in api_key_sha256, and exit")

@@ -30,6 +30,7 @@ class ServerConfig:
     shutdown_grace_s: float = 30.0  # SIGTERM: in-flight requests get this long to finish
     threads: int = 0  # intra-op threads; 0 = the cores this process may use
     backend: str = "auto"  # "auto": batched for genai CPU artifacts, else the artifact's own
+    prefix_cache_mb: int = 512  # state copies of finished sequences kept per model for prompts resending them; 0 = off
     allow_unauthenticated: bool = False  # bind a non-loopback address without API keys
 
     @classmethod
@@ -49,6 +50,8 @@ class ServerConfig:
     def check(self) -> None:
         if not self.models:
             raise EdgeQwenError("serve needs at least one artifact folder")
+        if self.prefix_cache_mb < 0:
+            raise EdgeQwenError("server config: prefix_cache_mb must be >= 0 (0 turns the prefix cache off)")
         for name in ("max_tokens", "max_concurrency", "max_body_bytes"):
             if getattr(self, name) < 1:
                 raise EdgeQwenError(f"server config: {name} must be >= 1")

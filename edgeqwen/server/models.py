@@ -36,6 +36,8 @@ class ServedModel:
         self.engine.encode("warm-up")  # load the tokenizer and the template now, not inside a request
         _ = self.engine.template
         self.backend_name = backend or self.engine.runtime.backend
+        # OpenAI clients resend the whole history: keep finished sequences so the next turn prefills only the new
+        self.prefixes = self.engine.keep_prefixes(config.prefix_cache_mb * 2**20)
         self.created = int(time.time())
         ends = sorted(self.engine.eos_ids | ({self.engine.im_end} if self.engine.im_end is not None else set()))
         self.grammars = Grammars(folder / self.engine.runtime.tokenizer, self.engine.runtime.vocab_size, ends)

@@ -23,6 +23,11 @@ class Metrics:
         self.requests = Counter("edgeqwen_requests", "Requests answered", ["model", "endpoint", "code"], registry=r)
         self.errors = Counter("edgeqwen_errors", "Error responses by status code", ["code"], registry=r)
         self.prompt_tokens = Counter("edgeqwen_prompt_tokens", "Prompt tokens processed", ["model"], registry=r)
+        self.cached_tokens = Counter("edgeqwen_cached_prompt_tokens", "Prompt tokens served from the prefix cache",
+                                     ["model"], registry=r)
+        self.prefix_hits = Counter("edgeqwen_prefix_cache_hits", "Requests that reused a kept sequence", ["model"],
+                                   registry=r)
+        self.prefix_bytes = Gauge("edgeqwen_prefix_cache_bytes", "Bytes of kept sequence state", ["model"], registry=r)
         self.completion_tokens = Counter("edgeqwen_completion_tokens", "Tokens generated", ["model"], registry=r)
         self.ttft = Histogram("edgeqwen_time_to_first_token_seconds", "Time to first token", ["model"], registry=r,
                               buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))

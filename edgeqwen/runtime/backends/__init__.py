@@ -8,6 +8,7 @@ only when an artifact needs them, so an app carries only the backend it uses.
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, Sequence
 
@@ -25,15 +26,31 @@ _BACKENDS = {
 }
 
 
+@dataclass(frozen=True, eq=False)
+class Snapshot:
+    """A sequence's state at one position, copied out of the backend: the tokens seen so far, every fixed
+    tensor's row, and (a full snapshot) every KV tensor's first ``len(tokens)`` positions.
+
+    A light snapshot (``kv`` None) is a fraction of the size (a recurrent layer's state, not the cache):
+    it restores only into the state it came from while that still holds its tokens as a prefix (the KV
+    positions below are then the ones it saw). A full snapshot restores into any state of the backend."""
+
+    tokens: tuple[int, ...]
+    fixed: dict[str, np.ndarray]  # state input name -> the row (no batch axis)
+    kv: dict[str, np.ndarray] | None  # state input name -> the row's first len(tokens) positions
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self.fixed.values()) + sum(a.nbytes for a in (self.kv or {}).values())
+
+
 class State(Protocol):
     """One sequence's state: per layer what the manifest's ``runtime.layers`` describes (a KV cache, or a
-    fixed-size state such as a recurrent layer's).
-
-    Snapshots of a fixed state (``snapshot()`` / ``restore(snap)``, to reuse a prefix without a new
-    prefill) come with the first backend that runs fixed-state layers one sequence at a time."""
+    fixed-size state such as a recurrent layer's)."""
 
     tokens: list[int]  # the ids the state has seen, in order
     truncatable: bool  # every layer can be rewound (runtime.truncatable): rewind works
+    snapshots: bool  # snapshot / restore work (else they raise NotImplementedError)
 
     def append(self, ids: Sequence[int]) -> np.ndarray:
         """Run ``ids`` (state kept); return the next-token logits [V] after the last one."""
@@ -45,6 +62,13 @@ class State(Protocol):
 
     def close(self) -> None:
         """Release what the sequence holds (a no-op where the state is plain memory)."""
+
+    def snapshot(self, kv: bool = True) -> Snapshot:
+        """A copy of the state as it is now (``kv`` False: a light one, see Snapshot)."""
+
+    def restore(self, snap: Snapshot) -> None:
+        """Make the state what ``snap`` copied (its tokens, its tensors); raises ValueError for a light
+        snapshot whose tokens are not a prefix of this state's."""
 
 
 class Backend(Protocol):
@@ -65,6 +89,18 @@ class Backend(Protocol):
 
     def greedy(self, ids: Sequence[int], max_new_tokens: int) -> list[int]:
         """Greedy continuation of ``ids`` straight through the backend (validation)."""
+
+
+class NoSnapshots:
+    """For states that rewind in place and have nothing to copy out (KV-only, one sequence at a time)."""
+
+    snapshots = False
+
+    def snapshot(self, kv: bool = True) -> Snapshot:
+        raise NotImplementedError(f"{type(self).__name__} keeps no snapshots; rewind it instead")
+
+    def restore(self, snap: Snapshot) -> None:
+        raise NotImplementedError(f"{type(self).__name__} keeps no snapshots; rewind it instead")
 
 
 class NotTruncatable(RuntimeError):

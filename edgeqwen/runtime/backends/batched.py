@@ -24,6 +24,10 @@ fixed tensors keep their pre-step rows (the scratch rows are not copied back). O
 fills the whole context has no free position: it re-runs its own newest token at its own position
 (same keys/values) and its fixed rows are kept the same way.
 
+A row can be copied out (``snapshot``: its fixed tensors, and for a full snapshot its KV positions
+below length) and written back into any row (``restore``), between graph runs: what the session's turn
+boundaries and the server's prefix cache keep (edgeqwen.runtime.prefix_cache).
+
 One scheduler thread runs every graph call; a sequence's ``append`` (from any thread) queues a work
 item and waits on its future. Multi-token appends (prompts) run alone in chunks of PREFILL_CHUNK
 tokens, taking turns with decode rounds; single tokens of all rows run as one batch. Rows are kept
@@ -44,7 +48,7 @@ import numpy as np
 
 from edgeqwen.artifact import BATCH, LayerState, RuntimeSpec, StateTensor
 from edgeqwen.errors import ArtifactError, ContextOverflow
-from edgeqwen.runtime.backends import StateLoops, check_rewind
+from edgeqwen.runtime.backends import Snapshot, StateLoops, check_rewind
 from edgeqwen.runtime.providers import choose
 
 # How long a decode round waits for live rows that have not queued their next token yet (they are
@@ -92,7 +96,21 @@ class Append:
         return len(self.ids) > 1
 
 
-Work = Join | Leave | Rewind | Append
+@dataclass(frozen=True, eq=False)
+class Save:
+    state: BatchedState
+    kv: bool  # copy the KV positions too (a full snapshot)
+    done: Future = field(default_factory=Future)  # -> Snapshot
+
+
+@dataclass(frozen=True, eq=False)
+class Load:
+    state: BatchedState
+    snap: Snapshot
+    done: Future = field(default_factory=Future)
+
+
+Work = Join | Leave | Rewind | Append | Save | Load
 
 
 class BatchedBackend(StateLoops):
@@ -193,16 +211,21 @@ class BatchedBackend(StateLoops):
                 keep.append(work)
                 continue
             try:
+                result = None
                 if isinstance(work, Join):
                     self._join(work.state)
                 elif isinstance(work, Leave):
                     self._leave(work.state)
+                elif isinstance(work, Save):
+                    result = self._save(work.state, work.kv)
+                elif isinstance(work, Load):
+                    self._load(work.state, work.snap)
                 else:  # positions past length are masked out and overwritten as tokens arrive
                     work.state.length, work.state.last = work.length, work.last
             except BaseException as e:  # e.g. no memory for a grown buffer: the caller gets it
                 work.done.set_exception(e)
             else:
-                work.done.set_result(None)
+                work.done.set_result(result)
         return keep
 
     def _gather(self, pending: list[Append]) -> list[Append]:
@@ -246,6 +269,28 @@ class BatchedBackend(StateLoops):
         if not self.rows and (self.capacity > INITIAL[1] or self.max_batch > INITIAL[0]):
             self.cache = self._alloc(*INITIAL)  # idle: give back what a burst of long sequences grew
             self.max_batch, self.capacity = INITIAL
+
+    def _save(self, state: "BatchedState", kv: bool) -> Snapshot:
+        """Copies of the row's fixed tensors (and its KV positions below length, for a full snapshot)."""
+        fixed, cached = {}, {}
+        for t in self.tensors:
+            row = self.cache[t.input][_rows(t, state.row, state.length)]
+            if t.sequence_axis is None:
+                fixed[t.input] = row.copy()
+            elif kv:
+                cached[t.input] = row.copy()
+        return Snapshot(tuple(state.tokens[:state.length]), fixed, cached if kv else None)
+
+    def _load(self, state: "BatchedState", snap: Snapshot) -> None:
+        n = len(snap.tokens)
+        if snap.kv is not None:
+            self._grow_to(n)
+        for t in self.tensors:
+            if t.sequence_axis is None:
+                self.cache[t.input][state.row] = snap.fixed[t.input]
+            elif snap.kv is not None:
+                self.cache[t.input][_rows(t, state.row, n)] = snap.kv[t.input]
+        state.length, state.last = n, (snap.tokens[-1] if snap.tokens else 0)
 
     def _regrow(self, slots: int, capacity: int) -> None:
         new = self._alloc(slots, capacity)
@@ -372,6 +417,8 @@ def _rows(t: StateTensor, rows: int | slice, length: int) -> tuple[int | slice, 
 class BatchedState:
     """One sequence: a row of each of the backend's shared state buffers."""
 
+    snapshots = True
+
     def __init__(self, backend: BatchedBackend) -> None:
         self.backend = backend
         self.truncatable = backend.truncatable
@@ -396,6 +443,23 @@ class BatchedState:
             del self.tokens[n:]
             # the scheduler moves length and last together, between graph runs
             self.backend._submit(Rewind(self, n, self.tokens[-1] if self.tokens else 0)).result()
+
+    def snapshot(self, kv: bool = True) -> Snapshot:
+        if self.row is None:
+            raise RuntimeError("this sequence was closed")
+        return self.backend._submit(Save(self, kv)).result()
+
+    def restore(self, snap: Snapshot) -> None:
+        if self.row is None:
+            raise RuntimeError("this sequence was closed")
+        n = len(snap.tokens)
+        if snap.kv is None and tuple(self.tokens[:n]) != snap.tokens:
+            raise ValueError(f"a light snapshot of {n} tokens restores only into a state holding them as a prefix "
+                             f"(this one holds {len(self.tokens)} tokens that differ)")
+        if snap.kv is not None and set(snap.kv) | set(snap.fixed) != {t.input for t in self.backend.tensors}:
+            raise ValueError("the snapshot is of another artifact's state tensors")
+        self.backend._submit(Load(self, snap)).result()
+        self.tokens = list(snap.tokens)
 
     def close(self) -> None:
         """Give the row back (the server calls this when a request ends or its client goes away)."""

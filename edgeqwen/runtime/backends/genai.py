@@ -10,7 +10,7 @@ import numpy as np
 
 from edgeqwen.artifact import RuntimeSpec
 from edgeqwen.errors import ArtifactError
-from edgeqwen.runtime.backends import check_rewind, logit_rows
+from edgeqwen.runtime.backends import NoSnapshots, check_rewind, logit_rows
 from edgeqwen.runtime.providers import choose
 
 
@@ -66,7 +66,7 @@ class GenaiBackend:
         return out
 
 
-class GenaiState:
+class GenaiState(NoSnapshots):
     """One sequence's KV cache inside a genai Generator; grows by re-prefilling when full."""
 
     truncatable = True  # the backend takes only KV layers

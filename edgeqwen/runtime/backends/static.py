@@ -17,7 +17,7 @@ import numpy as np
 from edgeqwen.artifact import BATCH, LayerState, RuntimeSpec, StateTensor, StaticSpec
 from edgeqwen.errors import ArtifactError, ContextOverflow
 from edgeqwen.providers import PROVIDERS
-from edgeqwen.runtime.backends import StateLoops, check_rewind
+from edgeqwen.runtime.backends import NoSnapshots, StateLoops, check_rewind
 from edgeqwen.runtime.providers import choose
 
 
@@ -80,7 +80,7 @@ def _kv_tensors(folder: Path, layers: tuple[LayerState, ...]) -> tuple[StateTens
     return tensors
 
 
-class StaticState:
+class StaticState(NoSnapshots):
     """One sequence: per KV tensor a buffer [KV, S, D] (S the cache length) filled up to len(tokens)."""
 
     truncatable = True  # the backend takes only KV layers
