@@ -23,6 +23,7 @@ TENSOR_NAMES = re.compile(r"self_attn\.|embed_tokens\.weight|lm_head\.weight|mlp
 ALLOWED_CONFIG = {
     "model/spec.py": "the one parser of config.json",
     "model/generation.py": "the one reader of generation token ids and sampling",
+    "model/published.py": "finds the stored published config.json files (their keys are the spec's to read)",
     "compiler/checkpoint.py": "opens config.json (bytes for its hash) and hands it to the parser",
     "compiler/package.py": "copies config.json into the artifact (the bench report ships it; not read)",
     "compiler/export/genai_config.py": "writes genai_config.json, whose keys share these names (values from the spec)",
@@ -31,6 +32,7 @@ ALLOWED_CONFIG = {
     "summary.py": "names config.json in a line of the build summary",
     "compiler/passes/rope_caches.py": "asks transformers' own config object for its normalised rope table",
     "compiler/torch_quant.py": "reads Olive's quantization_config from the quantised copy's config.json",
+    "compiler/gptq/writer.py": "writes the quantised checkpoint's config.json (the spec's config plus quantization_config)",
     "testmodels/fixtures.py": "makes fixture configs from the published ones (a maker, not a reader)",
     "testmodels/trained.py": "makes the trained small model's config (a maker)",
 }

@@ -9,7 +9,9 @@ import sys
 
 import pytest
 
-from edgeqwen.plan.catalogue import CATALOGUE, Shape, find
+from edgeqwen.model.published import published_config, published_models
+from edgeqwen.model.spec import SpecError, parse_spec
+from edgeqwen.plan.catalogue import CATALOGUE, HAND_SHAPES, Shape, find
 from edgeqwen.plan.fit import leave_one_out, nonnegative_fit
 from edgeqwen.plan.model import QUANTITIES, builtin_calibration, decode_features
 from edgeqwen.plan.storage import storage, weight_bytes
@@ -40,6 +42,38 @@ def test_catalogue_parameter_counts_are_transformers_own(model):
         m = AutoModelForCausalLM.from_config(cfg)
     assert model.shape.parameters == sum(p.numel() for p in m.parameters())
     assert Shape.from_config(cfg.to_dict()) == model.shape
+
+
+@pytest.mark.parametrize("name", published_models())
+def test_catalogue_shapes_are_read_from_the_stored_published_configs(name):
+    """Every stored published config is in the catalogue: one the parser builds gives its entry the shape, the
+    context and the parameter count transformers gives that very file; one the parser refuses (an architecture
+    not built yet) makes its entry unbuildable, the parser's reason in one line."""
+    m, config = find(name), published_config(name)
+    assert m.shape_from == f"{name}/config.json"
+    try:
+        spec = parse_spec(config)
+    except SpecError as e:
+        assert m.shape is None and m.why_not and "\n" not in str(e)
+        return
+    assert (m.shape, m.context) == (Shape.of(spec), spec.positions)
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**config))
+    assert m.shape.parameters == sum(p.numel() for p in model.parameters())
+
+
+def test_only_models_without_a_stored_config_have_hand_written_shapes():
+    """A shape is written by hand only where no config was found (adding the file moves the entry onto it),
+    and the same-shape entries name the stored config they share."""
+    assert not set(HAND_SHAPES) & set(published_models())
+    for m in CATALOGUE:
+        if m.shape:
+            own = m.shape_from == f"{m.name}/config.json"
+            assert own or m.shape_from.endswith("(same shape)") or m.name in HAND_SHAPES, m.name
+            assert own == (m.name in published_models()), m.name
 
 
 def test_catalogue_sizes_match_the_published_model_names():

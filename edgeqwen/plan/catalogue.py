@@ -1,5 +1,11 @@
-"""The public Qwen models `edgeqwen plan` chooses from, with their shapes as their published configs give
-them (config.json on the Hub, copied here: plan runs without network) and the tasks Qwen meant them for.
+"""The public Qwen models `edgeqwen plan` chooses from, with their shapes and the tasks Qwen meant them for.
+
+A shape is built from the model's published config.json where one is stored (edgeqwen.model.published:
+plan runs without network), through the one parser (edgeqwen.model.spec), so the planner, the compiler
+and the fixtures read a config the same way, and a stored config of an architecture the compiler cannot
+build yet is listed with the parser's own one-line reason. Where no copy of a model's config was found
+its shape is taken from the stored config of a model Qwen published with the same shape (Coder and
+Math sizes), or, for the few left, written here as the model card states it (``HAND_SHAPES``).
 
 Only the fields that set size, memory and speed are kept. Sizes count every weight the artifact stores:
 tied models keep one vocab x hidden table.
@@ -9,7 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from edgeqwen.model.spec import ModelSpec, parse_spec
+from edgeqwen.model.published import published_config, published_generation_config, published_models
+from edgeqwen.model.spec import ModelSpec, SpecError, parse_spec
 
 QWEN_VOCAB = 151_936
 QWEN_VOCAB_UNTIED = 152_064  # the 7B+ Qwen2.5 models pad the vocabulary further
@@ -77,6 +84,7 @@ class Model:
     tasks: tuple[str, ...]
     note: str = ""
     why_not: str = ""  # set for models the compiler cannot build yet
+    shape_from: str = ""  # where the shape was read: a stored config.json, or "model card" (HAND_SHAPES)
 
     @property
     def name(self) -> str:
@@ -84,43 +92,73 @@ class Model:
 
 
 TASKS = ("chat", "code", "math", "reasoning")
+QWEN3_NOTE = "thinking mode: reasoning tokens count against speed and context"
 
-
-def _q25(size: str, shape: Shape, tasks: tuple[str, ...] = ("chat",), context: int = 32_768, kind: str = "") -> Model:
-    return Model(f"Qwen/Qwen2.5-{kind}{size}-Instruct", shape, context, tasks)
-
-
-# Qwen2.5 shapes (Qwen2.5 / -Coder / -Math share them where the size exists).
-_Q25 = {
-    "0.5B": Shape("qwen2", 896, 24, 14, 2, 4864, QWEN_VOCAB, True),
-    "1.5B": Shape("qwen2", 1536, 28, 12, 2, 8960, QWEN_VOCAB, True),
-    "3B": Shape("qwen2", 2048, 36, 16, 2, 11008, QWEN_VOCAB, True),
-    "7B": Shape("qwen2", 3584, 28, 28, 4, 18944, QWEN_VOCAB_UNTIED, False),
-    "14B": Shape("qwen2", 5120, 48, 40, 8, 13824, QWEN_VOCAB_UNTIED, False),
-    "32B": Shape("qwen2", 5120, 64, 40, 8, 27648, QWEN_VOCAB_UNTIED, False),
-    "72B": Shape("qwen2", 8192, 80, 64, 8, 29568, QWEN_VOCAB_UNTIED, False),
+# The only shapes written by hand: no copy of these models' config.json (nor of one with the same shape)
+# was found (edgeqwen/model/configs/SOURCES.md); the numbers are the model cards'.
+HAND_SHAPES = {
+    "Qwen2.5-14B-Instruct": (Shape("qwen2", 5120, 48, 40, 8, 13824, QWEN_VOCAB_UNTIED, False), 32_768),
+    "Qwen2.5-32B-Instruct": (Shape("qwen2", 5120, 64, 40, 8, 27648, QWEN_VOCAB_UNTIED, False), 32_768),
 }
-_Q3 = {
-    "0.6B": (Shape("qwen3", 1024, 28, 16, 8, 3072, QWEN_VOCAB, True, 128)),
-    "1.7B": (Shape("qwen3", 2048, 28, 16, 8, 6144, QWEN_VOCAB, True, 128)),
-    "4B": (Shape("qwen3", 2560, 36, 32, 8, 9728, QWEN_VOCAB, True, 128)),
-    "8B": (Shape("qwen3", 4096, 36, 32, 8, 12288, QWEN_VOCAB, False, 128)),
-    "14B": (Shape("qwen3", 5120, 40, 40, 8, 17408, QWEN_VOCAB, False, 128)),
-    "32B": (Shape("qwen3", 5120, 64, 64, 8, 25600, QWEN_VOCAB, False, 128)),
+# Models whose config.json was not found but which Qwen published with the shape of a stored one (the
+# Coder and Math models are Qwen2.5 continued-trained at the same sizes).
+SAME_SHAPE = {
+    "Qwen2.5-Coder-0.5B-Instruct": "Qwen2.5-0.5B-Instruct", "Qwen2.5-Coder-3B-Instruct": "Qwen2.5-3B-Instruct",
+    "Qwen2.5-Coder-7B-Instruct": "Qwen2.5-7B-Instruct", "Qwen2.5-Coder-14B-Instruct": "Qwen2.5-14B-Instruct",
+    "Qwen2.5-Coder-32B-Instruct": "Qwen2.5-32B-Instruct", "Qwen2.5-Math-7B-Instruct": "Qwen2.5-7B-Instruct",
+    "Qwen2.5-Math-72B-Instruct": "Qwen2.5-72B-Instruct",
 }
+MATH_CONTEXT = 4096  # the Math models are trained for 4K tokens (Qwen2.5-Math-1.5B-Instruct's config says so)
+
+
+def _shape(name: str) -> tuple[Shape, int, str]:
+    """(shape, context, where it was read) of the model ``name``; SpecError for an architecture the one
+    parser does not build yet."""
+    if name in published_models():
+        spec = parse_spec(published_config(name), published_generation_config(name), where=f"{name}/config.json")
+        return Shape.of(spec), spec.positions, f"{name}/config.json"
+    if name in HAND_SHAPES:
+        shape, context = HAND_SHAPES[name]
+        return shape, context, "model card"
+    shape, context, where = _shape(SAME_SHAPE[name])
+    return shape, context, f"{where} (same shape)"
+
+
+def entry(hub_id: str, tasks: tuple[str, ...], note: str = "", context: int | None = None,
+          why_not: str = "") -> Model:
+    """The catalogue entry of ``hub_id``: its shape read from its published config where one is stored;
+    a stored config the parser refuses makes the entry unbuildable with the parser's reason."""
+    name = hub_id.split("/")[-1]
+    if why_not and name not in published_models():
+        return Model(hub_id, None, context or 0, tasks, note, why_not)
+    try:
+        shape, positions, where = _shape(name)
+    except SpecError as e:
+        return Model(hub_id, None, context or 0, tasks, note, why_not or str(e), f"{name}/config.json")
+    return Model(hub_id, shape, context or positions, tasks, note, "", where)
+
+
+def _q25(size: str, tasks: tuple[str, ...] = ("chat",), kind: str = "", context: int | None = None) -> Model:
+    return entry(f"Qwen/Qwen2.5-{kind}{size}-Instruct", tasks, context=context)
+
+
+QWEN35_WHY_NOT = "hybrid Gated DeltaNet linear attention (Qwen3_5ForConditionalGeneration): not yet buildable"
 
 CATALOGUE: tuple[Model, ...] = (
-    *(_q25(s, _Q25[s]) for s in ("0.5B", "1.5B", "3B", "7B", "14B", "32B", "72B")),
-    *(_q25(s, _Q25[s], ("code",), kind="Coder-") for s in ("0.5B", "1.5B", "3B", "7B", "14B", "32B")),
-    # The Math models are trained for 4K tokens of context (chain-of-thought and tool-integrated reasoning).
-    *(_q25(s, _Q25[s], ("math",), context=4096, kind="Math-") for s in ("1.5B", "7B", "72B")),
+    *(_q25(s) for s in ("0.5B", "1.5B", "3B", "7B", "14B", "32B", "72B")),
+    *(_q25(s, ("code",), kind="Coder-") for s in ("0.5B", "1.5B", "3B", "7B", "14B", "32B")),
+    # chain-of-thought and tool-integrated reasoning within 4K tokens of context
+    *(_q25(s, ("math",), kind="Math-", context=MATH_CONTEXT) for s in ("1.5B", "7B", "72B")),
     # Qwen3: one model for chat and for reasoning (thinking mode), 40,960 positions (32K + generation room).
-    *(Model(f"Qwen/Qwen3-{s}", _Q3[s], 40_960, ("chat", "reasoning"),
-            note="thinking mode: reasoning tokens count against speed and context") for s in _Q3),
+    *(entry(f"Qwen/Qwen3-{s}", ("chat", "reasoning"), QWEN3_NOTE) for s in ("0.6B", "1.7B", "4B", "8B", "14B", "32B")),
     Model("Qwen/Qwen3-30B-A3B", None, 40_960, ("chat", "reasoning"),
           why_not="mixture of experts (Qwen3MoeForCausalLM): not yet buildable"),
     Model("Qwen/Qwen3-235B-A22B", None, 40_960, ("chat", "reasoning"),
           why_not="mixture of experts (Qwen3MoeForCausalLM): not yet buildable"),
+    # Qwen3.5, made for edge devices; 262,144 positions (text_config). The stored configs (0.8B, 4B, 27B)
+    # are refused by the parser until its spec rule lands; 2B and 9B were found only in part.
+    *(entry(f"Qwen/Qwen3.5-{s}", ("chat", "reasoning"), QWEN3_NOTE, 262_144, QWEN35_WHY_NOT)
+      for s in ("0.8B", "2B", "4B", "9B", "27B")),
     Model("Qwen/Qwen2.5-VL-3B-Instruct", None, 128_000, ("chat",),
           why_not="vision-language (Qwen2_5_VLForConditionalGeneration): not yet buildable"),
     Model("Qwen/Qwen2.5-VL-7B-Instruct", None, 128_000, ("chat",),

@@ -12,28 +12,30 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgeqwen.model.spec import ModelSpec, parse_spec
+from edgeqwen.model.published import published_config, published_generation_config
 from edgeqwen.testmodels.chat_templates import QWEN3_THINKING, QWEN25_CHATML
 from edgeqwen.testmodels.tokenizer_files import write_tokenizer
 
 QWEN_VOCAB = 151_936  # Qwen pads the 151,665 used ids to a multiple of 128 (…of 64 for Qwen3: same size)
 
-# The published config.json and generation_config.json of real Qwen models, kept whole (sizes and all).
-# Every fixture starts from one of them and changes only sizes, so it has exactly the keys a real
-# checkpoint has, and lacks the ones it lacks (Qwen2.5-0.5B-Instruct's config.json has no pad_token_id).
-PUBLISHED = Path(__file__).parent / "published"
+# Every fixture starts from the published config.json and generation_config.json of a real Qwen model
+# (edgeqwen.model.published) and changes only sizes, so it has exactly the keys a real checkpoint has,
+# and lacks the ones it lacks (Qwen2.5-0.5B-Instruct's config.json has no pad_token_id).
 # the keys that are sizes: the only ones a fixture changes
 SIZE_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
              "head_dim", "max_position_embeddings", "vocab_size", "max_window_layers", "sliding_window")
 
 
 def published(model: str) -> tuple[dict, dict]:
-    """(config.json, generation_config.json) of the published model ``model`` (a folder in PUBLISHED)."""
-    folder = PUBLISHED / model
-    if not folder.is_dir():
-        known = ", ".join(sorted(p.name for p in PUBLISHED.iterdir() if p.is_dir()))
-        raise ValueError(f"no published config {model!r}; known: {known}")
-    return (json.loads((folder / "config.json").read_text(encoding="utf-8")),
-            json.loads((folder / "generation_config.json").read_text(encoding="utf-8")))
+    """(config.json, generation_config.json) of the published model ``model``: a fixture needs both."""
+    try:
+        config = published_config(model)
+    except KeyError as e:
+        raise ValueError(e.args[0]) from None
+    generation = published_generation_config(model)
+    if generation is None:
+        raise ValueError(f"{model}: no published generation_config.json is stored; a fixture needs one")
+    return config, generation
 
 
 @dataclass(frozen=True)
