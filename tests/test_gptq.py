@@ -75,19 +75,28 @@ def test_group_overrides_follow_the_input_sizes():
 
 
 @pytest.mark.parametrize("target", ["cpu-int4", "android-cpu-int4"])
-def test_a_model_too_large_for_memory_is_refused_before_loading(checkpoints, tmp_path, monkeypatch, target):
-    """The whole-model pass states what fits on this machine and names the streaming profile beside it."""
-    from edgeqwen.compiler import torch_quant
-    from edgeqwen.compiler.pipeline import build
-    from edgeqwen.errors import CheckpointError
+def test_layerwise_gptq_is_refused_only_when_one_layer_does_not_fit(target):
+    """The profiles' Gptq runs layer by layer: Qwen3-8B's shape fits in 6 GiB (the whole-model pass would
+    need about 66 GiB); a machine that cannot hold one layer is refused before loading, naming the streaming
+    profile beside it; implementation = "olive" is checked as the whole-model pass it is."""
+    from dataclasses import replace
 
-    monkeypatch.setattr(torch_quant, "available_memory", lambda: 2**30)
-    monkeypatch.setattr(torch_quant, "run", lambda *a, **k: pytest.fail("the pass ran"))
+    from edgeqwen.compiler.torch_quant import check_memory, leading_torch_passes
+    from edgeqwen.errors import CheckpointError
+    from edgeqwen.targets import load_profile
+    from edgeqwen.testmodels.fixtures import FIXTURES
+
+    steps = leading_torch_passes(list(load_profile(target).olive_passes))
+    spec, params = FIXTURES["qwen3-8b-shape"].model_spec, 8_190_735_360
+    check_memory(steps, params, target, available=6 * 2**30, spec=spec)
     with pytest.raises(CheckpointError) as e:
-        build(str(checkpoints("tiny-qwen2.5")), target, tmp_path / "art", quiet=True)
+        check_memory(steps, params, target, available=2**30, spec=spec)
     msg = str(e.value)
-    assert "\n" not in msg and "1.0 GiB available" in msg and f"such as {target}-fast," in msg
-    assert not (tmp_path / "art").exists()
+    assert "\n" not in msg and "layer by layer" in msg and "1.0 GiB available" in msg and f"such as {target}-fast," in msg
+    olive = [replace(s, options={**s.options, "implementation": "olive"}) for s in steps]
+    with pytest.raises(CheckpointError) as e:
+        check_memory(olive, params, target, available=6 * 2**30, spec=spec)
+    assert "whole model in memory" in str(e.value) and f"such as {target}-fast," in str(e.value)
 
 
 def test_a_gptq_build_is_parity_checked_against_olives_values(artifacts):
@@ -116,9 +125,11 @@ def test_a_repacked_weight_unlike_olives_fails_the_gate(checkpoints, tmp_path, m
 
     def write_then_corrupt(ckpt, plan, out, log=lambda s: None, weights_from=None):
         done = real(ckpt, plan, out, log, weights_from=weights_from)
-        f = Path(weights_from) / "model.safetensors"
+        scales = "model.layers.1.mlp.down_proj.scales"  # in the layer-wise checkpoint's shard of layer 1
+        f = Path(weights_from) / json.loads((Path(weights_from) / "model.safetensors.index.json").read_text())[
+            "weight_map"][scales]
         t = load_file(str(f))
-        t["model.layers.1.mlp.down_proj.scales"] = t["model.layers.1.mlp.down_proj.scales"] * torch.tensor(1.5)
+        t[scales] = t[scales] * torch.tensor(1.5)
         save_file(t, str(f), metadata={"format": "pt"})
         return done
 

@@ -1,14 +1,19 @@
 """Olive's PyTorch weight quantisation passes (Gptq, Rtn, KQuant) on the checkpoint, before export.
 
 A genai profile may list these before its ModelBuilder pass, as Olive's own recipes do (GPTQ, then the
-builder). Olive runs them on the transformers model in memory and saves a checkpoint in its own quantised
-format: per linear layer ``qweight`` [N, K*bits/8] uint8 (low bits first), ``scales`` [N, K/group] and, when
-asymmetric, ``qzeros`` [N, K/group*bits/8]: MatMulNBits' own layout, so the streaming exporter repacks it
-without quantising again (edgeqwen.compiler.export.prequantized).
+builder). They save a checkpoint in Olive's quantised format: per linear layer ``qweight`` [N, K*bits/8]
+uint8 (low bits first), ``scales`` [N, K/group] and, when asymmetric, ``qzeros`` [N, K/group*bits/8]:
+MatMulNBits' own layout, so the streaming exporter repacks it without quantising again
+(edgeqwen.compiler.export.prequantized).
 
-GPTQ needs calibration text and the whole model in memory. The text is local (the training split of
-edgeqwen.corpus: no network); the memory is checked before anything runs, and a model this machine cannot
-hold is refused with the way out instead of running out of memory.
+Gptq runs layer by layer by default (edgeqwen.compiler.gptq: Olive's algorithm, solver and packer on one
+decoder layer at a time built from the checkpoint; the same packed tensors as Olive's pass on a float32
+checkpoint), so its memory is one layer's, not the model's. ``implementation = "olive"`` in the step
+runs Olive's own pass on the whole transformers model in memory instead, as Rtn and KQuant always do;
+those whole-model passes are checked against this machine's memory before anything runs, and a model it
+cannot hold is refused with the way out instead of running out of memory.
+
+GPTQ's calibration text is local (the training split of edgeqwen.corpus: no network).
 """
 
 from __future__ import annotations
@@ -27,6 +32,10 @@ from edgeqwen.targets import TORCH_PASSES, targets_dir
 
 # Our own options on these passes (Olive's are passed through unchanged).
 CALIBRATION_OPTIONS = {"calibration_samples": 32, "calibration_tokens": 512}
+# Which code runs a step: "layerwise" (edgeqwen.compiler.gptq; Gptq only, its default) or "olive" (Olive's
+# pass on the whole model in memory; the only one for Rtn and KQuant). Popped before Olive sees the options.
+IMPLEMENTATION = "implementation"
+IMPLEMENTATIONS = ("layerwise", "olive")
 # Peak resident bytes per parameter while Olive's GPTQ runs: the model loaded as fp32 (4), the fake-quantised
 # copy of each layer, the packed result and save_pretrained's buffers. Measured on the Qwen2.5-0.5B shape
 # (fp32 checkpoint, 494M parameters): 4.87 GB peak RSS (/usr/bin/time -v) = 1.5 GiB base + 6.6 bytes per
@@ -51,8 +60,39 @@ def leading_torch_passes(passes: list) -> list[TorchQuantStep]:
     return out
 
 
-def memory_needed(parameters: int) -> int:
+def implementation(step: TorchQuantStep) -> str:
+    """Who runs ``step``: "layerwise" (Gptq's default) or "olive"."""
+    default = "layerwise" if step.type == "Gptq" else "olive"
+    impl = str(step.options.get(IMPLEMENTATION, default))
+    if impl not in IMPLEMENTATIONS or (impl == "layerwise" and step.type != "Gptq"):
+        allowed = IMPLEMENTATIONS if step.type == "Gptq" else ("olive",)
+        raise ProfileError(f"{step.type}: implementation '{impl}' is not one of {', '.join(allowed)}")
+    return impl
+
+
+def whole_model_bytes(parameters: int) -> int:
+    """Peak of an Olive pass holding the whole model."""
     return int(parameters * BYTES_PER_PARAMETER + BASE_BYTES)
+
+
+def calibration(step: TorchQuantStep) -> tuple[int, int]:
+    """(samples, tokens) of the step's calibration windows."""
+    return tuple(int(step.options.get(k, v)) for k, v in CALIBRATION_OPTIONS.items())  # type: ignore[return-value]
+
+
+def memory_needed(parameters: int, steps: list[TorchQuantStep] | None = None, spec: ModelSpec | None = None) -> int:
+    """Peak bytes of the largest of ``steps`` (none given: an Olive pass on the whole model). A layer-wise
+    Gptq step's peak is one layer's (edgeqwen.compiler.gptq.memory), modelled from ``spec``; without a spec
+    it is not counted (it does not grow with the parameter count)."""
+    from edgeqwen.compiler.gptq.memory import layerwise_peak
+
+    need = 0
+    for step in steps if steps is not None else [TorchQuantStep("Rtn", {})]:
+        if implementation(step) == "olive":
+            need = max(need, whole_model_bytes(parameters))
+        elif spec is not None:
+            need = max(need, layerwise_peak(spec, *calibration(step)).total)
+    return need
 
 
 def available_memory() -> int:
@@ -66,19 +106,33 @@ def available_memory() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def check_memory(steps: list[TorchQuantStep], parameters: int, profile: str, available: int | None = None) -> None:
-    """Refuse, before loading anything, a model whose in-memory pass would not fit in this machine's memory."""
+def check_memory(steps: list[TorchQuantStep], parameters: int, profile: str, available: int | None = None,
+                 spec: ModelSpec | None = None) -> None:
+    """Refuse, before loading anything, a model whose pass would not fit in this machine's memory: an
+    Olive pass holding the whole model by its parameter count; a layer-wise Gptq step by its largest layer,
+    its Hessians and the calibration states (counted when ``spec`` is given)."""
     if not steps:
         return
-    need, have = memory_needed(parameters), available_memory() if available is None else available
-    if need > have:
+    have = available_memory() if available is None else available
+    whole = [s for s in steps if implementation(s) == "olive"]
+    if whole and whole_model_bytes(parameters) > have:
+        need = whole_model_bytes(parameters)
         largest = max(0.0, (have - BASE_BYTES) / BYTES_PER_PARAMETER)
-        kinds = "/".join(s.type for s in steps)
+        kinds = "/".join(s.type for s in whole)
         raise CheckpointError(
             f"profile {profile} runs Olive's {kinds} pass on the whole model in memory: {parameters / 1e9:.2f}B "
             f"parameters need about {need / 2**30:.1f} GiB, this machine has {have / 2**30:.1f} GiB available "
             f"(up to about {largest / 1e9:.1f}B parameters fit); build with a streaming profile such as "
             f"{streaming_twin(profile)}, or on a machine with more memory")
+    layerwise = [s for s in steps if implementation(s) == "layerwise"]
+    need = memory_needed(parameters, layerwise, spec) if layerwise else 0
+    if need > have:
+        samples, tokens = calibration(layerwise[0])
+        raise CheckpointError(
+            f"profile {profile} runs GPTQ layer by layer: one decoder layer of this model with its Hessians and "
+            f"{samples} x {tokens} calibration tokens needs about {need / 2**30:.1f} GiB, this machine has "
+            f"{have / 2**30:.1f} GiB available; lower calibration_samples in the profile, build with a streaming "
+            f"profile such as {streaming_twin(profile)}, or on a machine with more memory")
 
 
 def streaming_twin(profile: str) -> str:
@@ -158,8 +212,20 @@ def group_overrides(spec: ModelSpec, group: int) -> dict[str, dict[str, int]]:
     return out
 
 
-def run(steps: list[TorchQuantStep], checkpoint: Path, work: Path, say: Callable[[str], None]) -> Path:
-    """Run the steps in order on ``checkpoint``; return the folder of the quantised checkpoint."""
+def step_options(step: TorchQuantStep, checkpoint: Path, say: Callable[[str], None]) -> dict[str, Any]:
+    """The options Olive's pass (or the layer-wise Gptq, which reads Olive's names) gets: ours removed, the
+    group overrides of layers whose K the profile's group does not divide added."""
+    opts = {k: v for k, v in step.options.items() if k not in CALIBRATION_OPTIONS and k != IMPLEMENTATION}
+    fixed = group_overrides(read_spec(checkpoint), int(opts.get("group_size", 128)))
+    if fixed:
+        opts["overrides"] = {**fixed, **(opts.get("overrides") or {})}
+        say(f"    {len(fixed)} layers take a smaller group (their input size is not a multiple of the profile's)")
+    return opts
+
+
+def olive_pass(step_type: str, opts: dict[str, Any], src: Path, out: Path) -> Path:
+    """Olive's own pass ``step_type`` with ``opts`` on the checkpoint ``src`` (the whole model in memory);
+    the folder it saved."""
     os.environ.setdefault("OLIVE_DISABLE_TELEMETRY", "1")
     from olive.hardware.accelerator import DEFAULT_CPU_ACCELERATOR
     from olive.model import HfModelHandler
@@ -169,30 +235,61 @@ def run(steps: list[TorchQuantStep], checkpoint: Path, work: Path, say: Callable
     from olive.passes.pytorch.rtn import Rtn
 
     classes = {"Gptq": Gptq, "Rtn": Rtn, "KQuant": KQuant}
-    _register_dataset()
+    try:
+        p = create_pass_from_dict(classes[step_type], opts, disable_search=True, accelerator_spec=DEFAULT_CPU_ACCELERATOR)
+    except Exception as e:  # Olive's config validation: name the option
+        raise ProfileError(f"Olive pass {step_type} refused its options {opts}: {str(e).splitlines()[0]}") from None
+    return Path(p.run(HfModelHandler(model_path=str(src)), str(out)).model_path)
+
+
+def layerwise_gptq(opts: dict[str, Any], src: Path, out: Path, rows: list[list[int]],
+                   say: Callable[[str], None]) -> Path:
+    """GPTQ layer by layer (edgeqwen.compiler.gptq) with Olive's Gptq options ``opts`` on ``src``."""
+    from edgeqwen.compiler.gptq import GptqOptions, quantize
+
+    if quantization_config(src):
+        raise ProfileError("Gptq quantises float weights; it cannot follow another quantisation pass")
+    return quantize(src, out, GptqOptions.parse(opts), rows, say)
+
+
+def local_calibration_rows(checkpoint: Path, samples: int, tokens: int) -> list[list[int]]:
+    """The windows Olive's pass gets through the registered dataset (the same tokenizer, the same text)."""
+    from transformers import AutoTokenizer
+
+    return calibration_rows(AutoTokenizer.from_pretrained(str(checkpoint)), samples, tokens)
+
+
+def run(steps: list[TorchQuantStep], checkpoint: Path, work: Path, say: Callable[[str], None]) -> Path:
+    """Run the steps in order on ``checkpoint``; return the folder of the quantised checkpoint."""
     src = checkpoint
     for i, step in enumerate(steps):
-        opts = dict(step.options)
-        calib = {k: int(opts.pop(k, v)) for k, v in CALIBRATION_OPTIONS.items()}
-        fixed = group_overrides(read_spec(checkpoint), int(opts.get("group_size", 128)))
-        if fixed:
-            opts["overrides"] = {**fixed, **(opts.get("overrides") or {})}
-            say(f"    {len(fixed)} layers take a smaller group (their input size is not a multiple of the profile's)")
-        if step.type == "Gptq":
-            opts.setdefault("data_config", _data_config(checkpoint, calib["calibration_samples"],
-                                                        calib["calibration_tokens"]))
-            say(f"    {step.type}: calibrating on {calib['calibration_samples']} x {calib['calibration_tokens']} "
-                f"tokens of local text, layer by layer")
-        try:
-            p = create_pass_from_dict(classes[step.type], opts, disable_search=True,
-                                      accelerator_spec=DEFAULT_CPU_ACCELERATOR)
-        except Exception as e:  # Olive's config validation: name the option
-            raise ProfileError(f"Olive pass {step.type} refused its options {opts}: {str(e).splitlines()[0]}") from None
+        impl = implementation(step)
+        opts = step_options(step, checkpoint, say)
+        samples, tokens = calibration(step)
         out = work / f"torch_quant_{i}_{step.type.lower()}"
         t0 = time.perf_counter()
-        src = Path(p.run(HfModelHandler(model_path=str(src)), str(out)).model_path)
+        if step.type == "Gptq":
+            say(f"    {step.type}: calibrating on {samples} x {tokens} tokens of local text, layer by layer"
+                + ("" if impl == "layerwise" else " (Olive's pass, the whole model in memory)"))
+        if impl == "layerwise":
+            src = layerwise_gptq(opts, src, out, local_calibration_rows(checkpoint, samples, tokens), say)
+        else:
+            if step.type == "Gptq":
+                _register_dataset()
+                opts.setdefault("data_config", _data_config(checkpoint, samples, tokens))
+            src = olive_pass(step.type, opts, src, out)
         say(f"    {step.type} done in {time.perf_counter() - t0:.0f} s")
     return src
+
+
+def describe(step: TorchQuantStep) -> str:
+    """Who did ``step``, for the build manifest's pass records."""
+    if implementation(step) == "layerwise":
+        return ("edgeqwen.compiler.gptq: Olive's GPTQ solver and packer, one decoder layer at a time built from "
+                "the checkpoint (not the model in memory); its packed weights are repacked into MatMulNBits, "
+                "not quantised again")
+    return (f"Olive's {step.type} pass on the transformers model (in memory, edgeqwen.compiler.torch_quant); "
+            f"its packed weights are repacked into MatMulNBits, not quantised again")
 
 
 def quantization_config(folder: Path) -> dict[str, Any]:

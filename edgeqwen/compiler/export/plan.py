@@ -15,6 +15,7 @@ import numpy as np
 from edgeqwen.compiler.export.genai import GenaiPlan
 from edgeqwen.compiler.export.prequantized import OliveQuantConfig, PrequantizedWeights
 from edgeqwen.compiler.export.weights import FloatWeights, NBitsWeights, WeightFormat
+from edgeqwen.compiler.torch_quant import TorchQuantStep, describe
 from edgeqwen.errors import ProfileError
 from edgeqwen.profile_passes import PassPlan, Stored, read_passes
 from edgeqwen.targets import OlivePass, TargetProfile
@@ -71,6 +72,4 @@ def records(passes: PassPlan) -> list[dict[str, Any]]:
 
 
 def _torch_record(t: OlivePass) -> dict[str, Any]:
-    return {"profile_pass": t.type, "options": t.options,
-            "done_by": f"Olive's {t.type} pass on the transformers model (in memory, edgeqwen.compiler.torch_quant); "
-                       f"its packed weights are repacked into MatMulNBits, not quantised again"}
+    return {"profile_pass": t.type, "options": t.options, "done_by": describe(TorchQuantStep(t.type, dict(t.options)))}

@@ -61,8 +61,9 @@ def _run_streaming(ckpt: Checkpoint, profile: TargetProfile, work: Path, art: Pa
     torch_steps = torch_quant.leading_torch_passes(list(profile.olive_passes))
     weights_from = None
     if torch_steps:
-        torch_quant.check_memory(torch_steps, ckpt.parameter_count, profile.name)
-        with progress.step("Olive " + " -> ".join(t.type for t in torch_steps) + " on the model in memory"):
+        torch_quant.check_memory(torch_steps, ckpt.parameter_count, profile.name, spec=ckpt.spec)
+        where = " -> ".join(f"{t.type} ({torch_quant.implementation(t)})" for t in torch_steps)
+        with progress.step(f"PyTorch weight quantisation: {where}"):
             weights_from = torch_quant.run(torch_steps, ckpt.path, work, progress.say)
             plan, records = genai_plan(profile, torch_quant.quantization_config(weights_from))
     steps = " -> ".join(p.type for p in profile.olive_passes)

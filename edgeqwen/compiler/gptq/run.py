@@ -1,0 +1,174 @@
+"""Sequential GPTQ, one decoder layer in memory at a time, with Olive's Gptq semantics.
+
+Olive's run_layerwise_quantization (update_before_process=False), per decoder layer:
+  1. every calibration window through the float layer, hooks accumulating each linear layer's Hessian:
+     all seven from this one pass (the MLP's inputs are collected before attention is quantised);
+  2. GPTQ on each linear layer; its weight becomes the fake-quantised one;
+  3. every window through the now fake-quantised layer: its outputs are the next layer's inputs.
+Here the same three steps run on a layer built alone from the checkpoint instead of one inside the
+loaded model; the windows are the embedding rows of the calibration tokens, read from the table.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from edgeqwen.compiler.gptq.hessian import INPUT_GROUPS, LayerHessians
+from edgeqwen.compiler.gptq.layer import LayerCall, build_layer, layer_call, layer_tensor_names
+from edgeqwen.compiler.gptq.options import GptqOptions, ModuleFormat, module_formats, quantization_config
+from edgeqwen.compiler.gptq.solve import PackedLinear, quantize_linear
+from edgeqwen.compiler.gptq.writer import ROWS_PER_COPY, ShardedCheckpoint, ShardTensor, copied, from_torch
+from edgeqwen.model.generation import read_json
+from edgeqwen.model.spec import read_spec
+from edgeqwen.model.tensors import ATTENTION_LINEARS, MLP_LINEARS, TensorMap, tensor_map
+from edgeqwen.safetensors_io import CheckpointTensors
+
+LINEARS = ATTENTION_LINEARS + MLP_LINEARS  # the order Olive solves them in (layer.modules() order)
+
+
+@dataclass
+class LayerTimes:
+    """Seconds of each part of one layer (the progress line; where big models spend their time)."""
+
+    load: float = 0.0
+    calibrate: float = 0.0  # the float pass with the Hessian hooks
+    solve: float = 0.0
+    forward: float = 0.0  # the fake-quantised pass giving the next layer's inputs
+    write: float = 0.0
+
+    @property
+    def total(self) -> float:
+        return self.load + self.calibrate + self.solve + self.forward + self.write
+
+
+@dataclass
+class Clock:
+    """Progress for ``say``: layer i of n, elapsed, an estimate of what is left from the mean layer."""
+
+    layers: int
+    say: Callable[[str], None]
+    t0: float = field(default_factory=time.perf_counter)
+
+    def report(self, i: int, t: LayerTimes) -> None:
+        elapsed = time.perf_counter() - self.t0
+        left = elapsed / (i + 1) * (self.layers - i - 1)
+        self.say(f"    GPTQ layer {i + 1}/{self.layers}: {t.total:.1f} s (calibration {t.calibrate:.1f}, solve "
+                 f"{t.solve:.1f}, forward {t.forward:.1f}), {elapsed:.0f} s elapsed, ~{left:.0f} s left")
+
+
+def weight_files(folder: Path) -> list[str]:
+    """The checkpoint's safetensors files: those its index names, else every one in the folder."""
+    index = read_json(folder / "model.safetensors.index.json")
+    if index:
+        return sorted(set(index["weight_map"].values()))
+    return sorted(p.name for p in folder.glob("*.safetensors"))
+
+
+@torch.no_grad()
+def embed(src: CheckpointTensors, names: TensorMap, rows: list[list[int]]) -> list[torch.Tensor]:
+    """Each window's input to layer 0, [1, T, H] fp32: the embedding rows of its tokens, the table read
+    ROWS_PER_COPY rows at a time (a 151936 x 4096 table is never whole in memory)."""
+    ids = torch.tensor(rows)  # [S, T]
+    vocab, hidden = src.shape(names.embed)
+    out = torch.empty(*ids.shape, hidden)
+    for r0 in range(0, vocab, ROWS_PER_COPY):
+        r1 = min(vocab, r0 + ROWS_PER_COPY)
+        hit = (ids >= r0) & (ids < r1)
+        if hit.any():
+            out[hit] = torch.from_numpy(src.rows(names.embed, r0, r1))[ids[hit] - r0]
+    return [out[s:s + 1].clone() for s in range(len(rows))]  # one allocation per window, as Olive's
+
+
+@torch.no_grad()
+def run_windows(layer: torch.nn.Module, states: list[torch.Tensor], call: LayerCall, keep: bool) -> None:
+    """Every window through ``layer`` (batch 1, as Olive's calibration batches); ``keep``: replace each
+    window's states by the layer's output, in place (one set of states alive)."""
+    for s, hs in enumerate(states):
+        out = layer(hs, **call.kwargs)
+        if keep:
+            states[s] = out[0] if isinstance(out, tuple) else out
+
+
+def solve_layer(layer: torch.nn.Module, hessians: LayerHessians, formats: dict[str, ModuleFormat],
+                names: TensorMap, i: int, options: GptqOptions) -> dict[str, PackedLinear]:
+    """GPTQ on each linear layer of ``layer`` (module path inside the layer -> its packed result)."""
+    return {kind: quantize_linear(layer.get_submodule(kind), hessians.take(kind), formats[names.module(i, kind)],
+                                  options.damp_percent, options.desc_act) for kind in LINEARS}
+
+
+def layer_shard(src: CheckpointTensors, names: TensorMap, i: int, packed: dict[str, PackedLinear]) -> list[ShardTensor]:
+    """Layer ``i``'s tensors: the packed linear layers, and the float ones (norms, biases) as stored."""
+    quantised = {names.module(i, kind) + ".weight" for kind in packed}
+    out = [copied(src, n) for n in layer_tensor_names(names, i) if n not in quantised]
+    for kind, p in packed.items():
+        out += [from_torch(n, t) for n, t in p.tensors(names.module(i, kind)).items()]
+    return sorted(out, key=lambda t: t.name)
+
+
+def _stopwatch() -> Callable[[], float]:
+    """A function giving the seconds since its previous call (or since it was made)."""
+    last = [time.perf_counter()]
+
+    def tick() -> float:
+        now = time.perf_counter()
+        dt, last[0] = now - last[0], now
+        return dt
+
+    return tick
+
+
+def check_source(folder: Path, src: CheckpointTensors, names: TensorMap) -> None:
+    from edgeqwen.errors import CheckpointError
+
+    missing = [n for n in names.names() if n not in src]
+    if missing:
+        raise CheckpointError(f"{folder}: tensor {missing[0]} is missing (is it an already quantised checkpoint? "
+                              f"GPTQ quantises float weights)")
+
+
+def quantize(checkpoint: Path, out: Path, options: GptqOptions, rows: list[list[int]],
+             say: Callable[[str], None] = lambda s: None) -> Path:
+    """GPTQ every decoder linear layer of ``checkpoint`` on the calibration windows ``rows`` (token ids, all
+    the same length), layer by layer; the quantised checkpoint is written to ``out``, which is returned."""
+    spec = read_spec(checkpoint)
+    names = tensor_map(spec)
+    groups = [tuple(names.module(i, k) for k in g) for i in range(spec.layers) for g in INPUT_GROUPS]
+    formats = module_formats(options, groups)
+    with CheckpointTensors(checkpoint, weight_files(checkpoint)) as src:
+        check_source(checkpoint, src, names)
+        call = layer_call(checkpoint, spec, len(rows[0]))
+        sink = ShardedCheckpoint(out, spec.layers + 2)
+        states = embed(src, names, rows)
+        sink.add([copied(src, names.embed)])
+        clock = Clock(spec.layers, say)
+        for i in range(spec.layers):
+            clock.report(i, quantize_layer(src, names, i, call, states, formats, options, sink))
+        head = [names.final_norm] + ([] if spec.tied else [names.lm_head])
+        sink.add([copied(src, n) for n in head])
+    config: dict[str, Any] = {**spec.config, "quantization_config": quantization_config(options, formats)}
+    return sink.finish(checkpoint, config)
+
+
+def quantize_layer(src: CheckpointTensors, names: TensorMap, i: int, call: LayerCall, states: list[torch.Tensor],
+                   formats: dict[str, ModuleFormat], options: GptqOptions, sink: ShardedCheckpoint) -> LayerTimes:
+    """Olive's three steps on decoder layer ``i``; ``states`` become its outputs."""
+    t, tick = LayerTimes(), _stopwatch()
+    layer = build_layer(call, src, names, i)
+    t.load = tick()
+    hessians = LayerHessians()
+    hessians.attach(layer)
+    run_windows(layer, states, call, keep=False)
+    hessians.detach()
+    t.calibrate = tick()
+    packed = solve_layer(layer, hessians, formats, names, i, options)
+    t.solve = tick()
+    run_windows(layer, states, call, keep=True)
+    t.forward = tick()
+    sink.add(layer_shard(src, names, i, packed))
+    t.write = tick()
+    return t
