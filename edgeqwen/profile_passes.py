@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
+from edgeqwen.build_memory import QuantiseStep
 from edgeqwen.errors import ProfileError
 from edgeqwen.targets import TORCH_PASSES, OlivePass, TargetProfile, rtn_roles
 
@@ -21,6 +22,12 @@ BUILDER_PRECISIONS = ("fp32", "fp16", "int4")  # the ModelBuilder precisions the
 RTN_PASS = "OnnxBlockWiseRtnQuantization"
 # Olive's defaults when a PyTorch pass leaves them out (olive.passes.pytorch: 4 bits, group 128, asymmetric)
 TORCH_DEFAULTS = {"bits": 4, "group_size": 128, "sym": False}
+# Our own options on the PyTorch passes (Olive's are passed through unchanged; these are popped before).
+CALIBRATION_OPTIONS = {"calibration_samples": 32, "calibration_tokens": 512}
+# Which code runs a step: "layerwise" (edgeqwen.compiler.gptq; Gptq only, its default) or "olive" (Olive's
+# pass on the whole model in memory; the only one for Rtn and KQuant).
+IMPLEMENTATION = "implementation"
+IMPLEMENTATIONS = ("layerwise", "olive")
 
 
 @dataclass(frozen=True)
@@ -144,3 +151,29 @@ def _torch_quant(steps: list[OlivePass], where: str) -> TorchQuant:
         cfg.update({k: s.options.get(k, cfg[k]) for k in TORCH_DEFAULTS})
         overrides.update(s.options.get("overrides") or {})
     return TorchQuant(int(cfg["bits"]), int(cfg["group_size"]), bool(cfg["sym"]), overrides, tuple(steps))
+
+
+def step_implementation(type_: str, options: dict[str, Any]) -> str:
+    """Who runs a PyTorch pass: "layerwise" (Gptq's default) or "olive"; another value is refused."""
+    default = "layerwise" if type_ == "Gptq" else "olive"
+    impl = str(options.get(IMPLEMENTATION, default))
+    if impl not in IMPLEMENTATIONS or (impl == "layerwise" and type_ != "Gptq"):
+        allowed = IMPLEMENTATIONS if type_ == "Gptq" else ("olive",)
+        raise ProfileError(f"{type_}: implementation '{impl}' is not one of {', '.join(allowed)}")
+    return impl
+
+
+def step_calibration(options: dict[str, Any]) -> tuple[int, int]:
+    """(samples, tokens) of a PyTorch pass's calibration windows."""
+    samples, tokens = (int(options.get(k, v)) for k, v in CALIBRATION_OPTIONS.items())
+    return samples, tokens
+
+
+def quantise_steps(profile: TargetProfile) -> tuple[QuantiseStep, ...]:
+    """The PyTorch quantisation passes a profile runs before ModelBuilder, as their memory needs them."""
+    out = []
+    for p in profile.olive_passes:
+        if p.type not in TORCH_PASSES:
+            break
+        out.append(QuantiseStep(p.type, step_implementation(p.type, p.options), *step_calibration(p.options)))
+    return tuple(out)

@@ -19,8 +19,10 @@ ALLOWED: dict[str, set[str]] = {
     "edgeqwen.safetensors_io": {"edgeqwen.errors"},  # numpy-only reader/writer: the compiler and the reference
     "edgeqwen.extras": {"edgeqwen.errors"},
     "edgeqwen.targets": {"edgeqwen.errors", "edgeqwen.providers"},
+    # the build's peak memory from the model's shape (stdlib): what the compiler checks and the planner shows
+    "edgeqwen.build_memory": {"edgeqwen.model"},
     # a profile's passes read once (stdlib): what the exporter writes and what the planner counts
-    "edgeqwen.profile_passes": {"edgeqwen.errors", "edgeqwen.targets"},
+    "edgeqwen.profile_passes": {"edgeqwen.errors", "edgeqwen.targets", "edgeqwen.build_memory"},
     # the one description of a checkpoint (stdlib): what the compiler, the references and the planner read
     "edgeqwen.model": {"edgeqwen.errors", "edgeqwen.model"},
     "edgeqwen.artifact": {"edgeqwen.errors", "edgeqwen.model"},  # the contract carries the model's sampling record
@@ -34,10 +36,11 @@ ALLOWED: dict[str, set[str]] = {
     # plan reads profiles and bench reports (and this device's facts); it never touches the compiler
     # (shapes through edgeqwen.model's parser, the one every consumer uses)
     "edgeqwen.plan": LEAVES | {"edgeqwen.model", "edgeqwen.targets", "edgeqwen.profile_passes", "edgeqwen.bench",
-                               "edgeqwen.plan"},
+                               "edgeqwen.build_memory", "edgeqwen.plan"},
     # the OpenAI-compatible server sits on the runtime only: it can ship without the compiler
     "edgeqwen.server": LEAVES | {"edgeqwen.artifact", "edgeqwen.runtime", "edgeqwen.extras", "edgeqwen.server"},
     "edgeqwen.compiler": LEAVES | {"edgeqwen.model", "edgeqwen.targets", "edgeqwen.profile_passes", "edgeqwen.artifact",
+                                   "edgeqwen.build_memory",
                                    "edgeqwen.runtime", "edgeqwen.quality",
                                    "edgeqwen.compiler"},
 }

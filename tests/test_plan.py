@@ -216,3 +216,23 @@ def test_plan_runs_without_the_compiler_packages():
     r = subprocess.run([sys.executable, "-c", head + body], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["fits"]
+
+
+def test_plan_shows_the_builds_memory_from_the_compilers_own_model():
+    """The build column is the figure the compiler refuses on (edgeqwen.build_memory, one model): GPTQ one
+    layer at a time for cpu-int4 (Qwen3-8B: a few GiB, not the ~66 GiB of Olive's whole-model pass), the
+    streaming export for RTN profiles, whatever the size."""
+    from edgeqwen.build_memory import EXPORT_BYTES
+    from edgeqwen.compiler.torch_quant import leading_torch_passes, memory_needed
+    from edgeqwen.model.published import published_generation_config
+
+    r = _plan("--ram", "64G", "--context", "4096", "--json")
+    assert r.returncode == 0, r.stderr
+    rows = {(x["model"], x["profile"]): x for x in json.loads(r.stdout)["fits"] + json.loads(r.stdout)["rejected"]}
+    spec = parse_spec(published_config("Qwen3-8B"), published_generation_config("Qwen3-8B"))
+    steps = leading_torch_passes(list(load_profile("cpu-int4").olive_passes))
+    gptq = rows[("Qwen3-8B", "cpu-int4")]
+    assert gptq["build_bytes"] == memory_needed(0, steps, spec) and "layer by layer" in gptq["build_step"]
+    assert 2 * 2**30 < gptq["build_bytes"] < 6 * 2**30
+    fast = rows[("Qwen2.5-72B-Instruct", "cpu-int4-fast")]
+    assert fast["build_bytes"] == EXPORT_BYTES and fast["build_step"] == "export"

@@ -25,23 +25,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from edgeqwen.build_memory import WHOLE_MODEL_BASE, WHOLE_MODEL_BYTES_PER_PARAMETER, layer_dims, layerwise_peak, \
+    whole_model_bytes
 from edgeqwen.errors import CheckpointError, ProfileError
+from edgeqwen.profile_passes import CALIBRATION_OPTIONS, IMPLEMENTATION, step_calibration, step_implementation
 from edgeqwen.model.spec import ModelSpec, read_spec
 from edgeqwen.model.tensors import ATTENTION_LINEARS, MLP_LINEARS, tensor_map
 from edgeqwen.targets import TORCH_PASSES, targets_dir
 
-# Our own options on these passes (Olive's are passed through unchanged).
-CALIBRATION_OPTIONS = {"calibration_samples": 32, "calibration_tokens": 512}
-# Which code runs a step: "layerwise" (edgeqwen.compiler.gptq; Gptq only, its default) or "olive" (Olive's
-# pass on the whole model in memory; the only one for Rtn and KQuant). Popped before Olive sees the options.
-IMPLEMENTATION = "implementation"
-IMPLEMENTATIONS = ("layerwise", "olive")
-# Peak resident bytes per parameter while Olive's GPTQ runs: the model loaded as fp32 (4), the fake-quantised
-# copy of each layer, the packed result and save_pretrained's buffers. Measured on the Qwen2.5-0.5B shape
-# (fp32 checkpoint, 494M parameters): 4.87 GB peak RSS (/usr/bin/time -v) = 1.5 GiB base + 6.6 bytes per
-# parameter; 8 leaves a margin for larger hidden sizes (bigger Hessians and calibration activations).
-BYTES_PER_PARAMETER = 8.0
-BASE_BYTES = 1.5 * 2**30  # torch, transformers, Olive and the tokenizer, loaded
+# Whole-model passes' memory: edgeqwen.build_memory (the planner shows the same figure).
+BYTES_PER_PARAMETER = WHOLE_MODEL_BYTES_PER_PARAMETER
+BASE_BYTES = WHOLE_MODEL_BASE
 
 
 @dataclass(frozen=True)
@@ -62,36 +56,24 @@ def leading_torch_passes(passes: list) -> list[TorchQuantStep]:
 
 def implementation(step: TorchQuantStep) -> str:
     """Who runs ``step``: "layerwise" (Gptq's default) or "olive"."""
-    default = "layerwise" if step.type == "Gptq" else "olive"
-    impl = str(step.options.get(IMPLEMENTATION, default))
-    if impl not in IMPLEMENTATIONS or (impl == "layerwise" and step.type != "Gptq"):
-        allowed = IMPLEMENTATIONS if step.type == "Gptq" else ("olive",)
-        raise ProfileError(f"{step.type}: implementation '{impl}' is not one of {', '.join(allowed)}")
-    return impl
-
-
-def whole_model_bytes(parameters: int) -> int:
-    """Peak of an Olive pass holding the whole model."""
-    return int(parameters * BYTES_PER_PARAMETER + BASE_BYTES)
+    return step_implementation(step.type, step.options)
 
 
 def calibration(step: TorchQuantStep) -> tuple[int, int]:
     """(samples, tokens) of the step's calibration windows."""
-    return tuple(int(step.options.get(k, v)) for k, v in CALIBRATION_OPTIONS.items())  # type: ignore[return-value]
+    return step_calibration(step.options)
 
 
 def memory_needed(parameters: int, steps: list[TorchQuantStep] | None = None, spec: ModelSpec | None = None) -> int:
     """Peak bytes of the largest of ``steps`` (none given: an Olive pass on the whole model). A layer-wise
-    Gptq step's peak is one layer's (edgeqwen.compiler.gptq.memory), modelled from ``spec``; without a spec
-    it is not counted (it does not grow with the parameter count)."""
-    from edgeqwen.compiler.gptq.memory import layerwise_peak
-
+    Gptq step's peak is one layer's (edgeqwen.build_memory), modelled from ``spec``; without a spec it is
+    not counted (it does not grow with the parameter count)."""
     need = 0
     for step in steps if steps is not None else [TorchQuantStep("Rtn", {})]:
         if implementation(step) == "olive":
             need = max(need, whole_model_bytes(parameters))
         elif spec is not None:
-            need = max(need, layerwise_peak(spec, *calibration(step)).total)
+            need = max(need, layerwise_peak(layer_dims(spec), *calibration(step)).total)
     return need
 
 

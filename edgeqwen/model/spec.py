@@ -36,6 +36,8 @@ class RopeSpec:
     factor: float | None  # scaling factor of the non-default kinds
     partial_factor: float  # share of head_dim rotated (1.0: all of it)
     table: Mapping[str, Any]  # the rope_parameters / rope_scaling table as written, rope_theta included
+    sections: tuple[int, ...] = ()  # multi-axis rotary (mRoPE): rotated pairs per position axis (t, h, w)
+    interleaved: bool = False  # the axes' pairs interleaved (Qwen3.5) rather than in consecutive runs
 
     def describe(self) -> dict[str, Any]:
         """The table as transformers standardises it (a 4.x ``type`` key also named ``rope_type``)."""
@@ -49,11 +51,46 @@ class RopeSpec:
 class LayerKind:
     """What one decoder layer is: its token mixer and its feed-forward."""
 
-    mixer: str  # "full_attention" (KV cache); later "linear_attention" (a fixed recurrent state)
+    mixer: str  # "full_attention" (KV cache) | "linear_attention" (Gated DeltaNet: a fixed recurrent state)
     mlp: str  # "dense"; later "moe"
 
 
 FULL_ATTENTION = LayerKind("full_attention", "dense")
+LINEAR_ATTENTION = LayerKind("linear_attention", "dense")
+MIXERS = {"full_attention": FULL_ATTENTION, "linear_attention": LINEAR_ATTENTION}
+# The layer kinds edgeqwen's compiler writes and its runtime steps. A spec with another kind is still
+# described (the planner and the fixture makers read it) but a build refuses it in one line.
+BUILT_MIXERS = frozenset({"full_attention"})
+
+
+@dataclass(frozen=True)
+class LinearAttentionSpec:
+    """Gated DeltaNet (Qwen3.5's linear attention layers). Per layer and sequence its state has a fixed
+    size whatever the context: the causal conv's last kernel - 1 inputs [conv_dim, kernel - 1] and the
+    delta rule's recurrent state [v_heads, k_dim, v_dim]."""
+
+    k_heads: int  # linear_num_key_heads (q and k)
+    v_heads: int  # linear_num_value_heads (a multiple of k_heads: each k head serves v_heads / k_heads)
+    k_dim: int  # linear_key_head_dim
+    v_dim: int  # linear_value_head_dim
+    conv_kernel: int  # linear_conv_kernel_dim
+
+    @property
+    def key_total(self) -> int:
+        return self.k_heads * self.k_dim
+
+    @property
+    def value_total(self) -> int:
+        return self.v_heads * self.v_dim
+
+    @property
+    def conv_dim(self) -> int:
+        """Channels of in_proj_qkv and the depthwise conv: q, k and v side by side."""
+        return 2 * self.key_total + self.value_total
+
+    def state_elements(self) -> int:
+        """Floats of one layer's state for one sequence: conv window + recurrent state."""
+        return self.conv_dim * (self.conv_kernel - 1) + self.v_heads * self.k_dim * self.v_dim
 # Rope kinds whose tables do not depend on the running sequence length (the graphs hold static tables).
 STATIC_ROPE_KINDS = ("default", "linear", "yarn", "llama3")
 
@@ -81,6 +118,25 @@ class ModelSpec:
     generation: GenerationSettings  # token ids and sampling (thinking off; see generation_for)
     config: Mapping[str, Any]  # the parsed config.json, read-only: for transformers (references, rotary)
     generation_config: Mapping[str, Any]  # the parsed generation_config.json ({} if absent)
+    text_config_key: str = ""  # where the language model's fields are: "" (top level) or "text_config"
+    norm_offset: bool = False  # RMSNorm weights applied as 1 + w (Qwen3.5; stored around 0)
+    attn_output_gate: bool = False  # q_proj also emits a per-channel gate: attention output x sigmoid(gate)
+    linear_attention: LinearAttentionSpec | None = None  # the linear_attention layers' sizes
+    mtp_layers: int = 0  # multi-token-prediction layers the checkpoint carries (mtp.*; unused by transformers)
+    vision: bool = False  # a vision tower is configured (its tensors stay in the checkpoint, unused here)
+
+    @property
+    def text_config(self) -> Mapping[str, Any]:
+        """The language model's config: the top level, or its text_config (Qwen3.5's composite config)."""
+        return self.config[self.text_config_key] if self.text_config_key else self.config
+
+    def layers_of(self, mixer: str) -> list[int]:
+        """Indices of the layers whose token mixer is ``mixer``."""
+        return [i for i, k in enumerate(self.layer_kinds) if k.mixer == mixer]
+
+    def unbuilt_kinds(self) -> list[str]:
+        """The token mixers of this model the compiler has no layer writer for (empty: it builds)."""
+        return sorted({k.mixer for k in self.layer_kinds} - BUILT_MIXERS)
 
     @property
     def q_dim(self) -> int:
@@ -108,6 +164,12 @@ class ArchitectureRule:
     rotary_module: str
     tie_default: bool  # transformers' default for tie_word_embeddings in this config class
     intermediate_default: int = 22016  # transformers' default intermediate_size (Qwen2Config, Qwen3Config)
+    text_config_key: str = ""  # a composite config keeps the language model under this key
+    hybrid: bool = False  # layer_types / full_attention_interval mix linear and full attention (Qwen3.5)
+    norm_offset: bool = False
+    attn_output_gate: bool = False
+    partial_rotary_default: float = 1.0
+    head_dim_default: int = 0  # 0: hidden // heads
 
 
 RULES: dict[str, ArchitectureRule] = {
@@ -118,6 +180,20 @@ RULES: dict[str, ArchitectureRule] = {
     "Qwen3ForCausalLM": ArchitectureRule("qwen3", "qwen3", lambda c: bool(c.get("attention_bias", False)), True,
                                          "transformers.models.qwen3.modeling_qwen3:Qwen3RotaryEmbedding", False),
 }
+# Qwen3.5 (transformers models/qwen3_5): 3 of 4 layers Gated DeltaNet, every 4th gated full attention with
+# q/k norm, head_dim 256, partial multi-axis rotary; offset RMSNorm. Published as the multimodal
+# ConditionalGeneration (text under text_config; tie_word_embeddings read at the top level, where
+# transformers reads it) or text-only as ForCausalLM (Qwen3_5TextConfig at the top level).
+_QWEN35 = dict(family="qwen3_5", qkv_bias=lambda c: bool(c.get("attention_bias", False)), qk_norm=True,
+               rotary_module="transformers.models.qwen3_5.modeling_qwen3_5:Qwen3_5TextRotaryEmbedding",
+               tie_default=False, intermediate_default=12288, hybrid=True, norm_offset=True, attn_output_gate=True,
+               partial_rotary_default=0.25, head_dim_default=256)
+RULES["Qwen3_5ForConditionalGeneration"] = ArchitectureRule(model_type="qwen3_5", text_config_key="text_config",
+                                                            **_QWEN35)  # type: ignore[arg-type]
+RULES["Qwen3_5ForCausalLM"] = ArchitectureRule(model_type="qwen3_5_text", **_QWEN35)  # type: ignore[arg-type]
+# Qwen3.5's own defaults where its config leaves a linear-attention size out (Qwen3_5TextConfig)
+LINEAR_DEFAULTS = {"linear_num_key_heads": 16, "linear_num_value_heads": 32, "linear_key_head_dim": 128,
+                   "linear_value_head_dim": 128, "linear_conv_kernel_dim": 4}
 
 
 def supported() -> str:
@@ -139,6 +215,13 @@ def parse_spec(config: Mapping[str, Any], generation: Mapping[str, Any] | None =
     rule = RULES.get(arch)
     if rule is None:
         raise SpecError(f"architecture {arch} is not supported; edgeqwen builds {supported()}")
+    top = config
+    if rule.text_config_key:
+        config = config.get(rule.text_config_key)  # type: ignore[assignment]
+        if not isinstance(config, Mapping):
+            raise SpecError(f"{where}: {arch} keeps the language model under '{rule.text_config_key}', which is "
+                            f"missing or not an object")
+        where = f"{where} ({rule.text_config_key})"
     for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size"):
         if not isinstance(config.get(key), int) or isinstance(config.get(key), bool):
             raise SpecError(f"{where}: '{key}' is missing or not an integer")
@@ -147,28 +230,65 @@ def parse_spec(config: Mapping[str, Any], generation: Mapping[str, Any] | None =
                         "graphs attend over the whole context: set it false if the model was trained without it")
     hidden, heads = config["hidden_size"], config["num_attention_heads"]
     kv_heads = config.get("num_key_value_heads") or heads  # transformers: None means multi-head attention
-    head_dim = config.get("head_dim") or hidden // heads
+    head_dim = config.get("head_dim") or rule.head_dim_default or hidden // heads
     if heads % kv_heads:
         raise SpecError(f"{where}: num_attention_heads {heads} is not a multiple of num_key_value_heads {kv_heads}")
-    tied = bool(config.get("tie_word_embeddings", rule.tie_default))
+    # transformers ties by the top-level config's flag (a composite config's text_config flag is not read)
+    tied = bool(top.get("tie_word_embeddings", rule.tie_default))
     if tensor_names is not None and "lm_head.weight" not in tensor_names:
         tied = True
     generation_ids = generation_settings(dict(config), dict(generation), rule.family, False)
     layers = config["num_hidden_layers"]
+    kinds = _layer_kinds(config, layers, where) if rule.hybrid else (FULL_ATTENTION,) * layers
+    linear = _linear_attention(config, where) if LINEAR_ATTENTION in kinds else None
     return ModelSpec(
-        architecture=arch, family=rule.family, model_type=str(config.get("model_type", rule.model_type)),
+        architecture=arch, family=rule.family, model_type=str(top.get("model_type", rule.model_type)),
         hidden=hidden, layers=layers, heads=heads, kv_heads=int(kv_heads), head_dim=int(head_dim),
         intermediate=int(config.get("intermediate_size", rule.intermediate_default)), vocab=config["vocab_size"],
         rms_eps=float(config.get("rms_norm_eps", 1e-6)),
         positions=int(config.get("max_position_embeddings", 32768)),
-        qkv_bias=rule.qkv_bias(config), qk_norm=rule.qk_norm, tied=tied, rope=_rope(config, where),
-        layer_kinds=(FULL_ATTENTION,) * layers, rotary_module=rule.rotary_module, generation=generation_ids,
-        config=MappingProxyType(dict(config)), generation_config=MappingProxyType(dict(generation)),
+        qkv_bias=rule.qkv_bias(config), qk_norm=rule.qk_norm, tied=tied,
+        rope=_rope(config, where, rule.partial_rotary_default),
+        layer_kinds=kinds, rotary_module=rule.rotary_module, generation=generation_ids,
+        config=MappingProxyType(dict(top)), generation_config=MappingProxyType(dict(generation)),
+        text_config_key=rule.text_config_key, norm_offset=rule.norm_offset, attn_output_gate=rule.attn_output_gate,
+        linear_attention=linear, mtp_layers=int(config.get("mtp_num_hidden_layers", 0) or 0),
+        vision=isinstance(top.get("vision_config"), Mapping),
     )
 
 
-def _rope(config: Mapping[str, Any], where: str) -> RopeSpec:
-    """rope_parameters (transformers 5) or rope_scaling (4.x), with rope_theta beside it in either."""
+def _layer_kinds(config: Mapping[str, Any], layers: int, where: str) -> tuple[LayerKind, ...]:
+    """layer_types as written, else transformers' pattern: every full_attention_interval-th layer full."""
+    types = config.get("layer_types")
+    if types is None:
+        every = int(config.get("full_attention_interval", 4))
+        types = ["full_attention" if (i + 1) % every == 0 else "linear_attention" for i in range(layers)]
+    if not isinstance(types, list) or len(types) != layers:
+        raise SpecError(f"{where}: layer_types must list one kind per layer ({layers})")
+    unknown = sorted({str(k) for k in types} - set(MIXERS))
+    if unknown:
+        raise SpecError(f"{where}: layer kind '{unknown[0]}' is not supported (known: {', '.join(sorted(MIXERS))})")
+    if config.get("mlp_only_layers"):
+        raise SpecError(f"{where}: mlp_only_layers is a mixture-of-experts setting; dense Qwen3.5 leaves it empty")
+    return tuple(MIXERS[k] for k in types)
+
+
+def _linear_attention(config: Mapping[str, Any], where: str) -> LinearAttentionSpec:
+    d = {k: config.get(k, v) for k, v in LINEAR_DEFAULTS.items()}
+    if any(not isinstance(v, int) or isinstance(v, bool) or v < 1 for v in d.values()):
+        raise SpecError(f"{where}: the linear attention sizes ({', '.join(LINEAR_DEFAULTS)}) must be positive integers")
+    spec = LinearAttentionSpec(d["linear_num_key_heads"], d["linear_num_value_heads"], d["linear_key_head_dim"],
+                               d["linear_value_head_dim"], d["linear_conv_kernel_dim"])
+    if spec.v_heads % spec.k_heads:
+        raise SpecError(f"{where}: linear_num_value_heads {spec.v_heads} is not a multiple of linear_num_key_heads "
+                        f"{spec.k_heads}")
+    return spec
+
+
+def _rope(config: Mapping[str, Any], where: str, partial_default: float = 1.0) -> RopeSpec:
+    """rope_parameters (transformers 5) or rope_scaling (4.x), with rope_theta beside it in either; the
+    partial factor and multi-axis sections where transformers 5 reads them (inside rope_parameters, or
+    partial_rotary_factor at the top, as transformers standardises it)."""
     table = dict(config.get("rope_parameters") or config.get("rope_scaling") or {})
     if "rope_theta" in config:
         table.setdefault("rope_theta", config["rope_theta"])
@@ -177,9 +297,12 @@ def _rope(config: Mapping[str, Any], where: str) -> RopeSpec:
         raise SpecError(f"{where}: rope type '{kind}' is not supported; the exported rotary tables are static "
                         f"({', '.join(sorted(STATIC_ROPE_KINDS))})")
     factor = table.get("factor")
+    partial = table.get("partial_rotary_factor", config.get("partial_rotary_factor", partial_default))
+    sections = tuple(int(s) for s in table.get("mrope_section") or ())
     return RopeSpec(kind=kind, theta=float(table.get("rope_theta", 10000.0)),
-                    factor=None if factor is None else float(factor),
-                    partial_factor=float(config.get("partial_rotary_factor", 1.0)), table=MappingProxyType(table))
+                    factor=None if factor is None else float(factor), partial_factor=float(partial),
+                    table=MappingProxyType(table), sections=sections,
+                    interleaved=bool(table.get("mrope_interleaved", False)))
 
 
 def read_spec(folder: Path, tensor_names: Collection[str] | None = None) -> ModelSpec:

@@ -15,6 +15,19 @@ Qwen2 / Qwen3 checkpoints (transformers' state-dict names):
     model.layers.{i}.mlp.down_proj.weight          [H, I]
     model.norm.weight                              [H]
     lm_head.weight                                 [V, H]  (absent when tied: the embedding serves)
+
+Qwen3.5 (Qwen3_5ForConditionalGeneration: the text model under model.language_model., a vision tower
+under model.visual. and a multi-token-prediction layer under mtp., both left to other readers;
+Qwen3_5ForCausalLM as saved by transformers: under model., read from model.language_model. too):
+    {text}.layers.{i}.linear_attn.in_proj_qkv.weight [2 Kt + Vt, H]  q, k, v channels of the conv (Kt = k_heads x k_dim)
+    {text}.layers.{i}.linear_attn.in_proj_z.weight   [Vt, H]         the gated norm's gate (Vt = v_heads x v_dim)
+    {text}.layers.{i}.linear_attn.in_proj_{b,a}.weight [v_heads, H]  beta (write strength), a (decay input)
+    {text}.layers.{i}.linear_attn.conv1d.weight      [2 Kt + Vt, 1, kernel]  depthwise causal conv
+    {text}.layers.{i}.linear_attn.{dt_bias,A_log}    [v_heads]       decay: exp(-exp(A_log) softplus(a + dt_bias))
+    {text}.layers.{i}.linear_attn.norm.weight        [v_dim]         gated RMSNorm (plain weight, not offset)
+    {text}.layers.{i}.linear_attn.out_proj.weight    [H, Vt]
+    {text}.layers.{i}.self_attn.q_proj.weight        [2 q_dim, H]    every 4th layer: query and output gate
+    (the rest of a full-attention layer, the MLP and norms as Qwen3's; RMSNorm weights applied as 1 + w)
 """
 
 from __future__ import annotations
@@ -62,6 +75,38 @@ class LayerTensors:
         """Every weight matrix, in the order the layer applies them."""
         return self.q, self.k, self.v, self.o, self.gate, self.up, self.down
 
+    def names(self) -> list[str]:
+        return [n for n in (self.input_norm, *self.qkv, self.q_bias, self.k_bias, self.v_bias, self.q_norm,
+                            self.k_norm, self.o, self.post_norm, self.gate, self.up, self.down) if n is not None]
+
+
+@dataclass(frozen=True)
+class LinearAttentionLayerTensors:
+    """One Gated DeltaNet decoder layer's tensors (Qwen3.5's linear_attention layers)."""
+
+    input_norm: str
+    qkv: str  # in_proj_qkv [2 Kt + Vt, H]
+    z: str  # in_proj_z [Vt, H]
+    b: str  # in_proj_b [v_heads, H]
+    a: str  # in_proj_a [v_heads, H]
+    conv: str  # conv1d.weight [2 Kt + Vt, 1, kernel]
+    dt_bias: str  # [v_heads]
+    a_log: str  # A_log [v_heads]
+    norm: str  # [v_dim]
+    out: str  # out_proj [H, Vt]
+    post_norm: str
+    gate: str
+    up: str
+    down: str
+
+    def linears(self) -> tuple[str, ...]:
+        """Every weight matrix, in the order the layer applies them."""
+        return self.qkv, self.z, self.b, self.a, self.out, self.gate, self.up, self.down
+
+    def names(self) -> list[str]:
+        return [self.input_norm, self.qkv, self.z, self.b, self.a, self.conv, self.dt_bias, self.a_log, self.norm,
+                self.out, self.post_norm, self.gate, self.up, self.down]
+
 
 @dataclass(frozen=True)
 class TensorMap:
@@ -70,10 +115,24 @@ class TensorMap:
     lm_head: str  # [V, H] "lm_head.weight"; a tied checkpoint's file may leave it out (see output_matrix)
     layer_prefix: str  # "model.layers." : layer i's tensors start with f"{layer_prefix}{i}."
     tied: bool
-    layers: tuple[LayerTensors, ...]
+    layers: tuple[LayerTensors | LinearAttentionLayerTensors, ...]
+    # checkpoint prefix -> transformers' parameter prefix, where the two differ (a text-only Qwen3.5 read from
+    # a multimodal checkpoint's model.language_model.)
+    renamed: tuple[tuple[str, str], ...] = ()
+    ignored_prefixes: tuple[str, ...] = ()  # tensors the checkpoint may hold that the text model does not read
 
     def layer(self, i: int) -> LayerTensors:
-        return self.layers[i]
+        """Layer ``i``'s tensors: a full-attention layer (every layer of Qwen2 / Qwen3)."""
+        t = self.layers[i]
+        if not isinstance(t, LayerTensors):
+            raise TypeError(f"layer {i} is a linear-attention layer (linear_layer)")
+        return t
+
+    def linear_layer(self, i: int) -> LinearAttentionLayerTensors:
+        t = self.layers[i]
+        if not isinstance(t, LinearAttentionLayerTensors):
+            raise TypeError(f"layer {i} is a full-attention layer (layer)")
+        return t
 
     def module(self, i: int, linear: str) -> str:
         """The module path of a decoder linear layer (``linear`` one of ATTENTION_LINEARS + MLP_LINEARS)."""
@@ -95,13 +154,20 @@ class TensorMap:
         through this, never by assuming the two namespaces agree (transformers 5 fuses MoE experts at load)."""
         if name not in self._known:
             raise KeyError(f"{name} is not a tensor of this model")
+        for src, dst in self.renamed:
+            if name.startswith(src):
+                return dst + name[len(src):]
         return name
 
     def checkpoint_name(self, parameter: str) -> str:
         """The inverse of ``parameter``: the checkpoint tensor a transformers parameter is read from."""
-        if parameter not in self._known:
+        name = parameter
+        for src, dst in self.renamed:
+            if parameter.startswith(dst):
+                name = src + parameter[len(dst):]
+        if name not in self._known:
             raise KeyError(f"transformers parameter {parameter} has no checkpoint tensor in the tensor map")
-        return parameter
+        return name
 
     @cached_property
     def _known(self) -> frozenset[str]:
@@ -111,16 +177,15 @@ class TensorMap:
         """Every tensor the checkpoint must hold, each once (a tied table once)."""
         out = [self.embed]
         for t in self.layers:
-            out += [n for n in (t.input_norm, *t.qkv, t.q_bias, t.k_bias, t.v_bias, t.q_norm, t.k_norm, t.o,
-                                t.post_norm, t.gate, t.up, t.down) if n is not None]
+            out += t.names()
         out.append(self.final_norm)
         if not self.tied:
             out.append(self.lm_head)
         return out
 
 
-def _qwen_layer(i: int, spec: ModelSpec) -> LayerTensors:
-    p = f"model.layers.{i}"
+def _qwen_layer(i: int, spec: ModelSpec, layers: str = "model.layers.") -> LayerTensors:
+    p = f"{layers}{i}"
     a = f"{p}.self_attn"
     bias = (lambda n: f"{a}.{n}_proj.bias") if spec.qkv_bias else (lambda n: None)
     norm = (lambda n: f"{a}.{n}_norm.weight") if spec.qk_norm else (lambda n: None)
@@ -133,12 +198,40 @@ def _qwen_layer(i: int, spec: ModelSpec) -> LayerTensors:
     )
 
 
-def tensor_map(spec: ModelSpec) -> TensorMap:
-    """The names of ``spec``'s tensors (Qwen2 and Qwen3 share transformers' layout)."""
-    if spec.family not in ("qwen2", "qwen3"):
+def _linear_layer(i: int, layers: str) -> LinearAttentionLayerTensors:
+    p = f"{layers}{i}"
+    a = f"{p}.linear_attn"
+    return LinearAttentionLayerTensors(
+        input_norm=f"{p}.input_layernorm.weight", qkv=f"{a}.in_proj_qkv.weight", z=f"{a}.in_proj_z.weight",
+        b=f"{a}.in_proj_b.weight", a=f"{a}.in_proj_a.weight", conv=f"{a}.conv1d.weight", dt_bias=f"{a}.dt_bias",
+        a_log=f"{a}.A_log", norm=f"{a}.norm.weight", out=f"{a}.out_proj.weight",
+        post_norm=f"{p}.post_attention_layernorm.weight", gate=f"{p}.mlp.gate_proj.weight",
+        up=f"{p}.mlp.up_proj.weight", down=f"{p}.mlp.down_proj.weight")
+
+
+MULTIMODAL_TEXT = "model.language_model."  # Qwen3.5's text model inside the multimodal checkpoint
+QWEN35_IGNORED = ("model.visual.", "mtp.")  # the vision tower and the multi-token-prediction layer
+
+
+def tensor_map(spec: ModelSpec, present: Collection[str] | None = None) -> TensorMap:
+    """The names of ``spec``'s tensors. Qwen2 and Qwen3 share transformers' layout; Qwen3.5 adds the
+    linear-attention layers and, multimodal, the model.language_model. prefix. ``present``: the checkpoint's
+    tensor names where known (a text-only Qwen3.5 may be stored under either prefix)."""
+    if spec.family in ("qwen2", "qwen3"):
+        return TensorMap(embed=EMBED, final_norm="model.norm.weight", lm_head=LM_HEAD, layer_prefix="model.layers.",
+                         tied=spec.tied, layers=tuple(_qwen_layer(i, spec) for i in range(spec.layers)))
+    if spec.family != "qwen3_5":
         raise ValueError(f"no tensor map for family {spec.family}")
-    return TensorMap(embed=EMBED, final_norm="model.norm.weight", lm_head=LM_HEAD, layer_prefix="model.layers.",
-                     tied=spec.tied, layers=tuple(_qwen_layer(i, spec) for i in range(spec.layers)))
+    text = MULTIMODAL_TEXT if spec.text_config_key else "model."
+    renamed: tuple[tuple[str, str], ...] = ()
+    if not spec.text_config_key and present is not None and f"{MULTIMODAL_TEXT}embed_tokens.weight" in present:
+        text, renamed = MULTIMODAL_TEXT, ((MULTIMODAL_TEXT, "model."),)  # transformers strips the prefix at load
+    layers = f"{text}layers."
+    kinds = [k.mixer for k in spec.layer_kinds]
+    return TensorMap(embed=f"{text}embed_tokens.weight", final_norm=f"{text}norm.weight", lm_head=LM_HEAD,
+                     layer_prefix=layers, tied=spec.tied, renamed=renamed, ignored_prefixes=QWEN35_IGNORED,
+                     layers=tuple(_linear_layer(i, layers) if m == "linear_attention" else _qwen_layer(i, spec, layers)
+                                  for i, m in enumerate(kinds)))
 
 
 def checkpoint_layout(spec: ModelSpec) -> list[tuple[str, tuple[int, ...]]]:
@@ -147,8 +240,17 @@ def checkpoint_layout(spec: ModelSpec) -> list[tuple[str, tuple[int, ...]]]:
     names = tensor_map(spec)
     h, hd, q, kv, inter = spec.hidden, spec.head_dim, spec.q_dim, spec.kv_dim, spec.intermediate
     rows: list[tuple[str, tuple[int, ...]]] = [(names.embed, (spec.vocab, h))]
+    la = spec.linear_attention
     for t in names.layers:
-        rows += [(t.input_norm, (h,)), (t.q, (q, h)), (t.k, (kv, h)), (t.v, (kv, h))]
+        if isinstance(t, LinearAttentionLayerTensors):
+            assert la is not None
+            rows += [(t.input_norm, (h,)), (t.qkv, (la.conv_dim, h)), (t.z, (la.value_total, h)),
+                     (t.b, (la.v_heads, h)), (t.a, (la.v_heads, h)), (t.conv, (la.conv_dim, 1, la.conv_kernel)),
+                     (t.dt_bias, (la.v_heads,)), (t.a_log, (la.v_heads,)), (t.norm, (la.v_dim,)),
+                     (t.out, (h, la.value_total)), (t.post_norm, (h,)), (t.gate, (inter, h)), (t.up, (inter, h)),
+                     (t.down, (h, inter))]
+            continue
+        rows += [(t.input_norm, (h,)), (t.q, (2 * q if spec.attn_output_gate else q, h)), (t.k, (kv, h)), (t.v, (kv, h))]
         if t.q_bias is not None and t.k_bias is not None and t.v_bias is not None:
             rows += [(t.q_bias, (q,)), (t.k_bias, (kv,)), (t.v_bias, (kv,))]
         if t.q_norm is not None and t.k_norm is not None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from edgeqwen.build_memory import LayerDims
 from edgeqwen.model.published import published_config, published_generation_config, published_models
 from edgeqwen.model.spec import ModelSpec, SpecError, parse_spec
 
@@ -61,11 +62,21 @@ class Shape:
         linear = sum(c * n * k for role, c, n, k in self.linears())
         return linear + self.small_params() + (0 if self.tied else self.vocab * self.hidden)
 
+    def layer_dims(self) -> LayerDims:
+        """One decoder layer's sizes, for the build's memory (edgeqwen.build_memory)."""
+        q, kv = self.heads * self.head_size, self.kv_heads * self.head_size
+        return LayerDims(self.hidden, q, kv, self.intermediate, self.head_size, self.family == "qwen2",
+                         self.family == "qwen3")
+
     def kv_bytes_per_token(self, itemsize: int) -> int:
         return 2 * self.layers * self.kv_heads * self.head_size * itemsize
 
     @classmethod
     def of(cls, spec: ModelSpec) -> Shape:
+        """The shape of a model the compiler builds (the cost model counts full-attention layers only; a
+        hybrid model is refused with SpecError until its layers are built and measured)."""
+        if spec.unbuilt_kinds():
+            raise SpecError(f"{spec.architecture}: {', '.join(spec.unbuilt_kinds())} layers are not yet buildable")
         return cls(spec.family, spec.hidden, spec.layers, spec.heads, spec.kv_heads, spec.intermediate, spec.vocab,
                    spec.tied, spec.head_dim)
 
@@ -156,7 +167,7 @@ CATALOGUE: tuple[Model, ...] = (
     Model("Qwen/Qwen3-235B-A22B", None, 40_960, ("chat", "reasoning"),
           why_not="mixture of experts (Qwen3MoeForCausalLM): not yet buildable"),
     # Qwen3.5, made for edge devices; 262,144 positions (text_config). The stored configs (0.8B, 4B, 27B)
-    # are refused by the parser until its spec rule lands; 2B and 9B were found only in part.
+    # parse, but the compiler has no linear-attention layer writer yet; 2B and 9B were found only in part.
     *(entry(f"Qwen/Qwen3.5-{s}", ("chat", "reasoning"), QWEN3_NOTE, 262_144, QWEN35_WHY_NOT)
       for s in ("0.8B", "2B", "4B", "9B", "27B")),
     Model("Qwen/Qwen2.5-VL-3B-Instruct", None, 128_000, ("chat",),

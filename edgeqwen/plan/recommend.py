@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from edgeqwen.build_memory import build_peak
 from edgeqwen.errors import EdgeQwenError
 from edgeqwen.model.spec import SpecError
 from edgeqwen.plan.catalogue import CATALOGUE, Model, Shape
@@ -19,6 +20,7 @@ from edgeqwen.plan.model import (
     prefill_features,
 )
 from edgeqwen.plan.storage import storage
+from edgeqwen.profile_passes import quantise_steps
 from edgeqwen.targets import TargetProfile, list_profiles, load_profile
 
 
@@ -48,6 +50,8 @@ class Row:
     context: int
     fits: bool
     why_not: str  # "" when it fits
+    build_bytes: int  # peak of `edgeqwen build --no-validate` (edgeqwen.build_memory); validation runs the artifact
+    build_step: str  # the build step that sets it
 
 
 def this_device(cal: Calibration, ram_bytes: int | None) -> Device:
@@ -115,8 +119,10 @@ def _row(cal: Calibration, m: Model, p: TargetProfile, device: Device, context: 
         why.append(f"needs up to {_gb(mem_hi)} > {_gb(device.ram_bytes)}")
     if e.decode_tokens_per_s is not None and e.decode_tokens_per_s < min_tps:
         why.append(f"decode ~{e.decode_tokens_per_s:.1f} < {min_tps:g} tok/s")
+    built = build_peak(m.shape.layer_dims(), m.shape.parameters, quantise_steps(p))
     return Row(m.name, m.hub_id, p.name, p.precision, m.shape.parameters, e.size_bytes, int(e.memory_bytes),
-               e.decode_tokens_per_s, e.prefill_tokens_per_s, min(context, m.context), not why, "; ".join(why))
+               e.decode_tokens_per_s, e.prefill_tokens_per_s, min(context, m.context), not why, "; ".join(why),
+               built.bytes, built.step)
 
 
 def _gb(b: float) -> str:

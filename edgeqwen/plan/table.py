@@ -34,9 +34,10 @@ def render(result: dict[str, Any], limit: int = 15) -> str:
     fits = result["fits"]
     if fits:
         header = ["model", "profile", "size GiB", f"memory GiB {_pct(e['memory'])}",
-                  f"prefill tok/s {_pct(e['prefill'])}", f"decode tok/s {_pct(e['decode'])}"]
+                  f"prefill tok/s {_pct(e['prefill'])}", f"decode tok/s {_pct(e['decode'])}", "build GiB"]
         rows = [[r["model"], r["profile"], _gib(r["size_bytes"]), _gib(r["memory_bytes"]),
-                 _tps(r["prefill_tokens_per_s"]), _tps(r["decode_tokens_per_s"])] for r in fits[:limit]]
+                 _tps(r["prefill_tokens_per_s"]), _tps(r["decode_tokens_per_s"]), _gib(r["build_bytes"])]
+                for r in fits[:limit]]
         lines += _table(header, rows)
         if len(fits) > limit:
             lines.append(f"... and {len(fits) - limit} more that fit (--json lists all)")
@@ -44,7 +45,9 @@ def render(result: dict[str, Any], limit: int = 15) -> str:
         lines.append("Nothing in the catalogue fits; closest misses below.")
     lines += ["", f"Memory is the peak with the whole context prefilled at once; decode at half the context; "
                   f"prefill of a {result['prompt_tokens']}-token prompt. Errors: largest seen on artifacts built "
-                  f"here (`edgeqwen plan --explain`)."]
+                  f"here (`edgeqwen plan --explain`). Build: the peak of `edgeqwen build --no-validate` on the "
+                  f"machine that builds (its largest step: export, or GPTQ one layer at a time); validation then "
+                  f"runs the artifact (its memory column) and the fp32 reference one layer at a time."]
     rejected = _first_per_model(result["rejected"])
     if rejected:
         lines += ["", "Do not fit:"]
@@ -75,7 +78,11 @@ def explain(cal: Calibration, how: str) -> str:
              "+ cost per cached token.",
              "- prefill (compute-bound): s = n x (overhead + multiply-adds per token / fitted throughput) + "
              "attention's n^2 term.",
-             f"- speed on this device: {how}.", "",
+             f"- speed on this device: {how}.",
+             "- build: the peak of `edgeqwen build --no-validate` (edgeqwen/build_memory.py): the streaming export "
+             "(~0.6 GiB at any size) or the profile's PyTorch quantisation, GPTQ one decoder layer at a time (one "
+             "fp32 layer + its Hessians + the calibration states), Olive's whole-model passes 1.5 GiB + 8 bytes "
+             "per parameter.", "",
              f"Calibration device: {cal.device.get('cpu')}, {cal.device.get('usable_cores')} cores, "
              f"{cal.device.get('ram_gb')} GB RAM, onnxruntime {cal.device.get('packages', {}).get('onnxruntime')}, "
              f"onnxruntime-genai {cal.device.get('packages', {}).get('onnxruntime-genai')}.", "",

@@ -147,7 +147,8 @@ def quantize(checkpoint: Path, out: Path, options: GptqOptions, rows: list[list[
         sink.add([copied(src, names.embed)])
         clock = Clock(spec.layers, say)
         for i in range(spec.layers):
-            clock.report(i, quantize_layer(src, names, i, call, states, formats, options, sink))
+            last = i == spec.layers - 1  # its outputs feed nothing: the head is not quantised here
+            clock.report(i, quantize_layer(src, names, i, call, states, formats, options, sink, not last))
         head = [names.final_norm] + ([] if spec.tied else [names.lm_head])
         sink.add([copied(src, n) for n in head])
     config: dict[str, Any] = {**spec.config, "quantization_config": quantization_config(options, formats)}
@@ -155,8 +156,10 @@ def quantize(checkpoint: Path, out: Path, options: GptqOptions, rows: list[list[
 
 
 def quantize_layer(src: CheckpointTensors, names: TensorMap, i: int, call: LayerCall, states: list[torch.Tensor],
-                   formats: dict[str, ModuleFormat], options: GptqOptions, sink: ShardedCheckpoint) -> LayerTimes:
-    """Olive's three steps on decoder layer ``i``; ``states`` become its outputs."""
+                   formats: dict[str, ModuleFormat], options: GptqOptions, sink: ShardedCheckpoint,
+                   feed_next: bool = True) -> LayerTimes:
+    """Olive's three steps on decoder layer ``i``; ``states`` become its outputs (step 3 skipped when
+    ``feed_next`` is false: the last layer's outputs would only be thrown away)."""
     t, tick = LayerTimes(), _stopwatch()
     layer = build_layer(call, src, names, i)
     t.load = tick()
@@ -167,7 +170,8 @@ def quantize_layer(src: CheckpointTensors, names: TensorMap, i: int, call: Layer
     t.calibrate = tick()
     packed = solve_layer(layer, hessians, formats, names, i, options)
     t.solve = tick()
-    run_windows(layer, states, call, keep=True)
+    if feed_next:
+        run_windows(layer, states, call, keep=True)
     t.forward = tick()
     sink.add(layer_shard(src, names, i, packed))
     t.write = tick()

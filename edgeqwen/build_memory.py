@@ -1,0 +1,129 @@
+"""The peak memory of `edgeqwen build` (without validation), from the model's shape and the profile's steps.
+
+One model, two readers: the compiler refuses before it starts a build this machine cannot hold
+(edgeqwen.compiler.torch_quant.check_memory), and `edgeqwen plan` shows the same figure beside the
+artifact's own memory. Stdlib only (the planner runs without the compiler).
+
+A build is a sequence of steps, each freeing what it held before the next starts; its peak is the largest:
+  export       the streaming exporter: one block of rows at a time, whatever the size (measured 0.40-0.59 GB
+               peak RSS from the 0.5B to the 8B shape, 585 / 576 / 582 MB for 4 / 8 / 16 layers)
+  layer-wise   GPTQ one decoder layer at a time (edgeqwen.compiler.gptq), resident at its peak, fp32:
+    GPTQ         base          torch, transformers and Olive imported, the tokenizer loaded
+                 states        samples x tokens x hidden x 4: every window's hidden states between layers
+                 layer         its parameters x 4
+                 Hessians      hidden^2 (q/k/v) + q_dim^2 (o) + hidden^2 (gate/up) + intermediate^2 (down), x 4
+                 solve         GPTQ on the widest-input linear: the Cholesky factor and its inverse (2 K^2 x 4)
+                               and Olive's W / Q / Losses copies (3 N K x 4); the accumulation's x x^T
+                               temporary (K^2 x 4) is smaller and not at the same time
+               measured (/usr/bin/time -v, 32 x 512 windows): the Qwen2.5-0.5B shape (fp32) peaked at 1.28 GB,
+               0.76 GiB above the terms (0.43 GiB); LAYERWISE_BASE rounds that base up to 1 GiB as a margin
+  whole model  an Olive PyTorch pass on the transformers model in memory (Rtn, KQuant; Gptq with
+               implementation = "olive"): measured 4.87 GB on the 0.5B shape (fp32, 494M parameters) =
+               1.5 GiB + 6.6 bytes per parameter; 8 leaves a margin for larger hidden sizes
+Validation comes after and is not counted here: the artifact in the runtime (what running it needs), then
+the fp32 reference one layer at a time (about 1 GB on the 7B shape).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Sequence
+
+if TYPE_CHECKING:
+    from edgeqwen.model.spec import ModelSpec
+
+FP32 = 4
+EXPORT_BYTES = int(0.6 * 2**30)
+LAYERWISE_BASE = int(1.0 * 2**30)
+WHOLE_MODEL_BASE = int(1.5 * 2**30)  # torch, transformers, Olive and the tokenizer, loaded
+WHOLE_MODEL_BYTES_PER_PARAMETER = 8.0
+
+
+@dataclass(frozen=True)
+class LayerDims:
+    """What one decoder layer's GPTQ holds depends on: its projections' sizes, biases and norms."""
+
+    hidden: int
+    q_dim: int
+    kv_dim: int
+    intermediate: int
+    head_dim: int
+    qkv_bias: bool
+    qk_norm: bool
+
+    def linear_shapes(self) -> list[tuple[int, int]]:
+        """(N, K) of each decoder linear layer: q, k, v, o, gate, up, down."""
+        h, q, kv, i = self.hidden, self.q_dim, self.kv_dim, self.intermediate
+        return [(q, h), (kv, h), (kv, h), (h, q), (i, h), (i, h), (h, i)]
+
+    def parameters(self) -> int:
+        """One decoder layer's parameter count (projections, biases, norms)."""
+        n = sum(a * b for a, b in self.linear_shapes()) + 2 * self.hidden
+        n += (self.q_dim + 2 * self.kv_dim) if self.qkv_bias else 0
+        return n + (2 * self.head_dim if self.qk_norm else 0)
+
+
+def layer_dims(spec: ModelSpec) -> LayerDims:
+    return LayerDims(spec.hidden, spec.q_dim, spec.kv_dim, spec.intermediate, spec.head_dim, spec.qkv_bias,
+                     spec.qk_norm)
+
+
+@dataclass(frozen=True)
+class LayerwisePeak:
+    base: int
+    states: int
+    layer: int
+    hessians: int
+    solve: int
+
+    @property
+    def total(self) -> int:
+        return self.base + self.states + self.layer + self.hessians + self.solve
+
+
+def layerwise_peak(dims: LayerDims, samples: int, tokens: int) -> LayerwisePeak:
+    h, q, i = dims.hidden, dims.q_dim, dims.intermediate
+    shapes = dims.linear_shapes()
+    k_max = max(k for _, k in shapes)
+    nk_max = max(n * k for n, k in shapes)
+    return LayerwisePeak(base=LAYERWISE_BASE, states=samples * tokens * h * FP32, layer=dims.parameters() * FP32,
+                         hessians=(2 * h * h + q * q + i * i) * FP32, solve=(2 * k_max * k_max + 3 * nk_max) * FP32)
+
+
+def whole_model_bytes(parameters: int) -> int:
+    """Peak of an Olive pass holding the whole model."""
+    return int(parameters * WHOLE_MODEL_BYTES_PER_PARAMETER + WHOLE_MODEL_BASE)
+
+
+@dataclass(frozen=True)
+class QuantiseStep:
+    """One PyTorch quantisation step of a profile, as far as its memory goes."""
+
+    type: str  # Olive's pass type: Gptq, Rtn, KQuant
+    implementation: str  # "layerwise" (edgeqwen.compiler.gptq) or "olive" (the whole model in memory)
+    samples: int  # calibration windows
+    tokens: int  # tokens per window
+
+
+def step_bytes(step: QuantiseStep, dims: LayerDims, parameters: int) -> int:
+    if step.implementation == "olive":
+        return whole_model_bytes(parameters)
+    return layerwise_peak(dims, step.samples, step.tokens).total
+
+
+@dataclass(frozen=True)
+class BuildPeak:
+    """The build's peak (validation apart) and the step that sets it."""
+
+    bytes: int
+    step: str  # "export", or the quantisation step's type and implementation
+
+
+def build_peak(dims: LayerDims, parameters: int, steps: Sequence[QuantiseStep]) -> BuildPeak:
+    """The largest of the steps' peaks: each frees what it held before the next one runs."""
+    peak = BuildPeak(EXPORT_BYTES, "export")
+    for s in steps:
+        need = step_bytes(s, dims, parameters)
+        if need > peak.bytes:
+            peak = BuildPeak(need, f"{s.type} ({'layer by layer' if s.implementation == 'layerwise' else 'whole model'})")
+    return peak
