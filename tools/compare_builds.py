@@ -52,7 +52,7 @@ def build_all(out: Path, checkpoints: Path, fixtures: list[str], profiles: list[
         ck = _checkpoint(name, checkpoints)
         for profile in profiles:
             dest = out / name / profile
-            if not (dest / "manifest.json").is_file() and not dest.with_suffix(".refused").is_file():
+            if not (dest / "edgeqwen.json").is_file() and not dest.with_suffix(".refused").is_file():
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 try:
                     build(str(ck), profile, dest, quiet=True, loss_text=False)
