@@ -47,14 +47,17 @@ def test_catalogue_parameter_counts_are_transformers_own(model):
 @pytest.mark.parametrize("name", published_models())
 def test_catalogue_shapes_are_read_from_the_stored_published_configs(name):
     """Every stored published config is in the catalogue: one the parser builds gives its entry the shape, the
-    context and the parameter count transformers gives that very file; one the parser refuses (an architecture
-    not built yet) makes its entry unbuildable, the parser's reason in one line."""
+    context and the parameter count transformers gives that very file; one the parser refuses, or whose layer
+    kinds the compiler does not build yet (Qwen3.5), makes its entry unbuildable, the reason in one line."""
     m, config = find(name), published_config(name)
     assert m.shape_from == f"{name}/config.json"
     try:
         spec = parse_spec(config)
     except SpecError as e:
         assert m.shape is None and m.why_not and "\n" not in str(e)
+        return
+    if spec.unbuilt_kinds():  # described (Qwen3.5), not yet built: unbuildable, the reason in one line
+        assert m.shape is None and "not yet buildable" in m.why_not and "\n" not in m.why_not
         return
     assert (m.shape, m.context) == (Shape.of(spec), spec.positions)
     import torch
