@@ -174,19 +174,20 @@ print(next(int(line.split()[1]) for line in open("/proc/self/status") if line.st
 
 
 def _small_calibration_gptq(folder: Path) -> Path:
-    """cpu-int4 as shipped but calibrated on 8 x 256 tokens (what grows with the layer count is the same;
+    """cpu-int4 as shipped but calibrated on 4 x 128 tokens (what grows with the layer count is the same;
     the calibration states are a constant term: samples x tokens x hidden x 4 bytes)."""
     text = (targets_dir() / "cpu-int4.toml").read_text().replace('name = "cpu-int4"', 'name = "gptq-small"')
-    text = text.replace("calibration_samples = 32", "calibration_samples = 8")
+    text = text.replace("calibration_samples = 32", "calibration_samples = 4")
     path = folder / "gptq-small.toml"
-    path.write_text(text.replace("calibration_tokens = 512", "calibration_tokens = 256"))
+    path.write_text(text.replace("calibration_tokens = 512", "calibration_tokens = 128"))
     return path
 
 
-# Peak growth allowed from 4 to 8 layers of the 0.5B shape (8 more 15M-parameter layers, 60 MB in fp32).
-# Streaming export: measured 585, 576 and 582 MB for 4, 8 and 16 layers. Layer-wise GPTQ (8 x 256
-# windows): measured 1217 and 1220 MB for 4 and 8 layers (streaming export in the same run: 693, 692); the bound leaves the allocator's slack, far below one more
-# layer per layer (what a pass holding the model adds: 4 x 60 MB and more).
+# Peak growth allowed when the 0.5B shape's layer count doubles (each 15M-parameter layer is 60 MB in fp32).
+# Streaming export, 4 -> 8 layers: measured 585, 576 and 582 MB for 4, 8 and 16 layers (693, 692 in a later
+# run). Layer-wise GPTQ: 1217 -> 1220 MB for 4 -> 8 layers at 8 x 256 windows, 1105 -> 1110 MB for 2 -> 4
+# at 4 x 128 (what runs here). The bound leaves the allocator's slack, far below one more layer per layer
+# (what a pass holding the model adds: 60 MB a layer and more).
 GROWTH_MB = {"cpu-int4-fast": 48, "gptq": 64}
 
 
@@ -198,9 +199,10 @@ def test_build_memory_does_not_grow_with_the_layer_count(tmp_path, profile):
     the quality-first cpu-int4)."""
     target = str(_small_calibration_gptq(tmp_path)) if profile == "gptq" else profile
     peaks = {}
-    for layers in (4, 8):
+    few = 2 if profile == "gptq" else 4  # GPTQ's time is per layer: 2 -> 4 keeps the suite's budget
+    for layers in (few, 2 * few):
         r = subprocess.run([sys.executable, "-c", PEAK, str(tmp_path / f"l{layers}"), str(layers), target],
                            capture_output=True, text=True, check=True)
         peaks[layers] = int(r.stdout.split()[-1])
     print(f"peak RSS MB by layer count ({profile}): {peaks}")
-    assert peaks[8] - peaks[4] < GROWTH_MB[profile], peaks
+    assert peaks[2 * few] - peaks[few] < GROWTH_MB[profile], peaks
