@@ -111,9 +111,12 @@ class QuantiseStep:
     tokens: int  # tokens per window
 
 
-def step_bytes(step: QuantiseStep, dims: LayerDims, parameters: int) -> int:
+def step_bytes(step: QuantiseStep, dims: LayerDims | None, parameters: int) -> int:
+    """Peak of one step: the whole model's for Olive's passes, one layer's (``dims``) for layer-wise GPTQ."""
     if step.implementation == "olive":
         return whole_model_bytes(parameters)
+    if dims is None:
+        raise ValueError("a layer-wise step's peak needs the layer's dimensions")
     return layerwise_peak(dims, step.samples, step.tokens).total
 
 

@@ -25,18 +25,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from edgeqwen.build_memory import WHOLE_MODEL_BASE, WHOLE_MODEL_BYTES_PER_PARAMETER, layer_dims, layerwise_peak, \
-    whole_model_bytes
+from edgeqwen.build_memory import WHOLE_MODEL_BASE, WHOLE_MODEL_BYTES_PER_PARAMETER, QuantiseStep, layer_dims, \
+    step_bytes, whole_model_bytes
 from edgeqwen.errors import CheckpointError, ProfileError
 from edgeqwen.profile_passes import CALIBRATION_OPTIONS, IMPLEMENTATION, step_calibration, step_implementation
 from edgeqwen.model.spec import ModelSpec, read_spec
 from edgeqwen.model.tensors import ATTENTION_LINEARS, MLP_LINEARS, tensor_map
 from edgeqwen.targets import TORCH_PASSES, targets_dir
-
-# Whole-model passes' memory: edgeqwen.build_memory (the planner shows the same figure).
-BYTES_PER_PARAMETER = WHOLE_MODEL_BYTES_PER_PARAMETER
-BASE_BYTES = WHOLE_MODEL_BASE
-
 
 @dataclass(frozen=True)
 class TorchQuantStep:
@@ -70,10 +65,9 @@ def memory_needed(parameters: int, steps: list[TorchQuantStep] | None = None, sp
     not counted (it does not grow with the parameter count)."""
     need = 0
     for step in steps if steps is not None else [TorchQuantStep("Rtn", {})]:
-        if implementation(step) == "olive":
-            need = max(need, whole_model_bytes(parameters))
-        elif spec is not None:
-            need = max(need, layerwise_peak(layer_dims(spec), *calibration(step)).total)
+        s = QuantiseStep(step.type, implementation(step), *calibration(step))
+        if s.implementation == "olive" or spec is not None:
+            need = max(need, step_bytes(s, layer_dims(spec) if spec is not None else None, parameters))
     return need
 
 
@@ -99,7 +93,7 @@ def check_memory(steps: list[TorchQuantStep], parameters: int, profile: str, ava
     whole = [s for s in steps if implementation(s) == "olive"]
     if whole and whole_model_bytes(parameters) > have:
         need = whole_model_bytes(parameters)
-        largest = max(0.0, (have - BASE_BYTES) / BYTES_PER_PARAMETER)
+        largest = max(0.0, (have - WHOLE_MODEL_BASE) / WHOLE_MODEL_BYTES_PER_PARAMETER)
         kinds = "/".join(s.type for s in whole)
         raise CheckpointError(
             f"profile {profile} runs Olive's {kinds} pass on the whole model in memory: {parameters / 1e9:.2f}B "
