@@ -91,6 +91,8 @@ class LinearAttentionSpec:
     def state_elements(self) -> int:
         """Floats of one layer's state for one sequence: conv window + recurrent state."""
         return self.conv_dim * (self.conv_kernel - 1) + self.v_heads * self.k_dim * self.v_dim
+
+
 # Rope kinds whose tables do not depend on the running sequence length (the graphs hold static tables).
 STATIC_ROPE_KINDS = ("default", "linear", "yarn", "llama3")
 
@@ -98,7 +100,7 @@ STATIC_ROPE_KINDS = ("default", "linear", "yarn", "llama3")
 @dataclass(frozen=True)
 class ModelSpec:
     architecture: str  # config.json's architectures[0], e.g. "Qwen2ForCausalLM"
-    family: str  # "qwen2" | "qwen3": chat template behaviour, thinking support
+    family: str  # "qwen2" | "qwen3" | "qwen3_5": chat template behaviour, thinking support
     model_type: str
     hidden: int
     layers: int
@@ -152,7 +154,7 @@ class ModelSpec:
 
     def generation_for(self, thinking: bool) -> GenerationSettings:
         """Token ids and sampling for an artifact whose chat template thinks (or not)."""
-        return generation_settings(dict(self.config), dict(self.generation_config), self.family, thinking)
+        return generation_settings(dict(self.text_config), dict(self.generation_config), self.family, thinking)
 
 
 @dataclass(frozen=True)
