@@ -84,7 +84,7 @@ def special_tokens(folder: Path) -> dict[str, int]:
 def common_runtime(ckpt: Checkpoint, profile: TargetProfile, template: str, specials: dict[str, int]) -> dict[str, Any]:
     """The runtime fields every backend shares: provider, tokenizer and chat settings, session settings,
     the checkpoint's pad token and recommended sampling."""
-    thinking = ckpt.family == "qwen3" and "think_start" in specials
+    thinking = ckpt.family in ("qwen3", "qwen3_5") and "think_start" in specials
     gen = generation_settings_of(ckpt, thinking)
     return dict(
         backend=profile.backend,

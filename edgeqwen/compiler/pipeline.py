@@ -25,6 +25,7 @@ from edgeqwen.compiler.adapter import (
 from edgeqwen.compiler.adapter import merge as merge_adapter
 from edgeqwen.compiler.checkpoint import Checkpoint, check_complete, open_checkpoint
 from edgeqwen.compiler.flows import FlowOutput, get_flow, known_flows
+from edgeqwen.compiler.flows.genai import refuse_hybrid
 from edgeqwen.compiler.torch_quant import leading_torch_passes
 from edgeqwen.compiler.progress import Progress
 from edgeqwen.errors import ProfileError, ValidationFailed
@@ -84,6 +85,7 @@ def build(model: str, target: str, out: Path | None = None, *, validate: bool = 
         progress.say(f"    {ckpt.architecture} ({ckpt.family}), {ckpt.parameter_count / 1e6:.1f}M parameters, "
                      f"{ckpt.dtype}, tied embeddings: {ckpt.tied_embeddings}")
         lora = _open_lora(adapter, adapter_scale, ckpt)
+        refuse_hybrid(ckpt, profile, exporter)
     name = Path(ckpt.model_id).name + (f"+{lora.path.name}" if lora else "")
     out = Path(out) if out else Path(f"{name}-{profile.name}")
     with staged_folder(out, force=force, wait=wait) as stage:

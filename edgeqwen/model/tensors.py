@@ -116,8 +116,8 @@ class TensorMap:
     layer_prefix: str  # "model.layers." : layer i's tensors start with f"{layer_prefix}{i}."
     tied: bool
     layers: tuple[LayerTensors | LinearAttentionLayerTensors, ...]
-    # checkpoint prefix -> transformers' parameter prefix, where the two differ (a text-only Qwen3.5 read from
-    # a multimodal checkpoint's model.language_model.)
+    # checkpoint prefix -> the prefix of the parameter in the text model the references load, where the two
+    # differ (Qwen3.5's model.language_model.)
     renamed: tuple[tuple[str, str], ...] = ()
     ignored_prefixes: tuple[str, ...] = ()  # tensors the checkpoint may hold that the text model does not read
 
@@ -222,10 +222,12 @@ def tensor_map(spec: ModelSpec, present: Collection[str] | None = None) -> Tenso
                          tied=spec.tied, layers=tuple(_qwen_layer(i, spec) for i in range(spec.layers)))
     if spec.family != "qwen3_5":
         raise ValueError(f"no tensor map for family {spec.family}")
+    # The references load the text model (AutoModelForCausalLM gives Qwen3_5ForCausalLM, also from a multimodal
+    # checkpoint), whose parameters are under model.: transformers strips model.language_model. at load
     text = MULTIMODAL_TEXT if spec.text_config_key else "model."
-    renamed: tuple[tuple[str, str], ...] = ()
     if not spec.text_config_key and present is not None and f"{MULTIMODAL_TEXT}embed_tokens.weight" in present:
-        text, renamed = MULTIMODAL_TEXT, ((MULTIMODAL_TEXT, "model."),)  # transformers strips the prefix at load
+        text = MULTIMODAL_TEXT
+    renamed = ((MULTIMODAL_TEXT, "model."),) if text == MULTIMODAL_TEXT else ()
     layers = f"{text}layers."
     kinds = [k.mixer for k in spec.layer_kinds]
     return TensorMap(embed=f"{text}embed_tokens.weight", final_norm=f"{text}norm.weight", lm_head=LM_HEAD,

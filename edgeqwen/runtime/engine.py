@@ -147,6 +147,15 @@ class Engine:
             state.in_reasoning = True
         return state
 
+    def turn_marks(self, ids: Sequence[int], keep: int) -> tuple[int, ...]:
+        """Where a chat prompt's fed part (``ids[keep:]``) should also leave a snapshot of a state that cannot
+        be cut back: before the last <|im_start|>, the assistant turn's header. The history up to there is
+        what the next turn's prompt repeats, even where the template re-renders this turn's answer (Qwen3 and
+        Qwen3.5 drop its think block), so the next turn restores it and feeds the answer and the new message."""
+        start = self.runtime.special_tokens.get("im_start")
+        last = max((i for i, t in enumerate(ids) if t == start), default=-1)
+        return (last - keep,) if last > keep else ()
+
     def _stop_ids(self, req: Request, chat: bool) -> set[int]:
         ids = set(self.eos_ids) | set(req.stop_tokens)
         if chat and self.im_end is not None:
@@ -184,7 +193,7 @@ class Engine:
         # a state that cannot be cut back keeps a light snapshot where this prompt ends (a turn boundary)
         mark = (lambda: marks.append(state.snapshot(kv=False))) if cache and not state.truncatable else None
         events = run(self, state, ids[taken.keep:], req, self._thinking(ids), self._stop_ids(req, chat),
-                     cached=taken.keep, after_prefill=mark)
+                     cached=taken.keep, after_prefill=mark, mark_at=self.turn_marks(ids, taken.keep) if chat else ())
         park = (lambda: cache.park(state, marks)) if cache else None
         return Stream(_closing(events, state, park), req)
 

@@ -86,11 +86,12 @@ class Stream:
 
 
 def run(engine, state, new_ids: list[int], req: Request, thinking: ThinkingState | None,
-        stop_ids: set[int], cached: int = 0, after_prefill: Callable[[], None] | None = None
-        ) -> Iterator[Delta | Result]:
+        stop_ids: set[int], cached: int = 0, after_prefill: Callable[[], None] | None = None,
+        mark_at: Sequence[int] = ()) -> Iterator[Delta | Result]:
     """Feed ``new_ids`` to ``state`` and generate; yields Deltas, then one Result. ``cached``: the prompt
     tokens the state already held (reported); ``after_prefill``: called once the prompt is in (a turn
-    boundary: where a caller keeps a snapshot)."""
+    boundary: where a caller keeps a snapshot), and also after the first ``p`` tokens of ``new_ids`` for
+    each ``p`` in ``mark_at`` (the prompt then goes in as several appends, split there)."""
     sampler = Sampler(req.sampling)
     decoders = {"content": IncrementalDecoder(engine.tokenizer), "reasoning": IncrementalDecoder(engine.tokenizer)}
     stops = StopStrings(req.stop)
@@ -111,7 +112,12 @@ def run(engine, state, new_ids: list[int], req: Request, thinking: ThinkingState
             yield Delta(kind, text)
 
     t0 = time.perf_counter()
-    logits = state.append(new_ids)
+    done = 0
+    for p in sorted({p for p in mark_at if 0 < p < len(new_ids)} if after_prefill is not None else ()):
+        state.append(new_ids[done:p])
+        after_prefill()
+        done = p
+    logits = state.append(new_ids[done:])
     if after_prefill is not None:
         after_prefill()
     t_prefill = time.perf_counter()

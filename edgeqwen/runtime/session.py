@@ -5,7 +5,8 @@ matches the new prompt's tokens and feeds only the rest. Where the template rewr
 (Qwen3 drops earlier reasoning), the cache is rewound to where the texts part, so a turn always
 computes exactly what a fresh run over the whole conversation computes. A state that cannot be
 cut back (fixed-size recurrent layers, ``State.truncatable`` False) keeps a light snapshot where each
-turn's prompt ends (``State.snapshot``): a history that parts from the cached one restores the last
+turn's prompt ends and where its assistant header starts (``State.snapshot``; the template may re-render
+the answer, but not what precedes it): a history that parts from the cached one restores the last
 snapshot before the difference and feeds the rest (an edited or dropped answer costs that answer, not
 the conversation); without snapshots it starts over and prefills the whole prompt.
 """
@@ -59,7 +60,7 @@ class ChatSession:
         state = self.state
         mark = None if state.truncatable or not state.snapshots else lambda: self._mark(state.snapshot(kv=False))
         events = run(engine, state, ids[keep:], req, engine._thinking(ids), engine._stop_ids(req, chat=True),
-                     cached=keep, after_prefill=mark)
+                     cached=keep, after_prefill=mark, mark_at=engine.turn_marks(ids, keep))
         return _TurnStream(events, req, self, messages)
 
     def _back_to(self, keep: int, capacity: int) -> int:

@@ -23,19 +23,22 @@ QWEN_VOCAB = 151_936  # Qwen pads the 151,665 used ids to a multiple of 128 (…
 # and lacks the ones it lacks (Qwen2.5-0.5B-Instruct's config.json has no pad_token_id).
 # the keys that are sizes: the only ones a fixture changes
 SIZE_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
-             "head_dim", "max_position_embeddings", "vocab_size", "max_window_layers", "sliding_window")
+             "head_dim", "max_position_embeddings", "vocab_size", "max_window_layers", "sliding_window",
+             # Qwen3.5: the linear-attention sizes, the layer pattern cut to the layer count, the vision tower's sizes
+             "linear_num_key_heads", "linear_num_value_heads", "linear_key_head_dim", "linear_value_head_dim",
+             "layer_types", "depth", "num_heads", "out_hidden_size")
+# A tiny vision tower (Qwen3.5 ships one in every checkpoint; text builds leave it unread)
+TINY_VISION = {"depth": 1, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2}
 
 
-def published(model: str) -> tuple[dict, dict]:
-    """(config.json, generation_config.json) of the published model ``model``: a fixture needs both."""
+def published(model: str) -> tuple[dict, dict | None]:
+    """(config.json, generation_config.json or None) of the published model ``model``. None where no copy of
+    its generation_config.json was found (Qwen3.5): the fixture then ships none, rather than one invented."""
     try:
         config = published_config(model)
     except KeyError as e:
         raise ValueError(e.args[0]) from None
-    generation = published_generation_config(model)
-    if generation is None:
-        raise ValueError(f"{model}: no published generation_config.json is stored; a fixture needs one")
-    return config, generation
+    return config, published_generation_config(model)
 
 
 @dataclass(frozen=True)
@@ -55,10 +58,18 @@ class FixtureSpec:
     block_gain: float = 2.0  # projection std = gain / sqrt(fan_in)
     vocab: int | None = None  # None = as published
     streamed: bool = False  # written tensor by tensor in bf16 (edgeqwen.testmodels.streamed): large shapes
+    # Qwen3.5's linear-attention layers: (key heads, value heads, key head dim, value head dim); None = as published
+    linear: tuple[int, int, int, int] | None = None
+    mtp: bool = True  # Qwen3.5: also write the multi-token-prediction tensors the published checkpoints carry
 
     @property
     def base(self) -> dict:
         return published(self.published)[0]
+
+    @property
+    def text_base(self) -> dict:
+        """The published language-model config: the top level, or Qwen3.5's text_config."""
+        return self.base.get("text_config", self.base)
 
     @property
     def model_spec(self) -> ModelSpec:
@@ -75,11 +86,11 @@ class FixtureSpec:
 
     @property
     def vocab_size(self) -> int:
-        return self.vocab or self.base["vocab_size"]
+        return self.vocab or self.text_base["vocab_size"]
 
     @property
     def positions(self) -> int:
-        return self.max_positions or self.base["max_position_embeddings"]
+        return self.max_positions or self.text_base["max_position_embeddings"]
 
 
 FIXTURES: dict[str, FixtureSpec] = {
@@ -109,13 +120,34 @@ FIXTURES: dict[str, FixtureSpec] = {
         FixtureSpec("qwen2.5-3b-shape", "Qwen2.5-0.5B-Instruct", 2048, 36, 16, 2, 11008, seed=10, streamed=True),
         FixtureSpec("qwen2.5-7b-shape", "Qwen2.5-7B-Instruct", 3584, 28, 28, 4, 18944, seed=8, streamed=True),
         FixtureSpec("qwen3-8b-shape", "Qwen3-8B", 4096, 36, 32, 8, 12288, head_dim=128, seed=9, streamed=True),
+        # Qwen3.5 (hybrid: 3 Gated DeltaNet layers, then 1 gated full-attention layer), multimodal checkpoints
+        # as published (vision tower and mtp layer present, unread by text builds). Tied as the 0.8B-4B models,
+        # value heads = key heads as the 0.8B; untied as the 27B, two value heads per key head as the 4B-27B.
+        FixtureSpec("tiny-qwen3.5", "Qwen3.5-0.8B", 64, 4, 4, 2, 128, head_dim=64, max_positions=2048, seed=14,
+                    linear=(2, 2, 32, 32)),
+        FixtureSpec("tiny-qwen3.5-untied", "Qwen3.5-27B", 64, 8, 4, 2, 128, head_dim=64, max_positions=2048,
+                    seed=15, linear=(2, 4, 32, 32)),
     ]
 }
 
 
 def config_dict(spec: FixtureSpec, dtype: str = "float32") -> dict:
     """The fixture's config.json: the published one with only its sizes (and the weights' dtype) changed."""
-    cfg = dict(spec.base)
+    cfg = json.loads(json.dumps(spec.base))  # a deep copy: Qwen3.5 nests text_config and vision_config
+    text = cfg.get("text_config", cfg)
+    _resize_text(spec, text, dtype)
+    if "vision_config" in cfg:
+        vision = cfg["vision_config"]
+        vision.update(TINY_VISION, out_hidden_size=spec.hidden)
+        assert set(TINY_VISION) | {"out_hidden_size"} <= set(SIZE_KEYS) | {"intermediate_size", "hidden_size"}
+    for key in ("torch_dtype", "dtype"):
+        if key in cfg:
+            cfg[key] = dtype
+    return cfg
+
+
+def _resize_text(spec: FixtureSpec, cfg: dict, dtype: str) -> None:
+    """The language model's sizes in place (the top-level config, or Qwen3.5's text_config)."""
     sizes = {"hidden_size": spec.hidden, "intermediate_size": spec.intermediate, "num_hidden_layers": spec.layers,
              "num_attention_heads": spec.heads, "num_key_value_heads": spec.kv_heads,
              "max_position_embeddings": spec.positions, "vocab_size": spec.vocab_size}
@@ -125,6 +157,12 @@ def config_dict(spec: FixtureSpec, dtype: str = "float32") -> dict:
         sizes["max_window_layers"] = min(cfg["max_window_layers"], spec.layers)
     if cfg.get("sliding_window") is not None:
         sizes["sliding_window"] = min(cfg["sliding_window"], spec.positions)
+    if "layer_types" in cfg:  # the published pattern (3 linear, 1 full, ...) cut to the fixture's layers
+        sizes["layer_types"] = list(cfg["layer_types"][:spec.layers])
+    if spec.linear is not None:
+        for key, value in zip(("linear_num_key_heads", "linear_num_value_heads", "linear_key_head_dim",
+                               "linear_value_head_dim"), spec.linear):
+            sizes[key] = value
     assert set(sizes) <= set(SIZE_KEYS)
     cfg.update(sizes)
     for key in ("torch_dtype", "dtype"):
@@ -132,12 +170,11 @@ def config_dict(spec: FixtureSpec, dtype: str = "float32") -> dict:
             cfg[key] = dtype
     if spec.rope_scaling:
         cfg["rope_scaling"] = dict(spec.rope_scaling)
-    return cfg
 
 
 def generation_config_dict(spec: FixtureSpec) -> dict:
-    """The published generation_config.json, as it is (it has no sizes)."""
-    return dict(published(spec.published)[1])
+    """The published generation_config.json, as it is (it has no sizes); {} where none is stored."""
+    return dict(published(spec.published)[1] or {})
 
 
 def _config(spec: FixtureSpec, dtype: str = "float32"):
@@ -148,10 +185,22 @@ def _config(spec: FixtureSpec, dtype: str = "float32"):
                                    if k not in ("transformers_version",)})
 
 
-def weight_kind(name: str) -> str:
-    """The initialisation rule a checkpoint tensor follows: "norm", "bias", "embed" or "proj"."""
-    if name.endswith("norm.weight"):
-        return "norm"
+# Qwen3.5's RMSNorms are applied as 1 + w (weights stored around 0), except the linear-attention layers'
+# gated norm (plain weight around 1) and the vision tower's LayerNorms
+_PLAIN_NORMS = ("linear_attn.norm.weight", "visual.")
+
+
+def weight_kind(name: str, norm_offset: bool = False) -> str:
+    """The initialisation rule a checkpoint tensor follows: "norm", "offset_norm", "bias", "embed", "proj",
+    or Qwen3.5's "A_log", "dt_bias" and "conv"."""
+    if name.endswith("norm.weight") or name.endswith("_norm_embedding.weight") or name.endswith("_norm_hidden.weight"):
+        return "offset_norm" if norm_offset and not any(p in name for p in _PLAIN_NORMS) else "norm"
+    if name.endswith(".A_log"):
+        return "A_log"
+    if name.endswith(".dt_bias"):
+        return "dt_bias"
+    if name.endswith("conv1d.weight"):
+        return "conv"
     if name.endswith(".bias"):
         return "bias"
     if "embed" in name or "lm_head" in name:
@@ -165,6 +214,17 @@ def scaled(x, kind: str, spec: FixtureSpec, fan_in: int):
     if kind == "norm":
         # RMSNorm gains around 1 with some spread, so q_norm/k_norm are not identities.
         return 1.0 + 0.1 * x
+    if kind == "offset_norm":  # the same gains, stored as w of 1 + w
+        return 0.1 * x
+    if kind == "A_log":
+        # decay rates exp(A_log) spread over about 0.05..10 as transformers' uniform(0.01, 16) init does,
+        # from a normal draw: log-rates around 0 with std 1.2
+        return 1.2 * x
+    if kind == "dt_bias":
+        return 0.5 * x
+    if kind == "conv":
+        # the depthwise conv's taps [C, 1, kernel]: each channel's output about the size of its input
+        return 0.5 * x
     if kind == "bias":
         # Qwen2's q/k/v biases: visibly non-zero so a dropped bias breaks parity.
         return 0.5 * x
@@ -180,9 +240,10 @@ def _init_weights(model, spec: FixtureSpec) -> None:
     import torch
 
     gen = torch.Generator().manual_seed(spec.seed)
+    offset = spec.model_spec.norm_offset
     with torch.no_grad():
         for name, p in model.named_parameters():
-            p.copy_(scaled(torch.randn(p.shape, generator=gen), weight_kind(name), spec, p.shape[-1]))
+            p.copy_(scaled(torch.randn(p.shape, generator=gen), weight_kind(name, offset), spec, p.shape[-1]))
 
 
 def make_checkpoint(name: str, out_dir: Path, dtype: str = "float32", log=lambda s: None,
@@ -197,13 +258,45 @@ def make_checkpoint(name: str, out_dir: Path, dtype: str = "float32", log=lambda
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(spec.seed)
-    model = AutoModelForCausalLM.from_config(_config(spec), dtype=torch.float32)
+    config = _config(spec)
+    if getattr(config, "text_config", None) is not None:  # Qwen3.5 as published: the multimodal class
+        import transformers
+
+        model = getattr(transformers, config.architectures[0])._from_config(config, dtype=torch.float32)
+    else:
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     _init_weights(model, spec)
     if spec.tied:
         model.tie_weights()
     model = model.to(getattr(torch, dtype))
     model.save_pretrained(out_dir, safe_serialization=True)
+    if spec.model_spec.mtp_layers and spec.mtp:
+        _add_mtp(spec, out_dir, dtype)
     return _side_files(spec, out_dir, dtype)
+
+
+def _add_mtp(spec: FixtureSpec, out_dir: Path, dtype: str) -> None:
+    """The multi-token-prediction layer's tensors (mtp.*) the published Qwen3.5 checkpoints carry beside the
+    model transformers builds (which ignores them), added to the saved file as a real checkpoint holds them."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    h, inter = spec.hidden, spec.intermediate
+    ms = spec.model_spec
+    shapes = {"mtp.fc.weight": (h, 2 * h), "mtp.pre_fc_norm_embedding.weight": (h,), "mtp.pre_fc_norm_hidden.weight": (h,),
+              "mtp.norm.weight": (h,), "mtp.layers.0.input_layernorm.weight": (h,),
+              "mtp.layers.0.self_attn.q_proj.weight": (2 * ms.q_dim, h), "mtp.layers.0.self_attn.k_proj.weight": (ms.kv_dim, h),
+              "mtp.layers.0.self_attn.v_proj.weight": (ms.kv_dim, h), "mtp.layers.0.self_attn.o_proj.weight": (h, ms.q_dim),
+              "mtp.layers.0.self_attn.q_norm.weight": (ms.head_dim,), "mtp.layers.0.self_attn.k_norm.weight": (ms.head_dim,),
+              "mtp.layers.0.post_attention_layernorm.weight": (h,), "mtp.layers.0.mlp.gate_proj.weight": (inter, h),
+              "mtp.layers.0.mlp.up_proj.weight": (inter, h), "mtp.layers.0.mlp.down_proj.weight": (h, inter)}
+    gen = torch.Generator().manual_seed(spec.seed + 1000)
+    path = out_dir / "model.safetensors"
+    tensors = load_file(str(path))
+    for name, shape in shapes.items():
+        x = scaled(torch.randn(shape, generator=gen), weight_kind(name, ms.norm_offset), spec, shape[-1])
+        tensors[name] = x.to(getattr(torch, dtype)).contiguous()
+    save_file(tensors, str(path), metadata={"format": "pt"})
 
 
 def _make_streamed(spec: FixtureSpec, out_dir: Path, dtype: str, log) -> Path:
@@ -220,9 +313,13 @@ def _side_files(spec: FixtureSpec, out_dir: Path, dtype: str) -> Path:
     """config.json and generation_config.json as published (save_pretrained's own are replaced: it writes
     every key, null where unset), tokenizer and chat template."""
     (out_dir / "config.json").write_text(json.dumps(config_dict(spec, dtype), indent=2) + "\n", encoding="utf-8")
-    (out_dir / "generation_config.json").write_text(json.dumps(generation_config_dict(spec), indent=2) + "\n",
-                                                    encoding="utf-8")
-    template = QWEN3_THINKING if spec.family == "qwen3" else QWEN25_CHATML
+    if published(spec.published)[1] is None:  # save_pretrained's own, derived from config.json, is not it
+        (out_dir / "generation_config.json").unlink(missing_ok=True)
+    else:
+        (out_dir / "generation_config.json").write_text(json.dumps(generation_config_dict(spec), indent=2) + "\n",
+                                                        encoding="utf-8")
+    # Qwen3.5's own template was not found offline: its Qwen3 predecessor's thinking template stands in
+    template = QWEN3_THINKING if spec.family in ("qwen3", "qwen3_5") else QWEN25_CHATML
     write_tokenizer(out_dir, spec.family, template, spec.positions)
     (out_dir / "edgeqwen_fixture.json").write_text(json.dumps({"fixture": spec.name, "dtype": dtype,
                                                                "published": spec.published}))

@@ -42,7 +42,7 @@ def to_bf16(x: np.ndarray) -> np.ndarray:
 
 def blocks(spec, index: int, name: str, shape: tuple[int, ...]) -> Iterator[np.ndarray]:
     """The tensor's values as bf16 bits, row block by row block (each block from its own seed)."""
-    kind = weight_kind(name)
+    kind = weight_kind(name, spec.model_spec.norm_offset)
     n = int(np.prod(shape))
     width = shape[-1]
     rows_per_block = max(1, BLOCK_VALUES // width)

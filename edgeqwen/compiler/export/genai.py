@@ -23,6 +23,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from edgeqwen.compiler.checkpoint import Checkpoint
+from edgeqwen.compiler.export import hybrid
 from edgeqwen.compiler.export.data_file import DataFile
 from edgeqwen.compiler.export.weights import (
     MS,
@@ -79,7 +80,8 @@ class Writer:
         self.consts: set[str] = set()
         self.log = log
         self.t0 = time.perf_counter()
-        self.total_bytes = sum(src.nbytes(n) for n in src.where)
+        self.read = [n for n in src.where if not n.startswith(self.names.ignored_prefixes)]  # vision, mtp: not ours
+        self.total_bytes = sum(src.nbytes(n) for n in self.read)
 
     # -- small helpers -------------------------------------------------------------------------------
     def const(self, values: list[int] | int) -> str:
@@ -94,6 +96,15 @@ class Writer:
     def vector(self, init: str, name: str) -> str:
         """A 1-D checkpoint tensor (norm weight, bias) in the io type."""
         self.sink.inits.append(self.sink.data.tensor(init, self.sink.src.rows(name).astype(self.io)))
+        self.sink.consumed.add(name)
+        return init
+
+    def norm_weight(self, init: str, name: str) -> str:
+        """An RMSNorm's weight as SimplifiedLayerNormalization multiplies by it: 1 + w where the spec stores
+        the offset (Qwen3.5, added in fp32 as transformers does), else as stored."""
+        if not self.shape.norm_offset:
+            return self.vector(init, name)
+        self.sink.inits.append(self.sink.data.tensor(init, (1.0 + self.sink.src.rows(name)).astype(self.io)))
         self.sink.consumed.add(name)
         return init
 
@@ -116,7 +127,7 @@ class Writer:
         elapsed = time.perf_counter() - self.t0
         left = elapsed / done * (self.total_bytes - done) if done else 0.0
         written = self.sink.data.size / 2**30
-        self.log(f"    {what}: {len(self.sink.consumed)}/{len(self.sink.src.where)} tensors, "
+        self.log(f"    {what}: {len(self.sink.consumed)}/{len(self.read)} tensors, "
                  f"{written:.2f} GiB written, {elapsed:.0f} s elapsed, ~{left:.0f} s left")
 
 
@@ -142,7 +153,7 @@ def write(ckpt: Checkpoint, plan: GenaiPlan, out: Path, log: Callable[[str], Non
                 hidden, residual = _layer(w, i, hidden, residual, mask, rope)
                 w.progress(f"layer {i + 1}/{w.shape.layers}")
             _lm_head(w, hidden, residual, head)
-            unused = set(src.where) - w.sink.consumed
+            unused = set(w.read) - w.sink.consumed
             if unused:
                 raise RuntimeError(f"checkpoint tensors the graph does not use: {sorted(unused)[:5]}")
         finally:
@@ -168,10 +179,16 @@ def _io(w: Writer) -> tuple[list, list]:
         inputs.append(helper.make_tensor_value_info("position_ids", TensorProto.INT64, ["batch_size", "sequence_length"]))
     outputs = [helper.make_tensor_value_info("logits", io, ["batch_size", 1 if w.plan.prune_lm_head
                                                               else "sequence_length", s.vocab])]
-    for i in range(s.layers):
-        for kind in ("key", "value"):
-            inputs.append(helper.make_tensor_value_info(f"past_key_values.{i}.{kind}", io, kv))
-            outputs.append(helper.make_tensor_value_info(f"present.{i}.{kind}", io, present))
+    for i, kind in enumerate(s.layer_kinds):
+        if kind.mixer == "linear_attention":  # a fixed state per sequence (edgeqwen.compiler.export.hybrid)
+            shapes = {"conv": hybrid.conv_state_shape(s), "recurrent": hybrid.recurrent_state_shape(s)}
+            for role, (past, now) in hybrid.state_names(i).items():
+                inputs.append(helper.make_tensor_value_info(past, io, ["batch_size", *shapes[role]]))
+                outputs.append(helper.make_tensor_value_info(now, io, ["batch_size", *shapes[role]]))
+            continue
+        for kv_kind in ("key", "value"):
+            inputs.append(helper.make_tensor_value_info(f"past_key_values.{i}.{kv_kind}", io, kv))
+            outputs.append(helper.make_tensor_value_info(f"present.{i}.{kv_kind}", io, present))
     return inputs, outputs
 
 
@@ -257,8 +274,8 @@ def _rope(w: Writer) -> tuple[str, str]:
 def _layer(w: Writer, i: int, hidden: str, residual: str, mask: tuple[str, str], rope: tuple[str, str]) -> tuple[str, str]:
     """One decoder layer. ``hidden``: the previous layer's MLP output (the embedding for layer 0),
     ``residual``: the running residual sum. Returns the same pair for the next layer."""
-    t, q = w.names.layer(i), f"/model/layers.{i}"
-    w_in = w.vector(t.input_norm, t.input_norm)
+    t, q = w.names.layers[i], f"/model/layers.{i}"
+    w_in = w.norm_weight(t.input_norm, t.input_norm)
     if i == 0:
         normed = w.rms(hidden, w_in, f"{q}/input_layernorm/LayerNorm")
     else:
@@ -266,8 +283,14 @@ def _layer(w: Writer, i: int, hidden: str, residual: str, mask: tuple[str, str],
         w.sink.node("SkipSimplifiedLayerNormalization", [residual, hidden, w_in], outs,
                     f"{q}/input_layernorm/SkipLayerNorm", MS, epsilon=w.shape.rms_eps)
         normed, residual = outs[0], outs[3]
-    attn = _attention(w, i, normed, mask, rope)
-    w_post = w.vector(t.post_norm, t.post_norm)
+    mixer = w.shape.layer_kinds[i].mixer
+    if mixer == "linear_attention":
+        attn = hybrid.linear_attention(w, i, normed)
+    elif w.shape.attn_output_gate:
+        attn = hybrid.gated_attention(w, i, normed, mask, rope, _head_norm)
+    else:
+        attn = _attention(w, i, normed, mask, rope)
+    w_post = w.norm_weight(t.post_norm, t.post_norm)
     outs = [f"{q}/post_attention_layernorm/output_0", "", "", f"{q}/post_attention_layernorm/output_3"]
     w.sink.node("SkipSimplifiedLayerNormalization", [residual, attn, w_post], outs,
                 f"{q}/post_attention_layernorm/SkipLayerNorm", MS, epsilon=w.shape.rms_eps)
@@ -319,14 +342,15 @@ def _head_norm(w: Writer, i: int, which: str, x: str, dim: int) -> str:
     """Qwen3's per-head RMSNorm of q or k: [B, S, heads*D] -> [B, S*heads, D] -> norm -> back."""
     q, d = f"/model/layers.{i}/attn/{which}_norm", w.shape.head_dim
     t = w.names.layer(i)
-    weight = w.vector(f"model.layers.{i}.attn.{which}_norm.layernorm.weight", t.q_norm if which == "q" else t.k_norm)
+    weight = w.norm_weight(f"model.layers.{i}.attn.{which}_norm.layernorm.weight",
+                           t.q_norm if which == "q" else t.k_norm)
     y = w.node("Reshape", [x, w.const([0, -1, d])], f"{q}/Reshape_1")[0]
     y = w.rms(y, weight, f"{q}/SimplifiedLayerNormalization")
     return w.node("Reshape", [y, w.const([0, -1, dim])], f"{q}/Reshape_2")[0]
 
 
 def _mlp(w: Writer, i: int, x: str) -> str:
-    t, q = w.names.layer(i), f"/model/layers.{i}/mlp"
+    t, q = w.names.layers[i], f"/model/layers.{i}/mlp"
     gate = w.linear(w.plan.weights, x, f"{q}/gate_proj", (t.gate,))
     up = w.linear(w.plan.weights, x, f"{q}/up_proj", (t.up,))
     sig = w.node("Sigmoid", [gate], f"{q}/act_fn/Sigmoid")[0]
@@ -338,7 +362,7 @@ def _mlp(w: Writer, i: int, x: str) -> str:
 def _lm_head(w: Writer, hidden: str, residual: str, head: tuple[list[str], int, int]) -> None:
     """Final norm, last position only, lm_head -> logits."""
     n = w.shape.layers
-    norm = w.vector(f"model.layers.{n}.final_norm_layernorm.weight", w.names.final_norm)
+    norm = w.norm_weight(f"model.layers.{n}.final_norm_layernorm.weight", w.names.final_norm)
     q = f"/model/layers.{n}/final_norm_layernorm"
     w.sink.node("SkipSimplifiedLayerNormalization", [residual, hidden, norm],
                 [f"{q}/output_0"], f"{q}/SkipLayerNorm", MS, epsilon=w.shape.rms_eps)

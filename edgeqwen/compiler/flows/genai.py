@@ -15,7 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from edgeqwen.artifact import GENAI_KV_NAMES, RuntimeSpec, kv_layer_states
+from edgeqwen.artifact import BATCH, GENAI_KV_NAMES, LayerState, RuntimeSpec, StateTensor, kv_layer_states
 from edgeqwen.compiler import package
 from edgeqwen.compiler.checkpoint import Checkpoint
 from edgeqwen.compiler.flows import FlowOutput
@@ -47,6 +47,29 @@ def run(ckpt: Checkpoint, profile: TargetProfile, work: Path, art: Path, progres
         olive_out = run_olive(profile, ckpt.path, work, progress, layers=ckpt.spec.layers)
     with progress.step("Graph passes and packaging"):
         return _package(olive_out, art, ckpt, profile, progress)
+
+
+def refuse_hybrid(ckpt: Checkpoint, profile: TargetProfile, exporter: str) -> None:
+    """What a model with Gated DeltaNet layers (Qwen3.5) cannot be built to yet, refused in one line before
+    any work: its graph needs onnxruntime's CausalConvWithState and LinearAttention contrib ops (CPU kernels;
+    none on DirectML), and the layer-wise GPTQ does not calibrate its linear-attention layers."""
+    spec = ckpt.spec
+    if not spec.layers_of("linear_attention"):
+        return
+    from edgeqwen.compiler.torch_quant import leading_torch_passes
+    from edgeqwen.profile_passes import read_passes
+
+    what = f"{spec.architecture}'s Gated DeltaNet layers"
+    fix = "build cpu-fp32, cpu-int8, cpu-int4-fast or android-cpu-int4-fast"
+    if exporter != "streaming":
+        raise ProfileError(f"{what} are written by the streaming exporter only (Olive's ModelBuilder is not used "
+                           f"for them); build without --exporter olive")
+    if profile.backend != "genai" or profile.execution_provider != "cpu" or read_passes(profile).layout != "fused":
+        raise ProfileError(f"{what} run on onnxruntime's CausalConvWithState and LinearAttention contrib ops, which "
+                           f"have CPU kernels only (none for {profile.execution_provider}); {fix}")
+    if leading_torch_passes(list(profile.olive_passes)):
+        raise ProfileError(f"profile {profile.name} calibrates GPTQ layer by layer, which does not cover {what} yet; "
+                           f"{fix}")
 
 
 def _run_streaming(ckpt: Checkpoint, profile: TargetProfile, work: Path, art: Path, progress: Progress) -> FlowOutput:
@@ -117,11 +140,17 @@ def runtime_spec(cfg: dict[str, Any], ckpt: Checkpoint, profile: TargetProfile, 
     past, present = GENAI_KV_NAMES
     # KV [batch, kv_heads, sequence, head_dim] per layer, in the graph's io dtype (fp16 on DirectML, and
     # wherever the builder picks it): read from the graph, the one place it is certain
-    dtype = _input_dtype(graph, past.format(i=0, kind="key"))
+    first_kv = ckpt.spec.layers_of("full_attention")[0]
+    dtype = _input_dtype(graph, past.format(i=first_kv, kind="key"))
     layers = kv_layer_states(int(decoder["num_hidden_layers"]), int(decoder["num_key_value_heads"]),
                              int(decoder["head_size"]), dtype, past, present)
+    common = package.common_runtime(ckpt, profile, template, specials)
+    if ckpt.spec.layers_of("linear_attention"):
+        layers = _hybrid_layers(ckpt, layers, dtype)
+        # onnxruntime-genai does not run this graph's fixed states: edgeqwen's own backend on onnxruntime does
+        common["backend"] = "batched"
     return RuntimeSpec(
-        **package.common_runtime(ckpt, profile, template, specials),
+        **common,
         model_file=package.MODEL_FILE,
         genai_config="genai_config.json",
         context_length=int(model["context_length"]),
@@ -130,6 +159,22 @@ def runtime_spec(cfg: dict[str, Any], ckpt: Checkpoint, profile: TargetProfile, 
         logits="last_position" if quant["lm_head_last_position_only"] else "all_positions",
         layers=layers,
     )
+
+
+def _hybrid_layers(ckpt: Checkpoint, kv: tuple[LayerState, ...], dtype: str) -> tuple[LayerState, ...]:
+    """Qwen3.5's layers: the KV layers' descriptors where a layer is full attention, else its fixed state
+    (conv window [batch, kernel - 1, conv_dim], recurrent state [batch, v_heads, k_dim, v_dim])."""
+    from edgeqwen.compiler.export import hybrid
+
+    spec, out = ckpt.spec, []
+    shapes = {"conv": hybrid.conv_state_shape(spec), "recurrent": hybrid.recurrent_state_shape(spec)}
+    for i, kind in enumerate(spec.layer_kinds):
+        if kind.mixer != "linear_attention":
+            out.append(kv[i])
+            continue
+        out.append(LayerState("fixed", tuple(StateTensor(past, now, (BATCH, *shapes[role]), dtype)
+                                             for role, (past, now) in hybrid.state_names(i).items())))
+    return tuple(out)
 
 
 def _input_dtype(graph: Path, name: str) -> str:

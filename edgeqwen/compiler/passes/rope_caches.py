@@ -28,7 +28,9 @@ def rotary_parameters(spec: ModelSpec) -> tuple[np.ndarray, float, str]:
     from transformers import AutoConfig
 
     # a deep copy: transformers standardises the rope table in place, and the spec is read-only
-    cfg = AutoConfig.for_model(**copy.deepcopy({k: v for k, v in spec.config.items() if k not in ("architectures",)}))
+    # the language model's config (Qwen3.5's text_config, whose rotary module reads it; else the top level)
+    text = spec.text_config
+    cfg = AutoConfig.for_model(**copy.deepcopy({k: v for k, v in text.items() if k not in ("architectures",)}))
     rope = getattr(cfg, "rope_parameters", None) or {}
     kind = rope.get("rope_type", "default")
     if kind in _DYNAMIC:

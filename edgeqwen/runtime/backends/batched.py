@@ -117,9 +117,9 @@ class BatchedBackend(StateLoops):
     def __init__(self, folder: Path, runtime: RuntimeSpec, threads: int, provider: str | None = None) -> None:
         import onnxruntime as ort
 
-        if runtime.model_file is None or runtime.genai_config is None:
-            raise ArtifactError(f"artifact {folder}: the batched backend runs genai graphs (runtime.model_file "
-                                f"and runtime.genai_config); this artifact has backend {runtime.backend!r}")
+        if runtime.model_file is None:
+            raise ArtifactError(f"artifact {folder}: the batched backend runs dynamic-shape graphs (runtime.model_file); "
+                                f"this artifact has backend {runtime.backend!r}")
         self._ort = ort
         self.provider = choose(provider, runtime.execution_provider, {"cpu"})
         self.context_length = runtime.context_length

@@ -1,0 +1,148 @@
+"""Qwen3.5's token mixers for the streaming genai graph: Gated DeltaNet and gated full attention.
+
+Both read the normed hidden states x [B, S, H] and return the mixer's output [B, S, H]; the rest of the
+decoder layer (residual sums, norms, SwiGLU MLP, the lm_head) is the Qwen2/Qwen3 writer's.
+
+Gated DeltaNet (3 of 4 layers), with its two state tensors of a fixed size per sequence:
+    in_proj [qkv | z | b | a]  one MatMul [B, S, conv_dim + Vt + 2 Hv], split
+    CausalConvWithState        depthwise causal conv (kernel k) + SiLU over the q, k, v channels; state
+                               [B, k - 1, conv_dim] (the last k - 1 inputs, channels last)
+    q, k L2-normalised per head (x * rsqrt(sum x^2 + 1e-6), as transformers' l2norm), repeated to Hv heads
+    beta = sigmoid(b), g = -exp(A_log) * softplus(a + dt_bias)   [B, S, Hv], g the log of the decay
+    LinearAttention gated_delta  S_t = exp(g_t) S_{t-1} + beta_t k_t (v_t - exp(g_t) S_{t-1}^T k_t),
+                               o_t = q_t^T S_t / sqrt(d_k); state [B, Hv, d_k, d_v] (transformers' layout)
+    gated RMSNorm              norm(o) * w * silu(z) per value head (plain weight, not offset)
+    out_proj
+Measured against transformers' own torch fallback (tests/test_qwen35_build.py): the ops' results agree
+to fp32 rounding; the fused ops run 2-5x faster than the same math in plain ONNX ops (onnxruntime 1.32,
+one thread).
+
+Gated full attention (every 4th layer): q_proj emits per head [query (head_dim) | gate (head_dim)]; q/k
+RMSNorm per head; GroupQueryAttention with the rotary on the first rotary_dim dims of each head (its cos
+cache is [positions, rotary_dim / 2]); output x sigmoid(gate); o_proj. Text-only mRoPE: the three
+position axes are equal, so the interleaved sections reduce to one plain rotary of rotary_dim dims.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgeqwen.compiler.export.weights import MS
+
+L2_EPS = 1e-6  # transformers' l2norm (FLA's) epsilon
+
+
+def conv_state_shape(spec) -> tuple[int, int]:
+    """One sequence's conv state: the last kernel - 1 inputs of the conv's channels, channels last."""
+    la = spec.linear_attention
+    return la.conv_kernel - 1, la.conv_dim
+
+
+def recurrent_state_shape(spec) -> tuple[int, int, int]:
+    """One sequence's delta-rule state [v_heads, k_dim, v_dim]."""
+    la = spec.linear_attention
+    return la.v_heads, la.k_dim, la.v_dim
+
+
+def state_names(i: int) -> dict[str, tuple[str, str]]:
+    """A linear-attention layer's state tensors: role -> (graph input, graph output)."""
+    return {"conv": (f"past_key_values.{i}.conv", f"present.{i}.conv"),
+            "recurrent": (f"past_key_values.{i}.recurrent", f"present.{i}.recurrent")}
+
+
+def linear_attention(w, i: int, x: str) -> str:
+    """A Gated DeltaNet mixer on x [B, S, H] -> [B, S, H]."""
+    la, t = w.shape.linear_attention, w.names.linear_layer(i)
+    q = f"/model/layers.{i}/linear_attn"
+    kt, vt, hv = la.key_total, la.value_total, la.v_heads
+    proj = w.linear(w.plan.weights, x, f"{q}/in_proj", (t.qkv, t.z, t.b, t.a))  # [B, S, conv_dim + Vt + 2 Hv]
+    mixed, z, b, a = w.node("Split", [proj, w.const([la.conv_dim, vt, hv, hv])], f"{q}/in_proj/Split", 4, axis=-1)
+    conv_w = f"model.layers.{i}.linear_attn.conv1d.weight"
+    w.sink.inits.append(w.sink.data.tensor(conv_w, w.sink.src.rows(t.conv).reshape(la.conv_dim, 1, la.conv_kernel)
+                                           .astype(w.io)))
+    w.sink.consumed.add(t.conv)
+    names = state_names(i)
+    conv = f"{q}/conv1d/CausalConvWithState"
+    w.sink.node("CausalConvWithState", [mixed, conv_w, "", names["conv"][0]], [f"{conv}/output_0", names["conv"][1]],
+                conv, MS, activation="silu", channels_last=1, ndim=1)
+    qs, ks, vs = w.node("Split", [f"{conv}/output_0", w.const([kt, kt, vt])], f"{q}/conv1d/Split", 3, axis=-1)
+    qn, kn = _heads(w, q, "q", qs), _heads(w, q, "k", ks)
+    beta = w.node("Sigmoid", [b], f"{q}/beta/Sigmoid")[0]
+    decay = _log_decay(w, i, q, t, a)
+    out = f"{q}/LinearAttention"
+    w.sink.node("LinearAttention", [qn, kn, vs, names["recurrent"][0], decay, beta],
+                [f"{out}/output_0", names["recurrent"][1]], out, MS, q_num_heads=hv, kv_num_heads=hv,
+                update_rule="gated_delta")
+    normed = _gated_norm(w, i, q, t, f"{out}/output_0", z)
+    return w.linear(w.plan.weights, normed, f"{q}/out_proj", (t.out,))
+
+
+def _heads(w, q: str, which: str, x: str) -> str:
+    """q or k [B, S, Hk * dk] L2-normalised per head and repeated to the Hv value heads -> [B, S, Hv * dk]
+    (value head j reads key head j // (Hv / Hk), transformers' repeat_interleave)."""
+    la = w.shape.linear_attention
+    p = f"{q}/{which}_l2norm"
+    y = w.node("Reshape", [x, w.const([0, 0, la.k_heads, la.k_dim])], f"{p}/Reshape")[0]  # [B, S, Hk, dk]
+    sq = w.node("Mul", [y, y], f"{p}/Square")[0]
+    ss = w.node("ReduceSum", [sq, w.const([-1])], f"{p}/ReduceSum", keepdims=1)[0]
+    ss = w.node("Add", [ss, _scalar(w, "linear_attn.l2norm.eps", L2_EPS)], f"{p}/AddEps")[0]
+    inv = w.node("Reciprocal", [w.node("Sqrt", [ss], f"{p}/Sqrt")[0]], f"{p}/Reciprocal")[0]
+    y = w.node("Mul", [y, inv], f"{p}/Mul")[0]
+    r = la.v_heads // la.k_heads
+    if r > 1:
+        y = w.node("Unsqueeze", [y, w.const([3])], f"{p}/Unsqueeze")[0]  # [B, S, Hk, 1, dk]
+        y = w.node("Expand", [y, w.const([1, 1, 1, r, 1])], f"{p}/Expand")[0]  # [B, S, Hk, r, dk]
+    return w.node("Reshape", [y, w.const([0, 0, la.v_heads * la.k_dim])], f"{p}/Flatten")[0]
+
+
+def _log_decay(w, i: int, q: str, t, a: str) -> str:
+    """g = -exp(A_log) * softplus(a + dt_bias) [B, S, Hv]: the log of each head's decay this token."""
+    src = w.sink.src
+    neg_rate = f"model.layers.{i}.linear_attn.neg_exp_A"
+    w.sink.inits.append(w.sink.data.tensor(neg_rate, (-np.exp(src.rows(t.a_log).astype(np.float64))).astype(w.io)))
+    dt = w.vector(f"model.layers.{i}.linear_attn.dt_bias", t.dt_bias)
+    w.sink.consumed.add(t.a_log)
+    shifted = w.node("Add", [a, dt], f"{q}/decay/Add")[0]
+    soft = w.node("Softplus", [shifted], f"{q}/decay/Softplus")[0]
+    return w.node("Mul", [soft, neg_rate], f"{q}/decay/Mul")[0]
+
+
+def _gated_norm(w, i: int, q: str, t, o: str, z: str) -> str:
+    """RMSNorm of each value head's output (plain weight [dv]) times silu(z) -> [B, S, Vt]."""
+    la = w.shape.linear_attention
+    weight = w.vector(f"model.layers.{i}.linear_attn.norm.weight", t.norm)
+    heads = w.node("Reshape", [o, w.const([0, 0, la.v_heads, la.v_dim])], f"{q}/norm/Reshape")[0]
+    normed = w.rms(heads, weight, f"{q}/norm/SimplifiedLayerNormalization")
+    normed = w.node("Reshape", [normed, w.const([0, 0, la.value_total])], f"{q}/norm/Flatten")[0]
+    gate = w.node("Mul", [z, w.node("Sigmoid", [z], f"{q}/norm/gate/Sigmoid")[0]], f"{q}/norm/gate/Mul")[0]
+    return w.node("Mul", [normed, gate], f"{q}/norm/Mul")[0]
+
+
+def gated_attention(w, i: int, x: str, mask: tuple[str, str], rope: tuple[str, str], head_norm) -> str:
+    """Qwen3.5's full attention on x [B, S, H] -> [B, S, H]; ``head_norm`` is the per-head q/k norm writer."""
+    s, t = w.shape, w.names.layer(i)
+    q = f"/model/layers.{i}/attn"
+    qkv = w.linear(w.plan.weights, x, f"{q}/qkv_proj", t.qkv)  # [B, S, 2 q_dim + 2 kv_dim]
+    qg, ks, vs = w.node("Split", [qkv, w.const([2 * s.q_dim, s.kv_dim, s.kv_dim])], f"{q}/qkv_proj/Split", 3, axis=-1)
+    qg = w.node("Reshape", [qg, w.const([0, 0, s.heads, 2 * s.head_dim])], f"{q}/gate/Reshape")[0]
+    qh, gate = w.node("Split", [qg, w.const([s.head_dim, s.head_dim])], f"{q}/gate/Split", 2, axis=-1)
+    qs = w.node("Reshape", [qh, w.const([0, 0, s.q_dim])], f"{q}/q/Flatten")[0]
+    gate = w.node("Reshape", [gate, w.const([0, 0, s.q_dim])], f"{q}/gate/Flatten")[0]
+    qn, kn = head_norm(w, i, "q", qs, s.q_dim), head_norm(w, i, "k", ks, s.kv_dim)
+    out = [f"{q}/GroupQueryAttention/output_0", f"present.{i}.key", f"present.{i}.value"]
+    w.sink.node("GroupQueryAttention",
+                [qn, kn, vs, f"past_key_values.{i}.key", f"past_key_values.{i}.value", *mask, *rope, "", "", ""],
+                out, f"{q}/GroupQueryAttention", MS, num_heads=s.heads, kv_num_heads=s.kv_heads,
+                scale=float(1 / np.sqrt(s.head_dim)), softcap=0.0, do_rotary=1, rotary_interleaved=0)
+    sig = w.node("Sigmoid", [gate], f"{q}/gate/Sigmoid")[0]
+    gated = w.node("Mul", [out[0], sig], f"{q}/gate/Mul")[0]
+    return w.linear(w.plan.weights, gated, f"{q}/o_proj", (t.o,))
+
+
+def _scalar(w, name: str, value: float) -> str:
+    if name not in w.consts:
+        from onnx import numpy_helper
+
+        w.sink.inits.append(numpy_helper.from_array(np.array(value, dtype=w.io), name))
+        w.consts.add(name)
+    return name

@@ -1,0 +1,144 @@
+"""Qwen3.5 (hybrid Gated DeltaNet + gated attention) built, validated and run.
+
+Tier 2: tiny checkpoints from the published configs (tied 0.8B-like, untied 27B-like with two value heads
+per key head), built by the streaming exporter and checked against transformers (its own pure-PyTorch
+delta rule); the runtime's fixed states against fresh runs. The int profiles' parity builds are slow.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from edgeqwen.artifact import read_manifest, runtime_spec
+
+SLOW = pytest.mark.slow
+INT_PROFILES = ("cpu-int8", "cpu-int4-fast", "android-cpu-int4-fast")
+
+
+def _validated(manifest: dict) -> None:
+    v = manifest["validation"]
+    assert v["passed"] and not v["failures"], v
+    for prompt in v["prompts"]:
+        assert prompt["top1_agreement"] == 1.0 and prompt["greedy_match"] == prompt["greedy_tokens"] == 48, prompt
+
+
+@pytest.mark.parametrize("name", ["tiny-qwen3.5", pytest.param("tiny-qwen3.5-untied", marks=SLOW)])
+def test_fp32_build_matches_transformers(artifacts, name):
+    """top-1 100 %, greedy 48/48 on every prompt, max |dlogit| within the fp32 profile's bound; the runtime
+    contract gives every linear-attention layer its fixed state and every 4th layer a KV cache."""
+    built = artifacts(name, "cpu-fp32")
+    manifest = read_manifest(built.folder)
+    _validated(manifest)
+    rt = runtime_spec(manifest)
+    assert rt.backend == "batched" and not rt.truncatable and rt.family == "qwen3_5"
+    kinds = [layer.kind for layer in rt.layers]
+    assert kinds == (["fixed"] * 3 + ["kv"]) * (len(kinds) // 4)
+    conv, recurrent = rt.layers[0].tensors
+    assert conv.shape[0] == recurrent.shape[0] == "batch" and len(recurrent.shape) == 4
+    assert manifest["quantization"]["embedding"]["shared_with_lm_head"] is (name == "tiny-qwen3.5")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["tiny-qwen3.5", "tiny-qwen3.5-untied"])
+@pytest.mark.parametrize("target", INT_PROFILES)
+def test_int_profiles_pass_the_parity_gate(artifacts, name, target):
+    """Quantised builds: transformers computing with the artifact's own weights agrees with the artifact
+    (the parity gate), and the quantised weights read back are within one step of the checkpoint's."""
+    manifest = read_manifest(artifacts(name, target).folder)
+    _validated(manifest)
+    assert manifest["validation"]["reference"] == "Reference with the artifact's weights"
+    ops = {w["op"]: w for w in manifest["quantization"]["weight_ops"]}
+    assert ops["MatMulNBits"]["count"] >= 21 and manifest["quantization"]["float_weight_matmuls"] == 0, ops
+
+
+@pytest.mark.parametrize("target, why", [
+    ("cpu-int4", "calibrates GPTQ layer by layer, which does not cover"),
+    ("directml-int4", "have CPU kernels only (none for dml)"),
+    ("android-nnapi", "have CPU kernels only (none for nnapi)")])
+def test_profiles_the_hybrid_cannot_run_on_are_refused_in_one_line(checkpoints, tmp_path, target, why):
+    r = subprocess.run([sys.executable, "-m", "edgeqwen.cli", "build", str(checkpoints("tiny-qwen3.5")), "--target",
+                        target, "--out", str(tmp_path / "art")], capture_output=True, text=True, timeout=300)
+    errors = [line for line in r.stderr.splitlines() if line.startswith("edgeqwen: error:")]
+    assert r.returncode != 0 and len(errors) == 1 and why in errors[0], r.stderr
+    assert "Traceback" not in r.stderr and "cpu-int4-fast" in errors[0]
+    assert not (tmp_path / "art").exists()
+
+
+def test_rewind_and_edit_give_a_fresh_runs_logits(artifacts):
+    """A fixed state cannot be cut back: going back restores a snapshot and re-runs the rest. Appending a
+    turn, editing the last answer, and rewinding to a position between snapshots all give the logits a
+    fresh run of the resulting tokens gives."""
+    from edgeqwen.runtime.engine import Engine
+
+    backend = Engine(artifacts("tiny-qwen3.5", "cpu-fp32").folder).backend
+    rng = np.random.default_rng(0)
+    prompt, answer, edited, turn = (rng.integers(0, 240_000, size=n).tolist() for n in (30, 12, 9, 7))
+
+    def fresh(ids: list[int]) -> np.ndarray:
+        return backend.teacher_forced_logits(ids, len(ids))[0]
+
+    state = backend.new_state(128)
+    try:
+        state.append(prompt)
+        boundary = state.snapshot(kv=False)  # where the prompt ends: a turn boundary
+        for t in answer:
+            state.append([t])
+        got = state.append(turn)
+        np.testing.assert_allclose(got, fresh(prompt + answer + turn), rtol=1e-5, atol=1e-5)
+        # the answer edited: back to the boundary, then the new answer and turn
+        state.restore(boundary)
+        assert state.tokens == prompt
+        got = state.append(edited + turn)
+        np.testing.assert_allclose(got, fresh(prompt + edited + turn), rtol=1e-5, atol=1e-5)
+        # rewind to a position between snapshots: the nearest one before it, then the rest re-run
+        full = state.snapshot(kv=True)
+        state.restore(boundary)
+        got = state.append(edited[:4])
+        np.testing.assert_allclose(got, fresh(prompt + edited[:4]), rtol=1e-5, atol=1e-5)
+        # a full snapshot restores into another sequence's state
+        other = backend.new_state(128)
+        other.append(turn)
+        other.restore(full)
+        np.testing.assert_allclose(other.append([5]), fresh(prompt + edited + turn + [5]), rtol=1e-5, atol=1e-5)
+        other.close()
+    finally:
+        state.close()
+
+
+def test_chat_turns_reuse_the_state_and_match_fresh_runs(artifacts):
+    """A multi-turn session on the hybrid state: each turn after the first restores the snapshot taken where
+    the previous turn's assistant header started (the template re-renders the answer without its think
+    block, so the history parts there) and feeds the answer and the new message; its greedy tokens are a
+    fresh run's of the whole history."""
+    from edgeqwen.runtime.engine import Engine
+
+    engine = Engine(artifacts("tiny-qwen3.5", "cpu-fp32").folder)
+    im_start = engine.runtime.special_tokens["im_start"]
+    session = engine.session(think=False)
+    try:
+        header = 0  # where the previous prompt's assistant header started
+        for text in ("Hello there, how are you today?", "And then?", "Why?"):
+            ids = engine.encode(engine.render(session.messages + [{"role": "user", "content": text}], False))
+            turn = session.send(text, max_new_tokens=6, temperature=0).finish()
+            fresh = engine.chat(session.messages[:-1], max_new_tokens=6, temperature=0, think=False).finish()
+            assert turn.token_ids == fresh.token_ids
+            assert turn.metrics.cached_tokens == header, (turn.metrics, header)
+            header = max(i for i, t in enumerate(ids) if t == im_start)
+            assert header > 10
+    finally:
+        session.close()
+
+
+def test_run_prints_a_continuation(artifacts):
+    folder = artifacts("tiny-qwen3.5", "cpu-int4-fast").folder
+    r = subprocess.run([sys.executable, "-m", "edgeqwen.cli", "run", str(folder), "The capital of France is",
+                        "--max-new-tokens", "12", "--json"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    import json
+
+    out = json.loads(r.stdout)
+    assert out["metrics"]["generated_tokens"] == 12 and len(set(out["token_ids"])) > 3, out
