@@ -177,3 +177,19 @@ def quantise_steps(profile: TargetProfile) -> tuple[QuantiseStep, ...]:
             break
         out.append(QuantiseStep(p.type, step_implementation(p.type, p.options), *step_calibration(p.options)))
     return tuple(out)
+
+
+# Profiles a model with Gated DeltaNet layers (Qwen3.5) builds to: its graph needs onnxruntime's
+# CausalConvWithState and LinearAttention contrib ops (CPU kernels only; NNAPI takes no contrib ops, DirectML
+# has no kernels for them), and the layer-wise GPTQ does not calibrate its linear-attention layers yet.
+LINEAR_ATTENTION_PROFILES = "cpu-fp32, cpu-int8, cpu-int4-fast or android-cpu-int4-fast"
+
+
+def linear_attention_refusal(profile: TargetProfile) -> str:
+    """Why ``profile`` cannot build a model with Gated DeltaNet layers, in a few words ("" where it can)."""
+    if profile.backend != "genai" or profile.execution_provider != "cpu" or read_passes(profile).layout != "fused":
+        return (f"its CausalConvWithState and LinearAttention contrib ops have CPU kernels only (none for "
+                f"{profile.execution_provider})")
+    if read_passes(profile).torch is not None:
+        return "the layer-wise GPTQ does not calibrate its linear-attention layers yet"
+    return ""

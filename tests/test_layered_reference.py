@@ -12,7 +12,7 @@ from edgeqwen.quality.reference import Reference
 @pytest.mark.parametrize("name, dtype", [
     pytest.param("tiny-qwen2", "float32", marks=pytest.mark.slow), ("tiny-qwen3", "float32"),
     pytest.param("tiny-qwen3-tied", "bfloat16", marks=pytest.mark.slow),
-    pytest.param("tiny-qwen2.5-yarn", "float32", marks=pytest.mark.slow)])
+    pytest.param("tiny-qwen2.5-yarn", "float32", marks=pytest.mark.slow), ("tiny-qwen3.5-untied", "bfloat16")])
 def test_same_logits_and_greedy_as_the_whole_model(checkpoints, name, dtype):
     path = checkpoints(name, dtype)
     whole, layered = Reference(path), LayeredReference(path)

@@ -27,6 +27,13 @@ def _config(shape: Shape, context: int) -> dict:
            "max_position_embeddings": context}
     if shape.head_dim:
         cfg["head_dim"] = shape.head_dim
+    if shape.family == "qwen3_5":  # the text model's config: its linear-attention sizes and layer pattern
+        kh, vh, kd, vd, kernel = shape.linear
+        every = shape.layers // shape.attention_layers
+        cfg.update(model_type="qwen3_5_text", linear_num_key_heads=kh, linear_num_value_heads=vh,
+                   linear_key_head_dim=kd, linear_value_head_dim=vd, linear_conv_kernel_dim=kernel,
+                   layer_types=["full_attention" if (i + 1) % every == 0 else "linear_attention"
+                                for i in range(shape.layers)])
     return cfg
 
 
@@ -47,8 +54,8 @@ def test_catalogue_parameter_counts_are_transformers_own(model):
 @pytest.mark.parametrize("name", published_models())
 def test_catalogue_shapes_are_read_from_the_stored_published_configs(name):
     """Every stored published config is in the catalogue: one the parser builds gives its entry the shape, the
-    context and the parameter count transformers gives that very file; one the parser refuses, or whose layer
-    kinds the compiler does not build yet (Qwen3.5), makes its entry unbuildable, the reason in one line."""
+    context and the parameter count transformers gives that very file's text model; one the parser refuses
+    makes its entry unbuildable, the reason in one line."""
     m, config = find(name), published_config(name)
     assert m.shape_from == f"{name}/config.json"
     try:
@@ -56,14 +63,12 @@ def test_catalogue_shapes_are_read_from_the_stored_published_configs(name):
     except SpecError as e:
         assert m.shape is None and m.why_not and "\n" not in str(e)
         return
-    if spec.unbuilt_kinds():  # described (Qwen3.5), not yet built: unbuildable, the reason in one line
-        assert m.shape is None and "not yet buildable" in m.why_not and "\n" not in m.why_not
-        return
+    assert not spec.unbuilt_kinds()
     assert (m.shape, m.context) == (Shape.of(spec), spec.positions)
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    with torch.device("meta"):
+    with torch.device("meta"):  # the text model (Qwen3.5: its vision tower is not built)
         model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**config))
     assert m.shape.parameters == sum(p.numel() for p in model.parameters())
 
@@ -239,3 +244,26 @@ def test_plan_shows_the_builds_memory_from_the_compilers_own_model():
     assert 2 * 2**30 < gptq["build_bytes"] < 8 * 2**30  # 5.93 GiB measured (build_memory.py)
     fast = rows[("Qwen2.5-72B-Instruct", "cpu-int4-fast")]
     assert fast["build_bytes"] == EXPORT_BYTES and fast["build_step"] == "export"
+
+
+def test_a_hybrid_models_state_counts_kv_for_attention_layers_only():
+    """Qwen3.5-0.8B: 6 of its 24 layers keep a KV cache [2 kv heads x 256]; the 18 Gated DeltaNet layers a
+    fixed state each (conv window 3 x 6,144 and recurrent state 16 x 128 x 128), whatever the context; the
+    planner's memory and decode terms read both, and rejects the profiles that cannot build it."""
+    m = find("Qwen3.5-0.8B")
+    assert m.shape.attention_layers == 6 and m.shape.linear_layers == 18
+    assert m.shape.kv_bytes_per_token(4) == 2 * 6 * 2 * 256 * 4
+    assert m.shape.fixed_state_bytes(4) == 18 * (3 * 6144 + 16 * 128 * 128) * 4
+    from edgeqwen.plan.model import memory_features
+
+    s = storage(load_profile("cpu-int4-fast"))
+    grown = memory_features(m.shape, s, 8192, 0)["kv"] - memory_features(m.shape, s, 4096, 0)["kv"]
+    assert grown == 4096 * m.shape.kv_bytes_per_token(4)
+    assert memory_features(m.shape, s, 0, 0)["kv"] == m.shape.fixed_state_bytes(4)
+    from edgeqwen.plan.recommend import Device, plan
+
+    rows = plan(builtin_calibration(), Device("d", "cpu", 64 * 2**30, 1.0, 1.0, ""), 4096, None, 0.0,
+                ["cpu-int4", "cpu-int4-fast", "directml-int4"])
+    mine = {r["profile"]: r for r in rows["fits"] + rows["rejected"] if r["model"] == "Qwen3.5-0.8B"}
+    assert mine["cpu-int4-fast"]["fits"] and not mine["cpu-int4"]["fits"] and not mine["directml-int4"]["fits"]
+    assert "cannot build Gated DeltaNet layers" in mine["directml-int4"]["why_not"]

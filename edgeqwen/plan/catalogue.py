@@ -25,7 +25,7 @@ QWEN_VOCAB_UNTIED = 152_064  # the 7B+ Qwen2.5 models pad the vocabulary further
 
 @dataclass(frozen=True)
 class Shape:
-    family: str  # "qwen2" (Qwen2 / Qwen2.5, q/k/v bias) or "qwen3" (q/k norm, explicit head_dim)
+    family: str  # "qwen2" (Qwen2 / Qwen2.5, q/k/v bias), "qwen3" (q/k norm, explicit head_dim) or "qwen3_5"
     hidden: int
     layers: int
     heads: int
@@ -34,6 +34,11 @@ class Shape:
     vocab: int
     tied: bool
     head_dim: int = 0  # 0 here: hidden // heads (set by __post_init__)
+    # Qwen3.5: of ``layers``, how many are Gated DeltaNet (a fixed state per sequence, no KV cache), their
+    # sizes (k_heads, v_heads, k_dim, v_dim, conv_kernel), and whether q_proj also emits the output gate
+    linear_layers: int = 0
+    linear: tuple[int, int, int, int, int] = (0, 0, 0, 0, 0)
+    gated_query: bool = False
 
     def __post_init__(self) -> None:
         if not self.head_dim:
@@ -43,18 +48,37 @@ class Shape:
     def head_size(self) -> int:
         return self.head_dim
 
+    @property
+    def attention_layers(self) -> int:
+        """Layers with full attention (a KV cache): all of them but Qwen3.5's Gated DeltaNet layers."""
+        return self.layers - self.linear_layers
+
+    def _linear_sizes(self) -> tuple[int, int, int, int]:
+        """(key channels, value channels, value heads, conv channels) of a Gated DeltaNet layer."""
+        kh, vh, kd, vd, _ = self.linear
+        return kh * kd, vh * vd, vh, 2 * kh * kd + vh * vd
+
     def linears(self) -> list[tuple[str, int, int, int]]:
         """(role, count, N out, K in) of every matrix multiply weight, lm_head included."""
         q, kv = self.heads * self.head_size, self.kv_heads * self.head_size
-        return [("attn_qkv", self.layers, q + 2 * kv, self.hidden), ("attn_o", self.layers, self.hidden, q),
-                ("mlp_gate_up", self.layers, 2 * self.intermediate, self.hidden),
-                ("mlp_down", self.layers, self.hidden, self.intermediate), ("lm_head", 1, self.vocab, self.hidden)]
+        a, h = self.attention_layers, self.hidden
+        out = [("attn_qkv", a, (2 * q if self.gated_query else q) + 2 * kv, h), ("attn_o", a, h, q)]
+        if self.linear_layers:  # in_proj [qkv | z | b | a] as one MatMul, out_proj
+            _, vt, vh, conv = self._linear_sizes()
+            out += [("linear_in", self.linear_layers, conv + vt + 2 * vh, h), ("linear_out", self.linear_layers, h, vt)]
+        return out + [("mlp_gate_up", self.layers, 2 * self.intermediate, h),
+                      ("mlp_down", self.layers, h, self.intermediate), ("lm_head", 1, self.vocab, h)]
 
     def small_params(self) -> int:
-        """Norms, biases and q/k norms: kept in float by every profile."""
+        """Norms, biases, q/k norms (and Gated DeltaNet's conv taps, decay and gated norm): kept in float by
+        every profile."""
         q, kv = self.heads * self.head_size, self.kv_heads * self.head_size
         per_layer = 2 * self.hidden + ((q + 2 * kv) if self.family == "qwen2" else 2 * self.head_size)
-        return self.layers * per_layer + self.hidden
+        total = self.attention_layers * per_layer + self.hidden
+        if self.linear_layers:
+            _, _, vh, conv = self._linear_sizes()
+            total += self.linear_layers * (2 * self.hidden + conv * self.linear[4] + 2 * vh + self.linear[3])
+        return total
 
     @property
     def parameters(self) -> int:
@@ -69,16 +93,28 @@ class Shape:
                          self.family == "qwen3")
 
     def kv_bytes_per_token(self, itemsize: int) -> int:
-        return 2 * self.layers * self.kv_heads * self.head_size * itemsize
+        """KV cache bytes per cached position: the full-attention layers only."""
+        return 2 * self.attention_layers * self.kv_heads * self.head_size * itemsize
+
+    def fixed_state_bytes(self, itemsize: int) -> int:
+        """Bytes of one sequence's fixed states (every Gated DeltaNet layer's conv window and recurrent state),
+        whatever the context: allocated per sequence beside the KV cache, read and written every token."""
+        if not self.linear_layers:
+            return 0
+        _, _, vh, conv = self._linear_sizes()
+        kd, vd, kernel = self.linear[2], self.linear[3], self.linear[4]
+        return self.linear_layers * (conv * (kernel - 1) + vh * kd * vd) * itemsize
 
     @classmethod
     def of(cls, spec: ModelSpec) -> Shape:
-        """The shape of a model the compiler builds (the cost model counts full-attention layers only; a
-        hybrid model is refused with SpecError until its layers are built and measured)."""
+        """The shape of a model the compiler builds (a layer kind it has no writer for: SpecError)."""
         if spec.unbuilt_kinds():
             raise SpecError(f"{spec.architecture}: {', '.join(spec.unbuilt_kinds())} layers are not yet buildable")
+        la = spec.linear_attention
+        linear = (la.k_heads, la.v_heads, la.k_dim, la.v_dim, la.conv_kernel) if la else (0, 0, 0, 0, 0)
         return cls(spec.family, spec.hidden, spec.layers, spec.heads, spec.kv_heads, spec.intermediate, spec.vocab,
-                   spec.tied, spec.head_dim)
+                   spec.tied, spec.head_dim, linear_layers=len(spec.layers_of("linear_attention")), linear=linear,
+                   gated_query=spec.attn_output_gate)
 
     @classmethod
     def from_config(cls, config: dict) -> Shape:
@@ -153,7 +189,7 @@ def _q25(size: str, tasks: tuple[str, ...] = ("chat",), kind: str = "", context:
     return entry(f"Qwen/Qwen2.5-{kind}{size}-Instruct", tasks, context=context)
 
 
-QWEN35_WHY_NOT = "hybrid Gated DeltaNet linear attention (Qwen3_5ForConditionalGeneration): not yet buildable"
+QWEN35_WHY_NOT = "config.json not found whole (only the model card's sizes): its shape is not listed"
 
 CATALOGUE: tuple[Model, ...] = (
     *(_q25(s) for s in ("0.5B", "1.5B", "3B", "7B", "14B", "32B", "72B")),
@@ -166,8 +202,8 @@ CATALOGUE: tuple[Model, ...] = (
           why_not="mixture of experts (Qwen3MoeForCausalLM): not yet buildable"),
     Model("Qwen/Qwen3-235B-A22B", None, 40_960, ("chat", "reasoning"),
           why_not="mixture of experts (Qwen3MoeForCausalLM): not yet buildable"),
-    # Qwen3.5, made for edge devices; 262,144 positions (text_config). The stored configs (0.8B, 4B, 27B)
-    # parse, but the compiler has no linear-attention layer writer yet; 2B and 9B were found only in part.
+    # Qwen3.5, made for edge devices; 262,144 positions (text_config). Shapes from the stored configs (0.8B,
+    # 4B, 27B); 2B and 9B were found only in part (edgeqwen/model/configs/SOURCES.md).
     *(entry(f"Qwen/Qwen3.5-{s}", ("chat", "reasoning"), QWEN3_NOTE, 262_144, QWEN35_WHY_NOT)
       for s in ("0.8B", "2B", "4B", "9B", "27B")),
     Model("Qwen/Qwen2.5-VL-3B-Instruct", None, 128_000, ("chat",),

@@ -31,7 +31,8 @@ def memory_features(shape: Shape, s: Storage, capacity: int, prompt: int) -> dic
     """Bytes: the peak RSS of a process that loaded the artifact and prefilled ``prompt`` tokens into a KV
     buffer of ``capacity`` positions."""
     return {"base": 1.0, f"weights_{s.kind}": float(weight_bytes(shape, s, 0)),
-            "kv": float(capacity * shape.kv_bytes_per_token(s.float_bytes)),
+            # per-sequence state: the KV buffer for the whole capacity and the fixed states (Qwen3.5's Gated DeltaNet)
+            "kv": float(capacity * shape.kv_bytes_per_token(s.float_bytes) + shape.fixed_state_bytes(s.float_bytes)),
             "activations": float(prompt * (shape.intermediate + shape.hidden) * s.float_bytes),
             "attention_scores": float(shape.heads * prompt * prompt * s.float_bytes)}
 
@@ -39,13 +40,13 @@ def memory_features(shape: Shape, s: Storage, capacity: int, prompt: int) -> dic
 def decode_features(shape: Shape, s: Storage, depth: int) -> dict[str, float]:
     """Seconds per generated token with ``depth`` tokens in the KV cache."""
     return {"per_token": 1.0, f"bytes_{s.kind}": float(decode_bytes(shape, s, 0)),
-            "kv_read": float(depth * shape.kv_bytes_per_token(s.float_bytes))}
+            "kv_read": float(depth * shape.kv_bytes_per_token(s.float_bytes) + 2 * shape.fixed_state_bytes(s.float_bytes))}
 
 
 def prefill_features(shape: Shape, s: Storage, n: int) -> dict[str, float]:
     """Seconds to prefill an ``n``-token prompt."""
     return {"per_token": float(n), f"macs_{s.kind}": float(n * matmul_params(shape, s)),
-            "attention": float(shape.layers * shape.heads * shape.head_size * n * n)}
+            "attention": float(shape.attention_layers * shape.heads * shape.head_size * n * n)}
 
 
 FEATURES = {"memory": memory_features, "decode": decode_features, "prefill": prefill_features}

@@ -20,7 +20,7 @@ from edgeqwen.plan.model import (
     prefill_features,
 )
 from edgeqwen.plan.storage import storage
-from edgeqwen.profile_passes import quantise_steps
+from edgeqwen.profile_passes import linear_attention_refusal, quantise_steps
 from edgeqwen.targets import TargetProfile, list_profiles, load_profile
 
 
@@ -119,6 +119,8 @@ def _row(cal: Calibration, m: Model, p: TargetProfile, device: Device, context: 
         why.append(f"needs up to {_gb(mem_hi)} > {_gb(device.ram_bytes)}")
     if e.decode_tokens_per_s is not None and e.decode_tokens_per_s < min_tps:
         why.append(f"decode ~{e.decode_tokens_per_s:.1f} < {min_tps:g} tok/s")
+    if m.shape.linear_layers and (refused := linear_attention_refusal(p)):
+        why.append(f"{p.name} cannot build Gated DeltaNet layers: {refused}")
     built = build_peak(m.shape.layer_dims(), m.shape.parameters, quantise_steps(p))
     return Row(m.name, m.hub_id, p.name, p.precision, m.shape.parameters, e.size_bytes, int(e.memory_bytes),
                e.decode_tokens_per_s, e.prefill_tokens_per_s, min(context, m.context), not why, "; ".join(why),

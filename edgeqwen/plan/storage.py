@@ -85,7 +85,8 @@ def weight_bytes(shape: Shape, s: Storage, positions: int) -> int:
 def decode_bytes(shape: Shape, s: Storage, depth: int) -> int:
     """Bytes one decode step reads: every matrix multiply weight once (the embedding only one row) and the
     KV cache up to ``depth``."""
-    return s.linear_bytes(shape) + depth * shape.kv_bytes_per_token(s.float_bytes)
+    return s.linear_bytes(shape) + depth * shape.kv_bytes_per_token(s.float_bytes) + \
+        2 * shape.fixed_state_bytes(s.float_bytes)  # a fixed state is read and written every token
 
 
 def matmul_params(shape: Shape, s: Storage) -> int:

@@ -80,22 +80,21 @@ class LayeredReference(Reference):
     def _hidden_many(self, seqs: list[list[int]]) -> list:
         """Final-norm hidden states [1, T, H] of each sequence, each decoder layer loaded once for all
         of them (loading, not compute, is what a layer costs here: 15 GB of reads per pass on a 7B)."""
-        from transformers.masking_utils import create_causal_mask
-
         torch, inner = self.torch, self.model.model
+        kinds = [k.mixer for k in self.spec.layer_kinds]
         with torch.no_grad():
             xs = [self._embed(ids) for ids in seqs]
             ctx = []
             for ids, x in zip(seqs, xs):
                 position_ids = torch.arange(len(ids)).unsqueeze(0)
-                mask = create_causal_mask(config=self.model.config, inputs_embeds=x, attention_mask=None,
-                                          past_key_values=None, position_ids=position_ids)
-                ctx.append((position_ids, mask, inner.rotary_emb(x, position_ids)))
+                masks = _masks(self.model.config, x, position_ids, set(kinds))
+                ctx.append((position_ids, masks, inner.rotary_emb(x, position_ids)))
             t0, n = time.perf_counter(), len(inner.layers)
             for i, layer in enumerate(inner.layers):
                 self._materialise(layer, f"model.layers.{i}.")
-                for j, (position_ids, mask, rope) in enumerate(ctx):
-                    out = layer(xs[j], attention_mask=mask, position_ids=position_ids, position_embeddings=rope)
+                for j, (position_ids, masks, rope) in enumerate(ctx):
+                    out = layer(xs[j], attention_mask=masks[kinds[i]], position_ids=position_ids,
+                                position_embeddings=rope)
                     xs[j] = out[0] if isinstance(out, tuple) else out
                 self._release(layer)
                 if self.log:
@@ -145,6 +144,20 @@ class LayeredReference(Reference):
             if nxt in self.eos:
                 break
         return out
+
+
+def _masks(config, x, position_ids, kinds: set[str]) -> dict:
+    """Each layer kind's attention mask as the text model builds it: the causal mask for full attention,
+    the recurrent layers' padding mask (None without padding) for Gated DeltaNet."""
+    from transformers.masking_utils import create_causal_mask
+
+    args = dict(config=config, inputs_embeds=x, attention_mask=None, past_key_values=None, position_ids=position_ids)
+    out = {"full_attention": create_causal_mask(**args)}
+    if "linear_attention" in kinds:
+        from transformers.models.qwen3_5.modeling_qwen3_5 import create_recurrent_attention_mask
+
+        out["linear_attention"] = create_recurrent_attention_mask(**args)
+    return out
 
 
 def _shards(folder: Path) -> list[str]:

@@ -127,6 +127,14 @@ FIXTURES: dict[str, FixtureSpec] = {
                     linear=(2, 2, 32, 32)),
         FixtureSpec("tiny-qwen3.5-untied", "Qwen3.5-27B", 64, 8, 4, 2, 128, head_dim=64, max_positions=2048,
                     seed=15, linear=(2, 4, 32, 32)),
+        # Qwen3.5 at real sizes, tensor by tensor in bf16 (text model only). The 0.8B as published; the 2B and
+        # 9B sizes from their model cards (their config.json was not found whole), on the stored config of the
+        # same tying: the 0.8B's (tied) for the 2B, the 27B's (untied) for the 9B.
+        FixtureSpec("qwen3.5-0.8b-shape", "Qwen3.5-0.8B", 1024, 24, 8, 2, 3584, head_dim=256, seed=16, streamed=True),
+        FixtureSpec("qwen3.5-2b-shape", "Qwen3.5-0.8B", 2048, 24, 8, 2, 6144, head_dim=256, seed=17, streamed=True,
+                    linear=(16, 16, 128, 128)),
+        FixtureSpec("qwen3.5-9b-shape", "Qwen3.5-27B", 4096, 32, 16, 4, 12288, head_dim=256, seed=18, streamed=True,
+                    linear=(16, 32, 128, 128)),
     ]
 }
 

@@ -51,25 +51,19 @@ def run(ckpt: Checkpoint, profile: TargetProfile, work: Path, art: Path, progres
 
 def refuse_hybrid(ckpt: Checkpoint, profile: TargetProfile, exporter: str) -> None:
     """What a model with Gated DeltaNet layers (Qwen3.5) cannot be built to yet, refused in one line before
-    any work: its graph needs onnxruntime's CausalConvWithState and LinearAttention contrib ops (CPU kernels;
-    none on DirectML), and the layer-wise GPTQ does not calibrate its linear-attention layers."""
+    any work (edgeqwen.profile_passes.linear_attention_refusal: the planner reads the same rule)."""
+    from edgeqwen.profile_passes import LINEAR_ATTENTION_PROFILES, linear_attention_refusal
+
     spec = ckpt.spec
     if not spec.layers_of("linear_attention"):
         return
-    from edgeqwen.compiler.torch_quant import leading_torch_passes
-    from edgeqwen.profile_passes import read_passes
-
     what = f"{spec.architecture}'s Gated DeltaNet layers"
-    fix = "build cpu-fp32, cpu-int8, cpu-int4-fast or android-cpu-int4-fast"
     if exporter != "streaming":
         raise ProfileError(f"{what} are written by the streaming exporter only (Olive's ModelBuilder is not used "
                            f"for them); build without --exporter olive")
-    if profile.backend != "genai" or profile.execution_provider != "cpu" or read_passes(profile).layout != "fused":
-        raise ProfileError(f"{what} run on onnxruntime's CausalConvWithState and LinearAttention contrib ops, which "
-                           f"have CPU kernels only (none for {profile.execution_provider}); {fix}")
-    if leading_torch_passes(list(profile.olive_passes)):
-        raise ProfileError(f"profile {profile.name} calibrates GPTQ layer by layer, which does not cover {what} yet; "
-                           f"{fix}")
+    why = linear_attention_refusal(profile)
+    if why:
+        raise ProfileError(f"profile {profile.name} cannot build {what}: {why}; build {LINEAR_ATTENTION_PROFILES}")
 
 
 def _run_streaming(ckpt: Checkpoint, profile: TargetProfile, work: Path, art: Path, progress: Progress) -> FlowOutput:
