@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from terminal import Terminal, needs_tmux
 
 
@@ -27,8 +29,10 @@ def test_run_streams_text_and_reports_context_overflow(artifacts):
 
 
 @needs_tmux
-def test_chat_two_turns_in_a_real_terminal(artifacts):
-    folder = artifacts("tiny-qwen2.5", "cpu-int4").folder
+@pytest.mark.parametrize("name, target", [("tiny-qwen2.5", "cpu-int4"), ("tiny-qwen3.5", "cpu-fp32")])
+def test_chat_two_turns_in_a_real_terminal(artifacts, name, target):
+    """Qwen3.5 too: its hybrid state restores the turn-boundary snapshot for the second turn."""
+    folder = artifacts(name, target).folder
     term = Terminal(f"{sys.executable} -m edgeqwen.cli chat {folder} --max-new-tokens 8 --temperature 0 -v")
     try:
         term.wait_for("you>", 1)

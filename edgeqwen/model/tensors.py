@@ -262,3 +262,21 @@ def checkpoint_layout(spec: ModelSpec) -> list[tuple[str, tuple[int, ...]]]:
     if not spec.tied:
         rows.append((names.lm_head, (spec.vocab, h)))
     return rows
+
+
+def mtp_layout(spec: ModelSpec) -> list[tuple[str, tuple[int, ...]]]:
+    """(name, shape) of the multi-token-prediction tensors a published Qwen3.5 checkpoint carries beside the
+    text model (``mtp_layers`` of them; transformers does not build them, the text build leaves them unread):
+    a projection of [embedding | hidden] back to the hidden size, its two input norms, one gated-attention
+    decoder layer, a final norm. The fixture writers add them so a checkpoint looks as Qwen ships it."""
+    h, inter, hd = spec.hidden, spec.intermediate, spec.head_dim
+    rows: list[tuple[str, tuple[int, ...]]] = [("mtp.fc.weight", (h, 2 * h)), ("mtp.pre_fc_norm_embedding.weight", (h,)),
+                                               ("mtp.pre_fc_norm_hidden.weight", (h,)), ("mtp.norm.weight", (h,))]
+    for i in range(spec.mtp_layers):
+        p, a = f"mtp.layers.{i}", f"mtp.layers.{i}.self_attn"
+        rows += [(f"{p}.input_layernorm.weight", (h,)), (f"{a}.q_proj.weight", (2 * spec.q_dim, h)),
+                 (f"{a}.k_proj.weight", (spec.kv_dim, h)), (f"{a}.v_proj.weight", (spec.kv_dim, h)),
+                 (f"{a}.o_proj.weight", (h, spec.q_dim)), (f"{a}.q_norm.weight", (hd,)), (f"{a}.k_norm.weight", (hd,)),
+                 (f"{p}.post_attention_layernorm.weight", (h,)), (f"{p}.mlp.gate_proj.weight", (inter, h)),
+                 (f"{p}.mlp.up_proj.weight", (inter, h)), (f"{p}.mlp.down_proj.weight", (h, inter))]
+    return rows

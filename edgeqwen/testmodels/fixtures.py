@@ -289,19 +289,13 @@ def _add_mtp(spec: FixtureSpec, out_dir: Path, dtype: str) -> None:
     import torch
     from safetensors.torch import load_file, save_file
 
-    h, inter = spec.hidden, spec.intermediate
+    from edgeqwen.model.tensors import mtp_layout
+
     ms = spec.model_spec
-    shapes = {"mtp.fc.weight": (h, 2 * h), "mtp.pre_fc_norm_embedding.weight": (h,), "mtp.pre_fc_norm_hidden.weight": (h,),
-              "mtp.norm.weight": (h,), "mtp.layers.0.input_layernorm.weight": (h,),
-              "mtp.layers.0.self_attn.q_proj.weight": (2 * ms.q_dim, h), "mtp.layers.0.self_attn.k_proj.weight": (ms.kv_dim, h),
-              "mtp.layers.0.self_attn.v_proj.weight": (ms.kv_dim, h), "mtp.layers.0.self_attn.o_proj.weight": (h, ms.q_dim),
-              "mtp.layers.0.self_attn.q_norm.weight": (ms.head_dim,), "mtp.layers.0.self_attn.k_norm.weight": (ms.head_dim,),
-              "mtp.layers.0.post_attention_layernorm.weight": (h,), "mtp.layers.0.mlp.gate_proj.weight": (inter, h),
-              "mtp.layers.0.mlp.up_proj.weight": (inter, h), "mtp.layers.0.mlp.down_proj.weight": (h, inter)}
     gen = torch.Generator().manual_seed(spec.seed + 1000)
     path = out_dir / "model.safetensors"
     tensors = load_file(str(path))
-    for name, shape in shapes.items():
+    for name, shape in mtp_layout(ms):
         x = scaled(torch.randn(shape, generator=gen), weight_kind(name, ms.norm_offset), spec, shape[-1])
         tensors[name] = x.to(getattr(torch, dtype)).contiguous()
     save_file(tensors, str(path), metadata={"format": "pt"})

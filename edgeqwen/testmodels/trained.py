@@ -42,6 +42,11 @@ class TrainSpec:
     max_positions: int = 1024
     max_train_chars: int | None = None  # tests train on a slice; None = every training file
     dtype: str = "bfloat16"  # of the saved weights (as Qwen ships them); training is fp32
+    # "qwen3", or "qwen3_5": Qwen3.5's hybrid text model (Qwen3_5ForCausalLM: 3 of 4 layers Gated DeltaNet with
+    # the linear-attention sizes below, every 4th gated full attention; offset RMSNorm)
+    architecture: str = "qwen3"
+    linear_heads: tuple[int, int] = (2, 4)  # key heads, value heads of the Gated DeltaNet layers
+    linear_head_dim: int = 64
 
 
 # The copy `edgeqwen demo` builds: committed, and regenerated bit for bit (same Python, same machine
@@ -81,7 +86,7 @@ def train_tokenizer(text: str, spec: TrainSpec):
 def train(out: Path, spec: TrainSpec = TrainSpec(), log: Callable[[str], None] = print) -> dict:
     import numpy as np
     import torch
-    from transformers import AutoModelForCausalLM, GenerationConfig, Qwen3Config
+    from transformers import AutoModelForCausalLM, GenerationConfig
 
     torch.manual_seed(spec.seed)
     torch.use_deterministic_algorithms(True)
@@ -97,14 +102,7 @@ def train(out: Path, spec: TrainSpec = TrainSpec(), log: Callable[[str], None] =
 
     vocab = tok.get_vocab_size()
     specials = {t: tok.token_to_id(t) for t in SPECIALS}
-    cfg = Qwen3Config(vocab_size=vocab, hidden_size=spec.hidden, intermediate_size=spec.intermediate,
-                      num_hidden_layers=spec.layers, num_attention_heads=spec.heads,
-                      num_key_value_heads=spec.kv_heads, head_dim=spec.head_dim,
-                      max_position_embeddings=spec.max_positions, tie_word_embeddings=True,
-                      bos_token_id=specials["<|endoftext|>"], eos_token_id=specials["<|im_end|>"],
-                      pad_token_id=specials["<|endoftext|>"], rms_norm_eps=1e-6)
-    cfg.rope_parameters = {"rope_type": "default", "rope_theta": 10000.0}
-    cfg.architectures = ["Qwen3ForCausalLM"]
+    cfg = _config(spec, vocab, specials)
     model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
     opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, betas=(0.9, 0.95), weight_decay=0.1)
     gen = np.random.default_rng(spec.seed)
@@ -143,6 +141,38 @@ def train(out: Path, spec: TrainSpec = TrainSpec(), log: Callable[[str], None] =
             "eval_tokens": int(len(eval_ids)), "eval_perplexity_fp32": ppl}  # no timings: regenerated bit for bit
     (out / "edgeqwen_trained.json").write_text(json.dumps(info, indent=2))
     return info
+
+
+def _config(spec: TrainSpec, vocab: int, specials: dict[str, int]):
+    """The transformers config of the model to train (tied embeddings, the chat tokens' ids)."""
+    from transformers import Qwen3Config
+
+    sizes = dict(vocab_size=vocab, hidden_size=spec.hidden, intermediate_size=spec.intermediate,
+                 num_hidden_layers=spec.layers, num_attention_heads=spec.heads, num_key_value_heads=spec.kv_heads,
+                 head_dim=spec.head_dim, max_position_embeddings=spec.max_positions, tie_word_embeddings=True,
+                 bos_token_id=specials["<|endoftext|>"], eos_token_id=specials["<|im_end|>"],
+                 pad_token_id=specials["<|endoftext|>"], rms_norm_eps=1e-6)
+    if spec.architecture == "qwen3":
+        cfg = Qwen3Config(**sizes)
+        cfg.rope_parameters = {"rope_type": "default", "rope_theta": 10000.0}
+        cfg.architectures = ["Qwen3ForCausalLM"]
+        return cfg
+    if spec.architecture != "qwen3_5":
+        raise ValueError(f"cannot train architecture {spec.architecture!r}; qwen3 or qwen3_5")
+    from transformers import Qwen3_5TextConfig
+
+    kh, vh = spec.linear_heads
+    cfg = Qwen3_5TextConfig(**sizes, linear_num_key_heads=kh, linear_num_value_heads=vh,
+                            linear_key_head_dim=spec.linear_head_dim, linear_value_head_dim=spec.linear_head_dim,
+                            layer_types=["full_attention" if (i + 1) % 4 == 0 else "linear_attention"
+                                         for i in range(spec.layers)])
+    # Qwen3.5's rotary as published: a quarter of each head, interleaved multi-axis sections (text: equal axes)
+    pairs = spec.head_dim // 8  # rotated pairs: a quarter of the head, halved
+    hw = round(pairs * 11 / 32)  # the published split of 32 pairs, [11, 11, 10], scaled
+    cfg.rope_parameters = {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.25,
+                           "mrope_interleaved": True, "mrope_section": [hw, hw, pairs - 2 * hw]}
+    cfg.architectures = ["Qwen3_5ForCausalLM"]
+    return cfg
 
 
 def perplexity_torch(model, ids, window: int) -> float:

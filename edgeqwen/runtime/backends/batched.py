@@ -135,6 +135,7 @@ class BatchedBackend(StateLoops):
         self.mask_dtype = np.int32 if kinds.get("attention_mask") == "tensor(int32)" else np.int64
         self.max_batch, self.capacity = INITIAL  # both double when needed
         self.cache = self._alloc(*INITIAL)  # state input name -> buffer [slots, ...]
+        self.spare = self._spares()  # fixed tensors: the buffer the next decode step writes into
         self.rows: list[BatchedState] = []  # live sequences; rows[i] owns row i of every buffer
         self.steps = 0  # batched decode runs, and how many rows had a token in them (tests and metrics)
         self.rows_stepped = 0
@@ -155,6 +156,12 @@ class BatchedBackend(StateLoops):
     def _alloc(self, slots: int, capacity: int) -> dict[str, np.ndarray]:
         # a fresh sequence's state is zeros: an empty KV cache, a recurrent layer's initial state
         return {t.input: np.zeros(t.concrete(slots, capacity), np.dtype(t.dtype)) for t in self.tensors}
+
+    def _spares(self) -> dict[str, np.ndarray]:
+        """A second buffer per fixed tensor, the size of the first: a decode step reads one and writes the other,
+        and the two swap (the 0.8B Qwen3.5 shape's recurrent states are 19 MB a row: a copy back per token
+        would cost more than the step's state arithmetic)."""
+        return {t.input: np.zeros_like(self.cache[t.input]) for t in self.tensors if t.sequence_axis is None}
 
     def _loop(self) -> None:
         pending: list[Append] = []
@@ -269,6 +276,7 @@ class BatchedBackend(StateLoops):
         if not self.rows and (self.capacity > INITIAL[1] or self.max_batch > INITIAL[0]):
             self.cache = self._alloc(*INITIAL)  # idle: give back what a burst of long sequences grew
             self.max_batch, self.capacity = INITIAL
+            self.spare = self._spares()
 
     def _save(self, state: "BatchedState", kv: bool) -> Snapshot:
         """Copies of the row's fixed tensors (and its KV positions below length, for a full snapshot)."""
@@ -299,6 +307,7 @@ class BatchedBackend(StateLoops):
             keep = _rows(t, slice(0, n), c)
             new[t.input][keep] = self.cache[t.input][keep]
         self.cache, self.max_batch, self.capacity = new, slots, capacity
+        self.spare = self._spares()
 
     def _run_guarded(self, work: list[Append]) -> None:
         try:
@@ -368,24 +377,27 @@ class BatchedBackend(StateLoops):
         io = self.session.io_binding()
         io.bind_cpu_input("input_ids", np.ascontiguousarray(tokens, dtype=self.ids_dtype))
         io.bind_cpu_input("attention_mask", mask)
-        written: list[tuple[np.ndarray, np.ndarray]] = []  # fixed tensors: (rows lo:hi, this step's output)
+        fixed: list[str] = []
         for t in self.tensors:
             rows = self.cache[t.input][lo:hi]  # a view: contiguous, rows are the leading axis
             value = ort.OrtValue.ortvalue_from_numpy(rows)
             io.bind_ortvalue_input(t.input, value)
             if t.sequence_axis is not None:  # kv: the shared past/present buffer, new positions written in place
                 io.bind_ortvalue_output(t.output, value)
-            else:  # fixed: the graph reads the old state while writing the new one, so a separate buffer
-                out = np.empty_like(rows)
-                io.bind_ortvalue_output(t.output, ort.OrtValue.ortvalue_from_numpy(out))
-                written.append((rows, out))
+            else:  # fixed: the graph reads the old state while writing the new one, into the spare buffer
+                io.bind_ortvalue_output(t.output, ort.OrtValue.ortvalue_from_numpy(self.spare[t.input][lo:hi]))
+                fixed.append(t.input)
         io.bind_output("logits")
         self.session.run_with_iobinding(io)
-        for rows, out in written:
-            if active is None:
-                rows[...] = out
-            else:
-                rows[active] = out[active]  # idle rows keep their pre-step state
+        every_row = lo == 0 and hi == len(self.rows)
+        for name in fixed:
+            old, new = self.cache[name], self.spare[name]
+            if not every_row:  # one row's prompt chunk: copy its rows back, the other rows are untouched
+                old[lo:hi] = new[lo:hi]
+                continue
+            if active is not None and not active.all():
+                new[:hi][~active] = old[:hi][~active]  # idle rows keep their pre-step state
+            self.cache[name], self.spare[name] = new, old  # the written buffer becomes the state
         logits = io.get_outputs()[-1].numpy()  # [rows, S or 1, V]
         return np.asarray(logits[:, -1], dtype=np.float32)
 
