@@ -9,18 +9,21 @@ rounding is emulable (round(x / (max|x| / 127)) per block agrees with the kernel
 range), but an input a float ulp away from a rounding boundary flips one int8 step, and a deep random-
 weight network amplifies such flips into O(1) logit differences (the Qwen2.5-0.5B shape: KL 0.04 with
 emulation, measured). So parity runs on a twin of the artifact whose MatMulNBits compute in fp32
-(accuracy_level 0; the same bytes otherwise, the same file sizes), exact on any checkpoint, and what the
-int8 activations add is measured apart, between the artifact and its twin.
+(accuracy_level 0 for 4-bit weights; 8-bit weights dequantised to an fp32 MatMul when the session loads,
+see _dequantized_matmul; the same weight bytes), exact on any checkpoint, and what the int8 activations add
+is measured apart, between the artifact and its twin.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import struct
 from pathlib import Path
 from typing import Any
 
+from edgeqwen.artifact import MANIFEST_NAME, read_manifest, sha256_file
 from edgeqwen.model.tensors import TensorMap
 from edgeqwen.quality.graph_weights import ArtifactWeights
 
@@ -37,9 +40,14 @@ def exact_compute_twin(folder: Path, manifest: dict[str, Any], out: Path) -> Pat
         return None
     out.mkdir(parents=True)
     for f in folder.iterdir():
-        if f.name != model_file:
+        if f.name not in (model_file, MANIFEST_NAME):
             _link(f, out / f.name)
     (out / model_file).write_bytes(data)
+    # the graph file changes size where 8-bit weights became an fp32 MatMul: the twin's manifest lists it so
+    if (folder / MANIFEST_NAME).is_file():
+        on_disk = read_manifest(folder)
+        on_disk["files"][model_file] = {"sha256": sha256_file(out / model_file), "bytes": len(data)}
+        (out / MANIFEST_NAME).write_text(json.dumps(on_disk, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return out
 
 
@@ -57,12 +65,59 @@ def _patch_onnx(path: Path) -> bytes | None:
 
     model = onnx.load(str(path), load_external_data=False)
     changed = False
+    nodes = []
     for node in model.graph.node:
-        if node.op_type == "MatMulNBits":
-            for a in node.attribute:
-                if a.name == "accuracy_level" and a.i == INT8_COMPUTE:
-                    a.i, changed = 0, True  # a one-byte varint either way: the file keeps its size
-    return model.SerializeToString() if changed else None
+        attrs = {a.name: a for a in node.attribute}
+        if node.op_type != "MatMulNBits" or "accuracy_level" not in attrs or attrs["accuracy_level"].i != INT8_COMPUTE:
+            nodes.append(node)
+            continue
+        changed = True
+        if attrs["bits"].i == 8:
+            nodes += _dequantized_matmul(node, {k: onnx.helper.get_attribute_value(v) for k, v in attrs.items()})
+        else:
+            attrs["accuracy_level"].i = 0
+            nodes.append(node)
+    if not changed:
+        return None
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return model.SerializeToString()
+
+
+def _dequantized_matmul(node, attrs: dict[str, Any]) -> list:
+    """An 8-bit MatMulNBits as DequantizeLinear (blocked along K) + Transpose + MatMul, all on initializers:
+    onnxruntime folds the weight to fp32 [K, N] when the session loads, so the twin computes exactly in fp32
+    at sgemm speed (onnxruntime 1.32's 8-bit MatMulNBits has no fp32-compute kernel: it dequantizes the whole
+    weight on every call, 71 ms per call for 8,192 x 1,024 against 0.5 ms with int8 compute, which made the
+    twin of a 0.8B int8 model take hours). Costs 4 bytes per weight in memory while the twin runs."""
+    from onnx import TensorProto, helper
+
+    n, k, block = attrs["N"], attrs["K"], attrs["block_size"]
+    blocks = -(-k // block)
+    x, b, scales = node.input[:3]
+    zp = node.input[3] if len(node.input) > 3 and node.input[3] else ""
+    p = f"{node.name}/twin"
+    shape = lambda name, dims: helper.make_node("Constant", [], [name], value=helper.make_tensor(  # noqa: E731
+        name, TensorProto.INT64, [len(dims)], dims))
+    out = [shape(f"{p}/qshape", [n, blocks * block]), shape(f"{p}/sshape", [n, blocks]),
+           helper.make_node("Reshape", [b, f"{p}/qshape"], [f"{p}/q"]),
+           helper.make_node("Reshape", [scales, f"{p}/sshape"], [f"{p}/s"])]
+    if zp:
+        out.append(helper.make_node("Reshape", [zp, f"{p}/sshape"], [f"{p}/zp"]))
+    else:  # symmetric: MatMulNBits' implied zero point 2^(bits - 1)
+        out += [helper.make_node("Constant", [], [f"{p}/mid"], value=helper.make_tensor(f"{p}/mid", TensorProto.UINT8,
+                                                                                        [1], [128])),
+                helper.make_node("Expand", [f"{p}/mid", f"{p}/sshape"], [f"{p}/zp"])]
+    out.append(helper.make_node("DequantizeLinear", [f"{p}/q", f"{p}/s", f"{p}/zp"], [f"{p}/w"], axis=1,
+                                block_size=block))  # [N, K padded to blocks]
+    w = f"{p}/w"
+    if blocks * block != k:
+        out += [shape(f"{p}/start", [0]), shape(f"{p}/end", [k]), shape(f"{p}/axis", [1]),
+                helper.make_node("Slice", [w, f"{p}/start", f"{p}/end", f"{p}/axis"], [f"{p}/wk"])]
+        w = f"{p}/wk"
+    out += [helper.make_node("Transpose", [w], [f"{p}/wt"], perm=[1, 0]),  # [K, N]
+            helper.make_node("MatMul", [x, f"{p}/wt"], list(node.output[:1]), name=f"{node.name}/twin")]
+    return out
 
 
 def _patch_ort(path: Path) -> bytes | None:
