@@ -17,7 +17,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from edgeqwen.model.tensors import checkpoint_layout
+from edgeqwen.model.tensors import checkpoint_layout, mtp_layout
 from edgeqwen.testmodels.fixtures import scaled, weight_kind
 
 BLOCK_VALUES = 4 * 2**20  # values generated at a time: 16 MB of fp32
@@ -26,8 +26,11 @@ DEFAULT_SHARD_BYTES = 4 * 2**30  # Qwen's own shards are about 4 GB
 
 def tensor_table(spec) -> list[tuple[str, tuple[int, ...]]]:
     """(name, shape) of every tensor of a checkpoint of the fixture ``spec``'s shape, in file order (the
-    tensor map's: edgeqwen.model.tensors)."""
-    return checkpoint_layout(spec.model_spec)
+    tensor map's: edgeqwen.model.tensors), then Qwen3.5's multi-token-prediction tensors as published
+    checkpoints carry them (llama.cpp's converter and loader expect them: a Qwen3.5 GGUF without its mtp layer
+    does not load)."""
+    ms = spec.model_spec
+    return checkpoint_layout(ms) + (mtp_layout(ms) if ms.mtp_layers and spec.mtp else [])
 
 
 def to_bf16(x: np.ndarray) -> np.ndarray:
