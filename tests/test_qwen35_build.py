@@ -16,7 +16,6 @@ import pytest
 from edgeqwen.artifact import read_manifest, runtime_spec
 
 SLOW = pytest.mark.slow
-INT_PROFILES = ("cpu-int8", "cpu-int4-fast", "android-cpu-int4-fast")
 
 
 def _validated(manifest: dict) -> None:
@@ -43,11 +42,12 @@ def test_fp32_build_matches_transformers(artifacts, name):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["tiny-qwen3.5", "tiny-qwen3.5-untied"])
-@pytest.mark.parametrize("target", INT_PROFILES)
+@pytest.mark.parametrize("name, target", [("tiny-qwen3.5", "cpu-int8"), ("tiny-qwen3.5-untied", "cpu-int4-fast"),
+                                          ("tiny-qwen3.5", "android-cpu-int4-fast")])
 def test_int_profiles_pass_the_parity_gate(artifacts, name, target):
     """Quantised builds: transformers computing with the artifact's own weights agrees with the artifact
-    (the parity gate), and the quantised weights read back are within one step of the checkpoint's."""
+    (the parity gate), and the quantised weights read back are within one step of the checkpoint's. Each
+    profile once, the two fixtures alternating (all six pairs pass: measured by hand, 25-40 s a build)."""
     manifest = read_manifest(artifacts(name, target).folder)
     _validated(manifest)
     assert manifest["validation"]["reference"] == "Reference with the artifact's weights"
@@ -133,6 +133,7 @@ def test_chat_turns_reuse_the_state_and_match_fresh_runs(artifacts):
         session.close()
 
 
+@pytest.mark.slow  # its own cpu-int4-fast build
 def test_run_prints_a_continuation(artifacts):
     folder = artifacts("tiny-qwen3.5", "cpu-int4-fast").folder
     r = subprocess.run([sys.executable, "-m", "edgeqwen.cli", "run", str(folder), "The capital of France is",

@@ -29,7 +29,8 @@ def test_run_streams_text_and_reports_context_overflow(artifacts):
 
 
 @needs_tmux
-@pytest.mark.parametrize("name, target", [("tiny-qwen2.5", "cpu-int4"), ("tiny-qwen3.5", "cpu-fp32")])
+@pytest.mark.parametrize("name, target", [("tiny-qwen2.5", "cpu-int4"),
+                                          pytest.param("tiny-qwen3.5", "cpu-fp32", marks=pytest.mark.slow)])
 def test_chat_two_turns_in_a_real_terminal(artifacts, name, target):
     """Qwen3.5 too: its hybrid state restores the turn-boundary snapshot for the second turn."""
     folder = artifacts(name, target).folder
