@@ -13,9 +13,10 @@ Gated DeltaNet (3 of 4 layers), with its two state tensors of a fixed size per s
                                o_t = q_t^T S_t / sqrt(d_k); state [B, Hv, d_k, d_v] (transformers' layout)
     gated RMSNorm              norm(o) * w * silu(z) per value head (plain weight, not offset)
     out_proj
-Measured against transformers' own torch fallback (tests/test_qwen35_build.py): the ops' results agree
-to fp32 rounding; the fused ops run 2-5x faster than the same math in plain ONNX ops (onnxruntime 1.32,
-one thread).
+Checked against transformers' own torch fallback (tests/test_qwen35_build.py: fp32 builds agree to
+~4e-5 in the logits, 48/48 greedy). LinearAttention measured about 2x faster than the same recurrence in
+plain ONNX ops (16 heads of 128, one thread: decode 0.05 vs 0.12 ms, a 512-token prefill 10-12 vs 23 ms);
+onnxruntime's fused GatedDeltaNet op is not used: its q/k norm is x / max(|x|, 1e-6), not transformers'.
 
 Gated full attention (every 4th layer): q_proj emits per head [query (head_dim) | gate (head_dim)]; q/k
 RMSNorm per head; GroupQueryAttention with the rotary on the first rotary_dim dims of each head (its cos
