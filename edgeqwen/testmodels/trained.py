@@ -45,7 +45,8 @@ class TrainSpec:
     # "qwen3", or "qwen3_5": Qwen3.5's hybrid text model (Qwen3_5ForCausalLM: 3 of 4 layers Gated DeltaNet with
     # the linear-attention sizes below, every 4th gated full attention; offset RMSNorm)
     architecture: str = "qwen3"
-    linear_heads: tuple[int, int] = (2, 4)  # key heads, value heads of the Gated DeltaNet layers
+    linear_key_heads: int = 2  # of the Gated DeltaNet layers (qwen3_5)
+    linear_value_heads: int = 4
     linear_head_dim: int = 64
 
 
@@ -161,7 +162,7 @@ def _config(spec: TrainSpec, vocab: int, specials: dict[str, int]):
         raise ValueError(f"cannot train architecture {spec.architecture!r}; qwen3 or qwen3_5")
     from transformers import Qwen3_5TextConfig
 
-    kh, vh = spec.linear_heads
+    kh, vh = spec.linear_key_heads, spec.linear_value_heads
     cfg = Qwen3_5TextConfig(**sizes, linear_num_key_heads=kh, linear_num_value_heads=vh,
                             linear_key_head_dim=spec.linear_head_dim, linear_value_head_dim=spec.linear_head_dim,
                             layer_types=["full_attention" if (i + 1) % 4 == 0 else "linear_attention"
