@@ -99,7 +99,7 @@ def test_an_error_reaches_the_caller_and_the_scheduler_lives_on(artifacts):
 def test_static_artifacts_are_refused_with_a_clear_message(artifacts):
     from edgeqwen.errors import ArtifactError
 
-    with pytest.raises(ArtifactError, match="batched backend runs genai graphs"):
+    with pytest.raises(ArtifactError, match="batched backend runs dynamic-shape graphs"):
         Engine(artifacts("tiny-qwen3", "android-nnapi").folder, backend="batched")
 
 
