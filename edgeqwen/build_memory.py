@@ -30,7 +30,9 @@ the fp32 reference one layer at a time (about 1 GB on the 7B shape).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 if TYPE_CHECKING:
@@ -136,3 +138,14 @@ def build_peak(dims: LayerDims, parameters: int, steps: Sequence[QuantiseStep]) 
         if need > peak.bytes:
             peak = BuildPeak(need, f"{s.type} ({'layer by layer' if s.implementation == 'layerwise' else 'whole model'})")
     return peak
+
+
+def available_memory() -> int:
+    """MemAvailable from /proc/meminfo (the kernel's estimate of what can be used without swapping)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")

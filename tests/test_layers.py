@@ -28,7 +28,9 @@ ALLOWED: dict[str, set[str]] = {
     "edgeqwen.artifact": {"edgeqwen.errors", "edgeqwen.model"},  # the contract carries the model's sampling record
     "edgeqwen.summary": {"edgeqwen.model"},
     "edgeqwen.runtime": LEAVES | {"edgeqwen.artifact", "edgeqwen.runtime"},
-    "edgeqwen.quality": LEAVES | {"edgeqwen.model", "edgeqwen.targets", "edgeqwen.artifact", "edgeqwen.runtime", "edgeqwen.quality"},
+    # (build_memory: MemAvailable, which the parity twin sizes its fp32 weights by)
+    "edgeqwen.quality": LEAVES | {"edgeqwen.model", "edgeqwen.targets", "edgeqwen.artifact", "edgeqwen.runtime",
+                                  "edgeqwen.build_memory", "edgeqwen.quality"},
     "edgeqwen.bench": LEAVES | {"edgeqwen.artifact", "edgeqwen.runtime", "edgeqwen.quality", "edgeqwen.summary",
                                 "edgeqwen.bench"},
     # fixture makers shrink published configs and read them back through the one parser

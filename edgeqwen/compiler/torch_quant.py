@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from edgeqwen.build_memory import WHOLE_MODEL_BASE, WHOLE_MODEL_BYTES_PER_PARAMETER, QuantiseStep, layer_dims, \
-    step_bytes, whole_model_bytes
+    available_memory, step_bytes, whole_model_bytes
 from edgeqwen.errors import CheckpointError, ProfileError
 from edgeqwen.profile_passes import CALIBRATION_OPTIONS, IMPLEMENTATION, step_calibration, step_implementation
 from edgeqwen.model.spec import ModelSpec, read_spec
@@ -69,17 +69,6 @@ def memory_needed(parameters: int, steps: list[TorchQuantStep] | None = None, sp
         if s.implementation == "olive" or spec is not None:
             need = max(need, step_bytes(s, layer_dims(spec) if spec is not None else None, parameters))
     return need
-
-
-def available_memory() -> int:
-    """MemAvailable from /proc/meminfo (the kernel's estimate of what can be used without swapping)."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def check_memory(steps: list[TorchQuantStep], parameters: int, profile: str, available: int | None = None,

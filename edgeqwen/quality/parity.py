@@ -66,13 +66,14 @@ def _patch_onnx(path: Path) -> bytes | None:
     model = onnx.load(str(path), load_external_data=False)
     changed = False
     nodes = []
+    fold = _fold_8bit(model)
     for node in model.graph.node:
         attrs = {a.name: a for a in node.attribute}
         if node.op_type != "MatMulNBits" or "accuracy_level" not in attrs or attrs["accuracy_level"].i != INT8_COMPUTE:
             nodes.append(node)
             continue
         changed = True
-        if attrs["bits"].i == 8:
+        if attrs["bits"].i == 8 and fold:
             nodes += _dequantized_matmul(node, {k: onnx.helper.get_attribute_value(v) for k, v in attrs.items()})
         else:
             attrs["accuracy_level"].i = 0
@@ -82,6 +83,23 @@ def _patch_onnx(path: Path) -> bytes | None:
     del model.graph.node[:]
     model.graph.node.extend(nodes)
     return model.SerializeToString()
+
+
+# The twin folds 8-bit weights to fp32 only while they fit in this share of MemAvailable (4 bytes a weight:
+# the 2B Qwen3.5 shape's are 8 GB); beyond it they stay 8-bit at accuracy_level 0, slow but in bounded memory.
+FOLD_SHARE = 0.25
+
+
+def _fold_8bit(model) -> bool:
+    """Whether the twin's 8-bit MatMulNBits can become fp32 MatMuls (FOLD_SHARE of MemAvailable)."""
+    from edgeqwen.build_memory import available_memory
+
+    weights = 0
+    for node in model.graph.node:
+        if node.op_type == "MatMulNBits":
+            a = {x.name: x.i for x in node.attribute}
+            weights += a["N"] * a["K"] if a.get("bits") == 8 else 0
+    return 4 * weights <= FOLD_SHARE * available_memory()
 
 
 def _dequantized_matmul(node, attrs: dict[str, Any]) -> list:
