@@ -104,3 +104,21 @@ class RawStream:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def thinking_build(checkpoint: Path, root: Path) -> Path:
+    """``checkpoint`` built to cpu-fp32 with a template that opens <think> in the prompt (as Qwen3-2507 thinking
+    models do), so even random weights start in the reasoning part; -> the artifact folder."""
+    import shutil
+
+    from edgeqwen.compiler.pipeline import build
+
+    ckpt = root / "ckpt"
+    shutil.copytree(checkpoint, ckpt)
+    cfg = json.loads((ckpt / "tokenizer_config.json").read_text())
+    gen = "{{- '<|im_start|>assistant\\n' }}\n{%- if enable_thinking"
+    assert gen in cfg["chat_template"]
+    cfg["chat_template"] = cfg["chat_template"].replace(
+        gen, "{{- '<|im_start|>assistant\\n<think>\\n' }}\n{%- if enable_thinking")
+    (ckpt / "tokenizer_config.json").write_text(json.dumps(cfg))
+    return build(str(ckpt), "cpu-fp32", root / "art", quiet=True).folder

@@ -5,12 +5,11 @@ conversation that prefills only what is new."""
 from __future__ import annotations
 
 import json
-import shutil
 import threading
 
 import pytest
 
-from serving import Served
+from serving import Served, thinking_build
 from test_server import PERSON, WEATHER
 
 pytestmark = pytest.mark.slow
@@ -19,17 +18,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def q35_thinking(checkpoints, tmp_path_factory):
     """tiny-qwen3.5 with a template that opens <think> in the prompt, so even random weights reason first."""
-    from edgeqwen.compiler.pipeline import build
-
-    root = tmp_path_factory.mktemp("q35think")
-    ckpt = root / "ckpt"
-    shutil.copytree(checkpoints("tiny-qwen3.5"), ckpt)
-    cfg = json.loads((ckpt / "tokenizer_config.json").read_text())
-    gen = "{{- '<|im_start|>assistant\\n' }}\n{%- if enable_thinking"
-    assert gen in cfg["chat_template"]
-    cfg["chat_template"] = cfg["chat_template"].replace(gen, "{{- '<|im_start|>assistant\\n<think>\\n' }}\n{%- if enable_thinking")
-    (ckpt / "tokenizer_config.json").write_text(json.dumps(cfg))
-    return build(str(ckpt), "cpu-fp32", root / "art", quiet=True).folder
+    return thinking_build(checkpoints("tiny-qwen3.5"), tmp_path_factory.mktemp("q35think"))
 
 
 @pytest.fixture(scope="module")

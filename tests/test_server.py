@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import threading
 import time
 
@@ -11,7 +10,7 @@ import openai
 import pytest
 
 from edgeqwen.runtime.engine import Engine
-from serving import RawStream, Served
+from serving import RawStream, Served, thinking_build
 
 WEATHER = [{"type": "function", "function": {
     "name": "get_weather", "description": "Current weather in a city",
@@ -28,17 +27,7 @@ PERSON = {"type": "object", "properties": {"name": {"type": "string", "maxLength
 def thinking_artifact(checkpoints, tmp_path_factory):
     """tiny-qwen3 with a template that opens <think> in the prompt (as Qwen3-2507 thinking models do), so
     even random weights start in the reasoning part."""
-    from edgeqwen.compiler.pipeline import build
-
-    root = tmp_path_factory.mktemp("thinking")
-    ckpt = root / "ckpt"
-    shutil.copytree(checkpoints("tiny-qwen3"), ckpt)
-    cfg = json.loads((ckpt / "tokenizer_config.json").read_text())
-    gen = "{{- '<|im_start|>assistant\\n' }}\n{%- if enable_thinking"
-    assert gen in cfg["chat_template"]
-    cfg["chat_template"] = cfg["chat_template"].replace(gen, "{{- '<|im_start|>assistant\\n<think>\\n' }}\n{%- if enable_thinking")
-    (ckpt / "tokenizer_config.json").write_text(json.dumps(cfg))
-    return build(str(ckpt), "cpu-fp32", root / "art", quiet=True).folder
+    return thinking_build(checkpoints("tiny-qwen3"), tmp_path_factory.mktemp("thinking"))
 
 
 @pytest.fixture(scope="module")
