@@ -5,8 +5,9 @@ planner (edgeqwen.plan.storage counts its bytes) both read a profile through ``r
 cannot disagree on a default. Stdlib only: `edgeqwen plan` runs without the compiler.
 
 A genai profile is: Olive's PyTorch quantisation passes (GPTQ, RTN, k-quant; optional), then ModelBuilder
-(precision and extra options), then block-wise RTN passes on the builder's graph (optional), each taking
-the weights it names (the first pass to take a weight keeps it).
+(precision and extra options), then weight passes on the builder's graph (optional: block-wise RTN, or
+k-quant's searched scale and zero point), each taking the weights it names (the first pass to take a weight
+keeps it).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from edgeqwen.targets import TORCH_PASSES, OlivePass, TargetProfile, rtn_roles
 
 BUILDER_PRECISIONS = ("fp32", "fp16", "int4")  # the ModelBuilder precisions the streaming exporter writes
 RTN_PASS = "OnnxBlockWiseRtnQuantization"
+KQUANT_PASS = "OnnxKQuantQuantization"  # Olive's: every MatMul (not the Gather tables), always asymmetric
+KQUANT_DEFAULT_BLOCK = 32  # Olive's default block_size for it
 # Olive's defaults when a PyTorch pass leaves them out (olive.passes.pytorch: 4 bits, group 128, asymmetric)
 TORCH_DEFAULTS = {"bits": 4, "group_size": 128, "sym": False}
 # Our own options on the PyTorch passes (Olive's are passed through unchanged; these are popped before).
@@ -42,6 +45,7 @@ class Stored:
     # Olive's PyTorch passes: a layer whose K the group does not divide takes the largest power-of-two group
     # that does (edgeqwen.compiler.torch_quant.group_overrides); ONNX RTN pads K to whole blocks instead
     divides: bool = False
+    algorithm: str = "rtn"  # blocks: "rtn" (round to nearest) or "kquant" (searched scale and zero point)
 
     @property
     def is_float(self) -> bool:
@@ -123,13 +127,11 @@ def read_passes(profile: TargetProfile) -> PassPlan:
         if precision == "int4" else Stored(8 * io)
     roles: dict[str, Stored] = {}
     for p in rtn:
-        if p.type != RTN_PASS or not builder.is_float or io != 4:
+        if p.type not in (RTN_PASS, KQUANT_PASS) or not builder.is_float or io != 4:
             raise ProfileError(f"{where}: the streaming exporter cannot apply Olive pass {p.type} here; build with "
                                f"--exporter olive")
-        o = p.options
-        fmt = Stored(int(o.get("bits", 4)), int(o.get("block_size", 128)), bool(o.get("is_symmetric", True)),
-                     int(o.get("accuracy_level", 0)))
-        for role in rtn_roles(o, where):
+        taken = _kquant_roles(p.options, where) if p.type == KQUANT_PASS else _rtn_roles(p.options, where)
+        for role, fmt in taken.items():
             roles.setdefault(role, fmt)  # a node an earlier pass quantised is MatMulNBits: later passes skip it
     torch = _torch_quant(steps, where) if steps else None
     return PassPlan(where=where, execution_provider=ep, io_bytes=io, builder=builder,
@@ -137,6 +139,35 @@ def read_passes(profile: TargetProfile) -> PassPlan:
                     lm_head=roles.get("lm_head", builder), embedding=roles.get("embedding"),
                     prune_lm_head=bool(extra.get("prune_lm_head", False)), int4_accuracy_level=level,
                     layout="split" if ep == "dml" else "fused", torch=torch, builder_pass=mb, rtn_passes=rtn)
+
+
+def _rtn_roles(o: dict[str, Any], where: str) -> dict[str, Stored]:
+    fmt = Stored(int(o.get("bits", 4)), int(o.get("block_size", 128)), bool(o.get("is_symmetric", True)),
+                 int(o.get("accuracy_level", 0)))
+    return {role: fmt for role in rtn_roles(o, where)}
+
+
+def _kquant_roles(o: dict[str, Any], where: str) -> dict[str, Stored]:
+    """What an OnnxKQuantQuantization pass takes: every MatMul, so the decoder layers and the lm_head (a node
+    it excludes or overrides by name: the lm_head only); never the embedding Gather."""
+    def fmt(bits: int, block: int) -> Stored:
+        if bits not in (4, 8):
+            raise ProfileError(f"{where}: {KQUANT_PASS} bits {bits}: MatMulNBits takes 4 or 8")
+        return Stored(bits, block, False, int(o.get("accuracy_level", 0)), algorithm="kquant")
+
+    base = fmt(int(o.get("bits", 4)), int(o.get("block_size", KQUANT_DEFAULT_BLOCK)))
+    head = "/lm_head/MatMul"
+    custom = dict(o.get("customized_weight_config") or {})
+    excluded = list(o.get("nodes_to_exclude") or [])
+    unknown = [n for n in [*custom, *excluded] if n != head]
+    if unknown:
+        raise ProfileError(f"{where}: {KQUANT_PASS} names nodes {unknown}; the streaming exporter applies per-node "
+                           f"settings to {head} only; build with --exporter olive")
+    roles = {"weights": base}
+    if head not in excluded:
+        c = custom.get(head, {})
+        roles["lm_head"] = fmt(int(c.get("bits", base.bits)), int(c.get("group_size", base.block)))
+    return roles
 
 
 def _torch_quant(steps: list[OlivePass], where: str) -> TorchQuant:

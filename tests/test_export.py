@@ -53,23 +53,27 @@ def test_int4_passes_parity_and_reports_its_loss(artifacts, name):
 
 @pytest.mark.parametrize("name", FAMILIES)
 def test_int4_graph_holds_matmulnbits_with_profile_bits_and_block(artifacts, name):
-    """The RTN profile: every layer and the lm_head at the one pass's bits and block."""
+    """The data-free profile: every layer at the k-quant pass's bits and block, the lm_head at its per-node
+    override, all with zero points (k-quant is asymmetric)."""
     result = artifacts(name, "cpu-int4-fast")
     model = graph(result)
     spec = FIXTURES[name]
-    quant = next(p for p in load_profile("cpu-int4-fast").olive_passes if p.type == "OnnxBlockWiseRtnQuantization").options
+    quant = next(p for p in load_profile("cpu-int4-fast").olive_passes if p.type == "OnnxKQuantQuantization").options
+    head = quant["customized_weight_config"]["/lm_head/MatMul"]
     mnb = [n for n in model.graph.node if n.op_type == "MatMulNBits"]
     # per layer: qkv, o, gate, up, down (genai fuses q/k/v into one MatMul) + the lm_head
     assert len(mnb) == 5 * spec.layers + 1
     for n in mnb:
         a = attrs(n)
-        assert (a["bits"], a["block_size"], a["accuracy_level"]) == (quant["bits"], quant["block_size"], quant["accuracy_level"])
+        block = head["group_size"] if n.output[0] == "logits" else quant["block_size"]
+        assert (a["bits"], a["block_size"], a["accuracy_level"]) == (quant["bits"], block, quant["accuracy_level"])
+        assert len(n.input) == 4 and n.input[3], f"{n.name}: no zero points"
     float_matmuls = [n for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in {t.name for t in model.graph.initializer}]
     assert float_matmuls == []
     # what the manifest claims is what the graph holds
     claimed = result.manifest["quantization"]["weight_ops"]
     assert {"op": "MatMulNBits", "bits": quant["bits"], "block_size": quant["block_size"],
-            "accuracy_level": quant["accuracy_level"], "zero_points": False, "count": len(mnb)} in claimed
+            "accuracy_level": quant["accuracy_level"], "zero_points": True, "count": len(mnb) - 1} in claimed
 
 
 @pytest.mark.parametrize("name", FAMILIES)

@@ -1,8 +1,9 @@
 """The streaming exporter (edgeqwen.compiler.export) against Olive's passes, and its memory bound.
 
-Olive's ModelBuilder + OnnxBlockWiseRtnQuantization and our graph passes are the reference: the
-streaming exporter must write a graph that computes the same logits (measured: bit for bit, on
-every genai profile and fixture family tried) with memory that does not grow with the model.
+Olive's ModelBuilder + its weight passes (OnnxBlockWiseRtnQuantization, OnnxKQuantQuantization) and our
+graph passes are the reference: the streaming exporter must write a graph that computes the same logits
+(measured: bit for bit, on every genai profile and fixture family tried) with memory that does not grow
+with the model.
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ def _compare_exporters(checkpoints, tmp_path: Path, name: str, target: str) -> N
     assert np.array_equal(a, b), f"max |dlogit| {np.abs(a - b).max():.3g}"  # measured: 0 on every case
 
 
-@pytest.mark.parametrize("name, target", [("tiny-qwen3-tied", "cpu-int4-fast"), ("tiny-qwen2", "cpu-int4-fast")])
+@pytest.mark.parametrize("name, target", [("tiny-qwen3-tied", "cpu-int4-fast"),
+                                          pytest.param("tiny-qwen2", "cpu-int4-fast", marks=pytest.mark.slow)])
 def test_streaming_export_computes_what_olive_does(checkpoints, tmp_path, name, target):
     _compare_exporters(checkpoints, tmp_path, name, target)
 
@@ -79,16 +81,25 @@ def test_int4_weights_carry_the_profile_bits_and_block(artifacts):
     import onnx
     from onnx import helper
 
-    result = artifacts("tiny-qwen3", "cpu-int4-fast")
+    result = artifacts("tiny-qwen3", "cpu-int4-fast")  # untied: the embedding takes the RTN pass
     assert result.manifest["quantization"]["export"]["exporter"] == "streaming"
     steps = result.manifest["quantization"]["export"]["steps"]
-    assert [s["profile_pass"] for s in steps] == ["ModelBuilder", "OnnxBlockWiseRtnQuantization"]
-    assert "quantize_matmul_4bits" in steps[1]["done_by"]
+    assert [s["profile_pass"] for s in steps] == ["ModelBuilder", "OnnxKQuantQuantization",
+                                                  "OnnxBlockWiseRtnQuantization"]
+    assert "edgeqwen.compiler.export.kquant" in steps[1]["done_by"]
+    assert "quantize_matmul_4bits" in steps[2]["done_by"]
     m = onnx.load(str(result.folder / "model.onnx"), load_external_data=False)
+    seen = Counter()
     for n in m.graph.node:
-        if n.op_type == "MatMulNBits":
+        if n.op_type in ("MatMulNBits", "GatherBlockQuantized"):
             a = {x.name: helper.get_attribute_value(x) for x in n.attribute}
-            assert (a["bits"], a["block_size"], a["accuracy_level"]) == (4, 64, 4)
+            head = n.output[0] == "logits"
+            # k-quant is asymmetric (zero points); the untied table is RTN, symmetric
+            expected = (32 if head else 128, True) if n.op_type == "MatMulNBits" else (64, False)
+            assert (a["bits"], a["block_size"], len(n.input) > 3 and bool(n.input[3])) == (4, *expected), n.name
+            assert n.op_type != "MatMulNBits" or a["accuracy_level"] == 4
+            seen[n.op_type, head] += 1
+    assert seen == {("MatMulNBits", True): 1, ("MatMulNBits", False): 10, ("GatherBlockQuantized", False): 1}
 
 
 def test_unknown_olive_pass_is_refused_with_the_way_out(tmp_path, checkpoints):

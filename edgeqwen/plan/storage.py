@@ -61,19 +61,23 @@ def weight_bytes(shape: Shape, s: Storage, positions: int) -> int:
     """Bytes of every initializer the build writes for ``shape`` (model.onnx.data and inline)."""
     v, h = shape.vocab, shape.hidden
     head = s.lm_head
-    if shape.tied and s.embedding is not None and head.block and head.symmetric and table_block(head.block, h):
+    if shape.tied and s.embedding is not None and head.block and table_block(head.block, h):
         head = replace(head, block=table_block(head.block, h))  # as the exporter stores it
         s = replace(s, lm_head=head)
     emb = s.embedding
-    if not shape.tied and emb is not None and emb.block and emb.symmetric and table_block(emb.block, h):
+    if not shape.tied and emb is not None and emb.block and table_block(emb.block, h):
         s = replace(s, lm_head=head, embedding=replace(emb, block=table_block(emb.block, h)))
     total = s.linear_bytes(shape)
     # A tied table is stored once when the embedding can read the lm_head's own storage: float (the lm_head
-    # MatMul reads the embedding) or symmetric blocks dividing the hidden size (GatherBlockQuantized).
-    shared = shape.tied and (not head.block or (s.embedding is not None and head.symmetric and h % head.block == 0))
+    # MatMul reads the embedding) or blocks dividing the hidden size (GatherBlockQuantized); asymmetric
+    # blocks add the zero points as the gather reads them, one byte per block.
+    shared = shape.tied and (not head.block or (s.embedding is not None and h % head.block == 0))
+    if shared and head.block and not head.symmetric:
+        total += v * (h // head.block)
     if not shared:
-        if s.embedding is not None and not shape.tied and s.embedding.symmetric and h % s.embedding.block == 0:
+        if s.embedding is not None and not shape.tied and h % s.embedding.block == 0:
             total += matrix_bytes(s.embedding, v, h, s.float_bytes)
+            total += 0 if s.embedding.symmetric else v * (h // s.embedding.block)
         else:
             total += v * h * s.float_bytes
     # cos/sin are a constant subgraph onnxruntime folds at load: the file holds inv_freq [head/2] and

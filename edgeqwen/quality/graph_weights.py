@@ -140,7 +140,7 @@ class ArtifactWeights:
     def _node(self, op: str, ins: list[str], outs: list[str], attrs: dict[str, int]) -> QuantNode:
         data = ins[0] if op == "GatherBlockQuantized" else ins[1]
         scales = self.file.source(ins[2])
-        zp = ins[3] if len(ins) > 3 and ins[3] else None
+        zp = self.file.source(ins[3]) if len(ins) > 3 and ins[3] else None
         bits, block = int(attrs.get("bits", 4)), int(attrs["block_size"])
         t = self.file.inits[data]
         n, kb = (int(d) for d in (t.dims[:2] if hasattr(t, "dims") else t.DimsAsNumpy()[:2]))
@@ -160,6 +160,9 @@ class ArtifactWeights:
         node, _, rows = self.where[name]
         return rows, node.k
 
+    def asymmetric(self, name: str) -> bool:
+        return self.where[name][0].zero_points is not None
+
     def block(self, name: str) -> int:
         return self.where[name][0].block
 
@@ -170,6 +173,27 @@ class ArtifactWeights:
         kb = math.ceil(node.k / node.block)
         return np.abs(self.file.read(node.scales, (first + start) * kb, (stop - start) * kb).astype(np.float32)
                       .reshape(stop - start, kb))
+
+    def code_range(self, name: str, start: int = 0, stop: int | None = None) -> tuple[np.ndarray, np.ndarray] | None:
+        """(lowest, highest) value [stop - start, K/block] each block of an asymmetric weight can hold:
+        (0 - zero point) x scale and (2^bits - 1 - zero point) x scale; None for symmetric blocks."""
+        node, first, count = self.where[name]
+        if not node.zero_points:
+            return None
+        stop = count if stop is None else stop
+        kb = math.ceil(node.k / node.block)
+        scale = self.file.read(node.scales, (first + start) * kb, (stop - start) * kb).astype(np.float32)
+        zero = self._zero_points(node, first + start, stop - start, kb)
+        lo, hi = -zero * scale.reshape(-1, kb), (2 ** node.bits - 1 - zero) * scale.reshape(-1, kb)
+        return np.minimum(lo, hi), np.maximum(lo, hi)
+
+    def _zero_points(self, node: QuantNode, r0: int, n: int, kb: int) -> np.ndarray:
+        """fp32 [n, K/block] zero points of rows r0 .. r0 + n."""
+        if node.op == "GatherBlockQuantized":  # one byte per block [V, K/block, 1]
+            return self.file.read(node.zero_points, r0 * kb, n * kb).reshape(n, kb).astype(np.float32)
+        per_row = math.ceil(kb * node.bits / 8)  # MatMulNBits: packed, two a byte for 4 bits
+        z = _unpack(self.file.read(node.zero_points, r0 * per_row, n * per_row).reshape(n, per_row), node.bits)
+        return z.reshape(n, -1)[:, :kb].astype(np.float32)
 
     def rows(self, name: str, start: int = 0, stop: int | None = None) -> np.ndarray:
         """fp32 [stop - start, K]: (q - zero point) x scale per block, padding past K dropped."""
@@ -182,9 +206,7 @@ class ArtifactWeights:
         scales = self.file.read(node.scales, r0 * kb, n * kb).astype(np.float32).reshape(n, kb, 1)
         q = _unpack(packed, node.bits).astype(np.float32)  # [n, kb, block]
         if node.zero_points:
-            per_row = math.ceil(kb * node.bits / 8)
-            z = _unpack(self.file.read(node.zero_points, r0 * per_row, n * per_row).reshape(n, per_row), node.bits)
-            zero = z.reshape(n, -1)[:, :kb, None].astype(np.float32)
+            zero = self._zero_points(node, r0, n, kb)[:, :, None]
         else:
             zero = np.float32(2 ** (node.bits - 1))  # symmetric: the midpoint of the unsigned range
         return ((q - zero) * scales).reshape(n, kb * node.block)[:, :node.k]

@@ -4,8 +4,13 @@ written wrong; this reads both, a block of rows at a time, and measures every va
 checkpoint's in quantisation steps (that block's scale).
 
 Round-to-nearest puts each value within half a step, one step for the value clipped at the top of a
-symmetric range ([-8, 7] x scale for 4 bits); anything further is not this checkpoint quantised. The same
-pass gives each tensor's relative error, which the quantisation-loss report names when it is high.
+symmetric range ([-8, 7] x scale for 4 bits); anything further is not this checkpoint quantised. An
+asymmetric block (zero points: RTN's min/max, or k-quant's searched scale and offset, which may clip a few
+large values on purpose) is checked against the checkpoint's values clamped to the range the block can hold:
+its codes must be the round-to-nearest ones under the block's own scale and zero point (half a step), so a
+wrong block, row, packing or zero point shows; how well the search chose the scale is the loss report's
+business. The same pass gives each tensor's relative error, which the quantisation-loss report names when
+it is high.
 
 A weight GPTQ quantised is not within a step of the checkpoint (GPTQ moves later columns to make up for
 earlier rounding); it is checked against the quantised checkpoint Olive's pass wrote instead, where it
@@ -26,6 +31,8 @@ ROWS_PER_READ = 4096
 # fp16 (up to 2^-11 of a value 8 steps large: 0.004 steps). A wrong scale or block is steps off (x1.5: 3.5).
 MAX_STEPS = 1.01
 EXACT_STEPS = 1e-3
+# Within a block's range: half a step plus fp32 evaluation order (fp16 rounding on DirectML as above).
+ROUND_STEPS = 0.505
 
 
 def olive_rows(src, name: str, start: int, stop: int, k: int) -> np.ndarray:
@@ -62,7 +69,8 @@ def check_weights(weights: ArtifactWeights, checkpoint: Path, top: int = 5,
         error, steps = _compare(weights, src, name, olive if pre else None, measure_steps=not (pre and olive is None))
         errors.append((name, error))
         if steps is not None:
-            worst_steps[name], limits[name] = steps, EXACT_STEPS if pre else MAX_STEPS
+            limit = EXACT_STEPS if pre else ROUND_STEPS if weights.asymmetric(name) else MAX_STEPS
+            worst_steps[name], limits[name] = steps, limit
     errors.sort(key=lambda x: -x[1])
     bad = sorted((n for n, s in worst_steps.items() if s > limits[n]), key=lambda n: -worst_steps[n])
     return WeightCheck(
@@ -86,7 +94,12 @@ def _compare(weights: ArtifactWeights, src, name: str, olive, measure_steps: boo
         err += float(((a - w).astype(np.float64) ** 2).sum())
         ref += float((w.astype(np.float64) ** 2).sum())
         if measure_steps:
-            d = np.abs(a - (w if olive is None else olive_rows(olive, name, r, stop, k)))
+            expected = w if olive is None else olive_rows(olive, name, r, stop, k)
+            held = weights.code_range(name, r, stop) if olive is None else None
+            if held is not None:  # asymmetric: the codes are round-to-nearest inside the block's range
+                block = weights.block(name)
+                expected = np.clip(expected, *(np.repeat(x, block, axis=1)[:, :k] for x in held))
+            d = np.abs(a - expected)
             step = np.repeat(weights.steps(name, r, stop), weights.block(name), axis=1)[:, :k]
             steps = max(steps, float((d / np.maximum(step, 1e-30)).max()))
     return ((err / ref) ** 0.5 if ref else 0.0), (steps if measure_steps else None)

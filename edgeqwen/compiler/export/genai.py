@@ -59,10 +59,12 @@ def shared_head_block(plan: GenaiPlan, hidden: int, tied: bool) -> GenaiPlan:
     model's lm_head (shared with the embedding, rather than storing the table twice), an untied embedding."""
     role = "lm_head" if tied else "embedding"
     fmt = getattr(plan, role) if tied or plan.embedding is not None else plan.weights
-    if not (plan.quantized_embedding and isinstance(fmt, NBitsWeights) and fmt.symmetric):
+    if not (plan.quantized_embedding and isinstance(fmt, NBitsWeights)):
         return plan
     block = table_block(fmt.block_size, hidden)
-    return plan if block in (0, fmt.block_size) else replace(plan, **{role: replace(fmt, block_size=block)})
+    # an asymmetric table also writes the zero points GatherBlockQuantized reads (one byte per block)
+    table = replace(fmt, block_size=block or fmt.block_size, table=block > 0 and not fmt.symmetric)
+    return plan if table == fmt else replace(plan, **{role: table})
 
 
 class Writer:
@@ -204,7 +206,7 @@ def _embedding(w: Writer, head: tuple[list[str], int, int]) -> str:
     tied = w.tied
     names = head[0]
     fmt = plan.lm_head if tied else (plan.embedding or plan.weights)
-    shareable = isinstance(fmt, NBitsWeights) and fmt.symmetric and s.hidden % fmt.block_size == 0
+    shareable = isinstance(fmt, NBitsWeights) and s.hidden % fmt.block_size == 0
     if plan.quantized_embedding and shareable:
         if not tied:
             names, _, _ = fmt.write(w.sink, embed, (embed,))  # the builder names a graph tensor as its source
@@ -224,7 +226,10 @@ def _gather_blocks(w: Writer, fmt: NBitsWeights, names: list[str]) -> str:
     s = w.shape
     kb = s.hidden // fmt.block_size
     scales = w.node("Reshape", [names[1], w.const([s.vocab, kb, 1])], "/model/embed_tokens/ReshapeScales")[0]
-    blocks = w.node("GatherBlockQuantized", [names[0], "input_ids", scales], "/model/embed_tokens/GatherBlockQuantized",
+    inputs = [names[0], "input_ids", scales]
+    if not fmt.symmetric:  # [V, K/block, 1], one byte per block, as the scales
+        inputs.append(w.sink.gather_zero_points[names[0]])
+    blocks = w.node("GatherBlockQuantized", inputs, "/model/embed_tokens/GatherBlockQuantized",
                     domain=MS, bits=fmt.bits, block_size=fmt.block_size, gather_axis=0, quantize_axis=2)[0]
     # [batch, seq, K/block, block] -> [batch, seq, H]
     return w.node("Reshape", [blocks, w.const([0, 0, s.hidden])], "/model/embed_tokens/ReshapeHidden")[0]

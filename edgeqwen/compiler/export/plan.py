@@ -17,7 +17,7 @@ from edgeqwen.compiler.export.prequantized import OliveQuantConfig, Prequantized
 from edgeqwen.compiler.export.weights import FloatWeights, NBitsWeights, WeightFormat
 from edgeqwen.compiler.torch_quant import TorchQuantStep, describe
 from edgeqwen.errors import ProfileError
-from edgeqwen.profile_passes import PassPlan, Stored, read_passes
+from edgeqwen.profile_passes import KQUANT_PASS, PassPlan, Stored, read_passes
 from edgeqwen.targets import OlivePass, TargetProfile
 
 # Our graph passes after Olive, and what the streaming exporter does in their place.
@@ -56,7 +56,8 @@ def writer(fmt: Stored, io: np.dtype) -> WeightFormat:
     """The weight writer that stores ``fmt`` (activations and scales in ``io``)."""
     if fmt.is_float:
         return FloatWeights(io)
-    return NBitsWeights(fmt.bits, fmt.block, fmt.symmetric, fmt.accuracy_level, io, scales_2d=fmt.scales_2d)
+    return NBitsWeights(fmt.bits, fmt.block, fmt.symmetric, fmt.accuracy_level, io, scales_2d=fmt.scales_2d,
+                        algorithm=fmt.algorithm)
 
 
 def records(passes: PassPlan) -> list[dict[str, Any]]:
@@ -65,9 +66,13 @@ def records(passes: PassPlan) -> list[dict[str, Any]]:
     out.append({"profile_pass": "ModelBuilder", "options": passes.builder_pass.options, "done_by": _EXPORTER})
     for p in passes.rtn_passes:
         bits = int(p.options.get("bits", 4))
-        out.append({"profile_pass": p.type, "options": p.options,
-                    "done_by": f"onnxruntime quantize_matmul_{bits}bits, one block of rows at a time as the "
-                               f"weights stream (the kernel Olive's {p.type} runs over the whole graph in memory)"})
+        if p.type == KQUANT_PASS:
+            done_by = ("edgeqwen.compiler.export.kquant, one block of rows at a time as the weights stream (the "
+                       f"bytes Olive's {p.type} computes over the whole graph in memory)")
+        else:
+            done_by = (f"onnxruntime quantize_matmul_{bits}bits, one block of rows at a time as the weights stream "
+                       f"(the kernel Olive's {p.type} runs over the whole graph in memory)")
+        out.append({"profile_pass": p.type, "options": p.options, "done_by": done_by})
     return out
 
 

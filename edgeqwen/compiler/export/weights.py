@@ -5,9 +5,11 @@ fused qkv weight of N = sum n_i rows). Rows are read in blocks of about ``BLOCK_
 weight of any size passes through memory one block at a time.
 
 ``FloatWeights``: MatMul with the weight transposed to [K, N] in the graph's float type.
-``NBitsWeights``: MatMulNBits, blocks quantised by onnxruntime's own ``quantize_matmul_{4,8}bits``
-(the kernel Olive's OnnxBlockWiseRtnQuantization calls on the whole graph), one block of rows at a
-time: B [N, K/block, block*bits/8] uint8, scales [N * K/block], zero points when asymmetric.
+``NBitsWeights``: MatMulNBits, one block of rows at a time, quantised by onnxruntime's own
+``quantize_matmul_{4,8}bits`` (``algorithm="rtn"``: the kernel Olive's OnnxBlockWiseRtnQuantization calls
+on the whole graph) or by the searched-scale k-quant (``"kquant"``: Olive's OnnxKQuantQuantization,
+edgeqwen.compiler.export.kquant): B [N, K/block, block*bits/8] uint8, scales [N * K/block], zero points
+[N * ceil(K/block * bits/8)] when asymmetric.
 """
 
 from __future__ import annotations
@@ -41,6 +43,9 @@ class Sink:
     stacked: dict = field(default_factory=dict)
     # B initializers repacked from a checkpoint an Olive PyTorch pass quantised -> (bits, block size)
     prequantized: dict = field(default_factory=dict)
+    # B initializer of an asymmetric table -> its zero points one byte per block [N, K/block, 1], the layout
+    # GatherBlockQuantized reads beside [N, K/block, block*bits/8] blocks (MatMulNBits packs two a byte)
+    gather_zero_points: dict = field(default_factory=dict)
 
     def node(self, op: str, inputs: list[str], outputs: list[str], name: str, domain: str = "", **attrs) -> None:
         self.nodes.append(helper.make_node(op, inputs, outputs, name=name, domain=domain, **attrs))
@@ -120,12 +125,11 @@ class NBitsWeights:
     accuracy_level: int = 0  # 4: int8 activations, the fast CPU kernel; 0: the op's default
     dtype: np.dtype = np.dtype(np.float32)  # activations and scales (fp16 on DirectML)
     scales_2d: bool = False  # [N, K/block] (the builder's DirectML layout) instead of [N * K/block]
+    algorithm: str = "rtn"  # "rtn": onnxruntime's kernel; "kquant": searched scale and zero point (asymmetric)
+    table: bool = False  # an asymmetric embedding table: also write the zero points GatherBlockQuantized reads
 
     def write(self, sink: Sink, base: str, names: tuple[str, ...]) -> tuple[list[str], int, int]:
         """Quantise the stacked sources block by block; returns (B, scales[, zero points]) names, N, K."""
-        from onnxruntime.capi import _pybind_state as ort_c
-
-        kernel = {4: ort_c.quantize_matmul_4bits, 8: ort_c.quantize_matmul_8bits}[self.bits]
         n_total, k = stacked_shape(sink, names)
         kb = math.ceil(k / self.block_size)
         blob = self.block_size * self.bits // 8
@@ -135,25 +139,54 @@ class NBitsWeights:
         s_t, s = sink.data.reserve(f"{base}_scales", self.dtype, s_shape)
         z_t, z = sink.data.reserve(f"{base}_zero_point", np.uint8, (n_total * zp_per_col,)) \
             if not self.symmetric else (None, None)
+        g_t, g = sink.data.reserve(f"{base}_zero_point_gather", np.uint8, (n_total, kb, 1)) \
+            if self.table and not self.symmetric else (None, None)
         item = np.dtype(self.dtype).itemsize
         for c0, block in row_blocks(sink, names):
-            n = block.shape[0]
-            w = np.zeros((kb * self.block_size, n), dtype=self.dtype)  # [K padded to whole blocks, n]
-            w[:k] = block.T
-            packed = np.zeros((n, kb, blob), dtype=np.uint8)
-            scales = np.zeros(n * kb, dtype=self.dtype)
-            zero = np.zeros(n * zp_per_col, dtype=np.uint8)
-            kernel(packed, w, scales, zero, self.block_size, n, k, self.symmetric)
+            packed, scales, zero = self._quantize(block, k, kb)
             b.write(c0 * kb * blob, packed)
             s.write(c0 * kb * item, scales)
             if z is not None:
                 z.write(c0 * zp_per_col, zero)
-        sink.inits.extend(t for t in (b_t, s_t, z_t) if t is not None)
+            if g is not None:
+                g.write(c0 * kb, unpack_zero_points(zero, self.bits, block.shape[0], kb))
+        sink.inits.extend(t for t in (b_t, s_t, z_t, g_t) if t is not None)
         sink.stacked[b_t.name] = [[name, sink.src.shape(name)[0]] for name in names]
+        if g_t is not None:
+            sink.gather_zero_points[b_t.name] = g_t.name
         return [t.name for t in (b_t, s_t, z_t) if t is not None], n_total, k
+
+    def _quantize(self, block: np.ndarray, k: int, kb: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """fp32 rows [n, K] -> (B [n, K/block, block*bits/8], scales [n * K/block], packed zero points)."""
+        n = block.shape[0]
+        if self.algorithm == "kquant":
+            from edgeqwen.compiler.export.kquant import pack_zero_points, quantize_rows
+
+            rows = np.zeros((n, kb * self.block_size), dtype=np.float32)  # K padded to whole blocks with 0
+            rows[:, :k] = block
+            packed, scales, zero = quantize_rows(rows, self.bits, self.block_size)
+            return packed, scales.reshape(-1).astype(self.dtype), pack_zero_points(zero, self.bits)
+        from onnxruntime.capi import _pybind_state as ort_c
+
+        kernel = {4: ort_c.quantize_matmul_4bits, 8: ort_c.quantize_matmul_8bits}[self.bits]
+        w = np.zeros((kb * self.block_size, n), dtype=self.dtype)  # [K padded to whole blocks, n]
+        w[:k] = block.T
+        packed = np.zeros((n, kb, self.block_size * self.bits // 8), dtype=np.uint8)
+        scales = np.zeros(n * kb, dtype=self.dtype)
+        zero = np.zeros(n * math.ceil(kb * self.bits / 8), dtype=np.uint8)
+        kernel(packed, w, scales, zero, self.block_size, n, k, self.symmetric)
+        return packed, scales, zero
 
     def node(self, sink: Sink, x: str, out: str, prefix: str, inputs: list[str], n: int, k: int) -> None:
         attrs = {"K": k, "N": n, "bits": self.bits, "block_size": self.block_size}
         if self.accuracy_level:
             attrs["accuracy_level"] = self.accuracy_level
         sink.node("MatMulNBits", [x, *inputs], [out], f"{prefix}/MatMul_Q{self.bits}", MS, **attrs)
+
+
+def unpack_zero_points(packed: np.ndarray, bits: int, n: int, kb: int) -> np.ndarray:
+    """MatMulNBits' zero points [n * ceil(kb * bits/8)] -> one byte per block [n * kb] (low nibble first)."""
+    if bits == 8:
+        return packed
+    z = packed.reshape(n, -1)
+    return np.stack([z & 0x0F, z >> 4], axis=-1).reshape(n, -1)[:, :kb].reshape(-1)

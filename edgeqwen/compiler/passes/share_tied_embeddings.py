@@ -8,6 +8,8 @@ lm_head as MatMulNBits: B is [V, K/block, block*bits/8] uint8 and scales [V * K/
 along K (= hidden) per output row v, i.e. per embedding row: exactly GatherBlockQuantized's data with
 quantize_axis=2 (blocks of ``block`` values along the last axis) and scales [V, K/block, 1].
 
+An asymmetric lm_head (zero points) adds one: its zero points unpacked to one byte per block [V, K/block, 1].
+
 lm_head as float MatMul: its weight is E^T [H, V]; the embedding becomes Gather(Transpose(W)).
 """
 
@@ -69,8 +71,17 @@ def run(model: onnx.ModelProto, ctx) -> dict[str, Any]:
         bits, block, k, n = (_attr(head, a) for a in ("bits", "block_size", "K", "N"))
         if k % block:
             return {"applied": False, "reason": f"hidden {k} is not a multiple of block {block}"}
+        kb = k // block
+        gather_inputs = [head.input[1], "input_ids", "/edgeqwen/tied/scales"]
+        zero_inits: list[onnx.TensorProto] = []
         if len(head.input) > 3 and head.input[3]:
-            return {"applied": False, "reason": "lm_head has zero points (asymmetric); not shared"}
+            # asymmetric (k-quant): MatMulNBits packs the zero points two a byte along K/block, the gather
+            # reads one byte per block beside its [V, K/block, 1] scales: a small unpacked copy (V * K/block)
+            packed = numpy_helper.to_array(inits[head.input[3]]).reshape(n, -1)
+            zero = packed if bits == 8 else np.stack([packed & 0x0F, packed >> 4], axis=-1).reshape(n, -1)
+            zero_inits = [numpy_helper.from_array(np.ascontiguousarray(zero[:, :kb]).reshape(n, kb, 1),
+                                                  "/edgeqwen/tied/zero_points")]
+            gather_inputs.append("/edgeqwen/tied/zero_points")
         # GatherBlockQuantized reads B as it is ([V, K/block, block*bits/8], quantised along the last
         # axis), so no reshaped copy of the big table exists even after constant folding (an ORT-format
         # conversion folds a Reshape of an initializer into a second initializer). Only the scales
@@ -78,15 +89,14 @@ def run(model: onnx.ModelProto, ctx) -> dict[str, Any]:
         new_nodes = [
             helper.make_node("Reshape", [head.input[2], "/edgeqwen/tied/scale_shape"], ["/edgeqwen/tied/scales"],
                              name="/edgeqwen/tied/ReshapeScales"),
-            helper.make_node("GatherBlockQuantized", [head.input[1], "input_ids", "/edgeqwen/tied/scales"],
-                             ["/edgeqwen/tied/blocks"], name="/model/embed_tokens/GatherBlockQuantized", domain=MS,
+            helper.make_node("GatherBlockQuantized", gather_inputs, ["/edgeqwen/tied/blocks"], name="/model/embed_tokens/GatherBlockQuantized", domain=MS,
                              bits=bits, block_size=block, gather_axis=0, quantize_axis=2),
             # [batch, seq, K/block, block] -> [batch, seq, K]
             helper.make_node("Reshape", ["/edgeqwen/tied/blocks", "/edgeqwen/tied/hidden_shape"], [out],
                              name="/edgeqwen/tied/ReshapeHidden"),
         ]
-        consts = [_const("/edgeqwen/tied/scale_shape", [n, k // block, 1]),
-                  _const("/edgeqwen/tied/hidden_shape", [0, 0, k])]
+        consts = [_const("/edgeqwen/tied/scale_shape", [n, kb, 1]),
+                  _const("/edgeqwen/tied/hidden_shape", [0, 0, k]), *zero_inits]
         kind = f"GatherBlockQuantized on the lm_head's {bits}-bit weights"
     else:
         w = inits[head.input[1]]
