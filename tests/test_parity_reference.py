@@ -195,7 +195,7 @@ def test_one_perturbed_tensor_fails_the_gate(artifacts, checkpoints, tmp_path):
     from edgeqwen.runtime.engine import Engine
     from edgeqwen.targets import load_profile
 
-    good = artifacts("tiny-qwen2", "cpu-int4-fast").folder  # RTN (GPTQ's own case: tests/test_gptq.py)
+    good = artifacts("tiny-qwen2", "cpu-int4-fast").folder  # k-quant (GPTQ's own case: tests/test_gptq.py)
     bad = tmp_path / "bad"
     shutil.copytree(good, bad)
     manifest = json.loads((bad / "edgeqwen.json").read_text())
