@@ -11,7 +11,8 @@ A build is a sequence of steps, each freeing what it held before the next starts
     GPTQ         base          torch, transformers and Olive imported, the tokenizer loaded
                  states        samples x tokens x hidden x 4: every window's hidden states between layers
                  layer         its parameters x 4
-                 Hessians      hidden^2 (q/k/v) + q_dim^2 (o) + hidden^2 (gate/up) + intermediate^2 (down), x 4
+                 Hessians      one K^2 x 4 per input group: hidden^2 (q/k/v; Gated DeltaNet's in_proj) + q_dim^2
+                               (o; value channels^2 for out_proj) + hidden^2 (gate/up) + intermediate^2 (down)
                  solve         GPTQ on the widest-input linear: the Cholesky factor and its inverse (2 K^2 x 4)
                                and Olive's W / Q / Losses copies (3 N K x 4); the accumulation's x x^T
                                temporary (K^2 x 4) is smaller and not at the same time
@@ -30,6 +31,7 @@ the fp32 reference one layer at a time (about 1 GB on the 7B shape).
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,31 +50,33 @@ SOLVE_RETAINED = 2  # fitted to the 8B shape's measured peak (see above): never 
 
 @dataclass(frozen=True)
 class LayerDims:
-    """What one decoder layer's GPTQ holds depends on: its projections' sizes, biases and norms."""
+    """What one kind of decoder layer's GPTQ holds depends on: its linear layers grouped by the input they
+    read (one Hessian a group), and its other parameters (norms, biases, Gated DeltaNet's conv taps)."""
 
     hidden: int
-    q_dim: int
-    kv_dim: int
-    intermediate: int
-    head_dim: int
-    qkv_bias: bool
-    qk_norm: bool
+    groups: tuple[tuple[int, tuple[int, ...]], ...]  # (K in, (N out of each linear reading that input))
+    other: int
 
     def linear_shapes(self) -> list[tuple[int, int]]:
-        """(N, K) of each decoder linear layer: q, k, v, o, gate, up, down."""
-        h, q, kv, i = self.hidden, self.q_dim, self.kv_dim, self.intermediate
-        return [(q, h), (kv, h), (kv, h), (h, q), (i, h), (i, h), (h, i)]
+        """(N, K) of each linear layer."""
+        return [(n, k) for k, ns in self.groups for n in ns]
 
     def parameters(self) -> int:
-        """One decoder layer's parameter count (projections, biases, norms)."""
-        n = sum(a * b for a, b in self.linear_shapes()) + 2 * self.hidden
-        n += (self.q_dim + 2 * self.kv_dim) if self.qkv_bias else 0
-        return n + (2 * self.head_dim if self.qk_norm else 0)
+        return sum(n * k for n, k in self.linear_shapes()) + self.other
 
 
-def layer_dims(spec: ModelSpec) -> LayerDims:
-    return LayerDims(spec.hidden, spec.q_dim, spec.kv_dim, spec.intermediate, spec.head_dim, spec.qkv_bias,
-                     spec.qk_norm)
+def layer_dims(spec: ModelSpec) -> tuple[LayerDims, ...]:
+    """Each distinct decoder layer of ``spec`` (one for Qwen2 / Qwen3; a Gated DeltaNet and a gated attention
+    layer for Qwen3.5), from the tensor map's input groups and the checkpoint layout's shapes."""
+    from edgeqwen.model.tensors import checkpoint_layout, tensor_map
+
+    shapes = dict(checkpoint_layout(spec))
+    out: dict[LayerDims, None] = {}
+    for t in tensor_map(spec).layers:
+        groups = tuple((shapes[g[0]][1], tuple(shapes[n][0] for n in g)) for g in t.input_groups())
+        other = sum(math.prod(shapes[n]) for n in t.names() if n not in t.linears())
+        out[LayerDims(spec.hidden, groups, other)] = None
+    return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -88,14 +92,17 @@ class LayerwisePeak:
         return self.base + self.states + self.layer + self.hessians + self.solve
 
 
-def layerwise_peak(dims: LayerDims, samples: int, tokens: int) -> LayerwisePeak:
-    h, q, i = dims.hidden, dims.q_dim, dims.intermediate
-    shapes = dims.linear_shapes()
-    k_max = max(k for _, k in shapes)
-    nk_max = max(n * k for n, k in shapes)
-    return LayerwisePeak(base=LAYERWISE_BASE, states=samples * tokens * h * FP32, layer=dims.parameters() * FP32,
-                         hessians=(2 * h * h + q * q + i * i) * FP32,
-                         solve=SOLVE_RETAINED * (2 * k_max * k_max + 3 * nk_max) * FP32)
+def layerwise_peak(kinds: Sequence[LayerDims], samples: int, tokens: int) -> LayerwisePeak:
+    """The peak of GPTQ on the largest of the layer ``kinds`` (each held alone, one after another)."""
+    def one(dims: LayerDims) -> LayerwisePeak:
+        shapes = dims.linear_shapes()
+        k_max = max(k for _, k in shapes)
+        nk_max = max(n * k for n, k in shapes)
+        return LayerwisePeak(base=LAYERWISE_BASE, states=samples * tokens * dims.hidden * FP32,
+                             layer=dims.parameters() * FP32, hessians=sum(k * k for k, _ in dims.groups) * FP32,
+                             solve=SOLVE_RETAINED * (2 * k_max * k_max + 3 * nk_max) * FP32)
+
+    return max((one(d) for d in kinds), key=lambda p: p.total)
 
 
 def whole_model_bytes(parameters: int) -> int:
@@ -113,8 +120,9 @@ class QuantiseStep:
     tokens: int  # tokens per window
 
 
-def step_bytes(step: QuantiseStep, dims: LayerDims | None, parameters: int) -> int:
-    """Peak of one step: the whole model's for Olive's passes, one layer's (``dims``) for layer-wise GPTQ."""
+def step_bytes(step: QuantiseStep, dims: Sequence[LayerDims] | None, parameters: int) -> int:
+    """Peak of one step: the whole model's for Olive's passes, one layer's (the largest of ``dims``) for
+    layer-wise GPTQ."""
     if step.implementation == "olive":
         return whole_model_bytes(parameters)
     if dims is None:
@@ -130,7 +138,7 @@ class BuildPeak:
     step: str  # "export", or the quantisation step's type and implementation
 
 
-def build_peak(dims: LayerDims, parameters: int, steps: Sequence[QuantiseStep]) -> BuildPeak:
+def build_peak(dims: Sequence[LayerDims], parameters: int, steps: Sequence[QuantiseStep]) -> BuildPeak:
     """The largest of the steps' peaks: each frees what it held before the next one runs."""
     peak = BuildPeak(EXPORT_BYTES, "export")
     for s in steps:

@@ -212,8 +212,9 @@ def quantise_steps(profile: TargetProfile) -> tuple[QuantiseStep, ...]:
 
 # Profiles a model with Gated DeltaNet layers (Qwen3.5) builds to: its graph needs onnxruntime's
 # CausalConvWithState and LinearAttention contrib ops (CPU kernels only; NNAPI takes no contrib ops, DirectML
-# has no kernels for them), and the layer-wise GPTQ does not calibrate its linear-attention layers yet.
-LINEAR_ATTENTION_PROFILES = "cpu-fp32, cpu-int8, cpu-int4-fast or android-cpu-int4-fast"
+# has no kernels for them); Olive's own PyTorch passes (the whole model in memory) do not know its layers,
+# the layer-wise GPTQ calibrates them through transformers' own Gated DeltaNet.
+LINEAR_ATTENTION_PROFILES = "cpu-fp32, cpu-int8, cpu-int4, cpu-int4-fast, android-cpu-int4 or android-cpu-int4-fast"
 
 
 def linear_attention_refusal(profile: TargetProfile) -> str:
@@ -221,6 +222,8 @@ def linear_attention_refusal(profile: TargetProfile) -> str:
     if profile.backend != "genai" or profile.execution_provider != "cpu" or read_passes(profile).layout != "fused":
         return (f"its CausalConvWithState and LinearAttention contrib ops have CPU kernels only (none for "
                 f"{profile.execution_provider})")
-    if read_passes(profile).torch is not None:
-        return "the layer-wise GPTQ does not calibrate its linear-attention layers yet"
+    whole = [s.type for s in quantise_steps(profile) if s.implementation == "olive"]
+    if whole:
+        return (f"Olive's own {'/'.join(whole)} pass does not know its Gated DeltaNet layers (use Gptq with "
+                f"implementation = \"layerwise\", the default)")
     return ""

@@ -46,11 +46,13 @@ def _k200(root: Path) -> Path:
     return make_checkpoint(spec.name, root / spec.name, spec=spec)
 
 
-@pytest.mark.parametrize("fixture", ["tiny-qwen2.5", "tiny-qwen3", "tiny-k200"])
+@pytest.mark.parametrize("fixture", ["tiny-qwen2.5", "tiny-qwen3", "tiny-k200", "tiny-qwen3.5"])
 def test_layerwise_gptq_packs_exactly_what_olives_pass_packs(checkpoints, tmp_path, fixture):
     """tiny-qwen2.5: tied, q/k/v biases; tiny-qwen3: q/k norms, head_dim 32; tiny-k200: a per-row group with
-    act order. Every tensor equal (packed codes, zero points, scales, the float tensors) and the same
-    quantization_config (quant_method olive, the group overrides)."""
+    act order; tiny-qwen3.5: Gated DeltaNet layers calibrated through transformers' chunked delta rule, gated
+    attention, the multimodal checkpoint's model.language_model. names (Olive's overrides name the text
+    model's modules: model.layers.). Every tensor equal (packed codes, zero points, scales, the float
+    tensors) and the same quantization_config (quant_method olive, the group overrides)."""
     import torch
 
     ckpt = _k200(tmp_path) if fixture == "tiny-k200" else checkpoints(fixture)
@@ -63,6 +65,9 @@ def test_layerwise_gptq_packs_exactly_what_olives_pass_packs(checkpoints, tmp_pa
     assert qa == qb and qa["quant_method"] == "olive"
     if fixture == "tiny-k200":
         assert qa["overrides"]["model.layers.1.mlp.down_proj"] == {"group_size": -1}
+    if fixture == "tiny-qwen3.5":
+        assert "model.language_model.layers.0.linear_attn.in_proj_qkv.qweight" in a
+        assert qa["overrides"]["model.layers.0.linear_attn.in_proj_qkv"] == {"group_size": 64}
 
 
 def test_the_layerwise_checkpoint_is_complete_and_sharded(checkpoints, tmp_path):

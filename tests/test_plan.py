@@ -249,7 +249,8 @@ def test_plan_shows_the_builds_memory_from_the_compilers_own_model():
 def test_a_hybrid_models_state_counts_kv_for_attention_layers_only():
     """Qwen3.5-0.8B: 6 of its 24 layers keep a KV cache [2 kv heads x 256]; the 18 Gated DeltaNet layers a
     fixed state each (conv window 3 x 6,144 and recurrent state 16 x 128 x 128), whatever the context; the
-    planner's memory and decode terms read both, and rejects the profiles that cannot build it."""
+    planner's memory and decode terms read both, and rejects the profiles that cannot build it (DirectML), not
+    the GPTQ one (layer by layer, its Gated DeltaNet layers calibrated too)."""
     m = find("Qwen3.5-0.8B")
     assert m.shape.attention_layers == 6 and m.shape.linear_layers == 18
     assert m.shape.kv_bytes_per_token(4) == 2 * 6 * 2 * 256 * 4
@@ -265,5 +266,24 @@ def test_a_hybrid_models_state_counts_kv_for_attention_layers_only():
     rows = plan(builtin_calibration(), Device("d", "cpu", 64 * 2**30, 1.0, 1.0, ""), 4096, None, 0.0,
                 ["cpu-int4", "cpu-int4-fast", "directml-int4"])
     mine = {r["profile"]: r for r in rows["fits"] + rows["rejected"] if r["model"] == "Qwen3.5-0.8B"}
-    assert mine["cpu-int4-fast"]["fits"] and not mine["cpu-int4"]["fits"] and not mine["directml-int4"]["fits"]
+    assert mine["cpu-int4-fast"]["fits"] and mine["cpu-int4"]["fits"] and not mine["directml-int4"]["fits"]
     assert "cannot build Gated DeltaNet layers" in mine["directml-int4"]["why_not"]
+    # GPTQ layer by layer: the larger of its two layer kinds (gated attention's q_proj is 2 x 2,048 rows)
+    assert mine["cpu-int4"]["build_step"] == "Gptq (layer by layer)"
+
+
+def test_the_catalogues_layer_sizes_are_the_tensor_maps():
+    """The planner's build-memory terms (Shape.layer_dims, from the catalogue's own fields) and the
+    compiler's (build_memory.layer_dims, from the tensor map's input groups and the checkpoint layout) are
+    the same layer kinds for every stored config: Qwen2 / Qwen3's one kind, Qwen3.5's two."""
+    from edgeqwen.build_memory import layer_dims
+    from edgeqwen.model.published import published_config, published_generation_config, published_models
+    from edgeqwen.model.spec import parse_spec
+    from edgeqwen.plan.catalogue import Shape
+
+    kinds = {}
+    for name in published_models():
+        spec = parse_spec(published_config(name), published_generation_config(name))
+        kinds[name] = set(layer_dims(spec))
+        assert set(Shape.of(spec).layer_dims()) == kinds[name], name
+    assert len(kinds["Qwen3.5-0.8B"]) == 2 and len(kinds["Qwen3-8B"]) == 1

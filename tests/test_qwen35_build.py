@@ -43,11 +43,12 @@ def test_fp32_build_matches_transformers(artifacts, name):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name, target", [("tiny-qwen3.5", "cpu-int8"), ("tiny-qwen3.5-untied", "cpu-int4-fast"),
-                                          ("tiny-qwen3.5", "android-cpu-int4-fast")])
+                                          ("tiny-qwen3.5", "android-cpu-int4-fast"), ("tiny-qwen3.5-untied", "cpu-int4")])
 def test_int_profiles_pass_the_parity_gate(artifacts, name, target):
     """Quantised builds: transformers computing with the artifact's own weights agrees with the artifact
-    (the parity gate), and the quantised weights read back are within one step of the checkpoint's. Each
-    profile once, the two fixtures alternating (all six pairs passed when built by hand)."""
+    (the parity gate), and the quantised weights read back are within one step of the checkpoint's (GPTQ's:
+    exactly the values it chose). Each profile once, the two fixtures alternating (every pair, and
+    android-cpu-int4, passed when built by hand)."""
     manifest = read_manifest(artifacts(name, target).folder)
     _validated(manifest)
     assert manifest["validation"]["reference"] == "Reference with the artifact's weights"
@@ -55,11 +56,29 @@ def test_int_profiles_pass_the_parity_gate(artifacts, name, target):
     assert ops["MatMulNBits"]["count"] >= 21 and manifest["quantization"]["float_weight_matmuls"] == 0, ops
 
 
+OLIVE_GPTQ = """name = "cpu-int4-olive"
+description = "cpu-int4 with Olive's own Gptq pass"
+device = "cpu"
+execution_provider = "cpu"
+precision = "int4"
+backend = "genai"
+[[olive_passes]]
+type = "Gptq"
+implementation = "olive"
+[[olive_passes]]
+type = "ModelBuilder"
+precision = "fp32"
+"""
+
+
 @pytest.mark.parametrize("target, why", [
-    ("cpu-int4", "the layer-wise GPTQ does not calibrate its linear-attention layers yet"),
+    ("olive-gptq", "Olive's own Gptq pass does not know its Gated DeltaNet layers"),
     ("directml-int4", "have CPU kernels only (none for dml)"),
     ("android-nnapi", "have CPU kernels only (none for nnapi)")])
 def test_profiles_the_hybrid_cannot_run_on_are_refused_in_one_line(checkpoints, tmp_path, target, why):
+    if target == "olive-gptq":
+        target = str(tmp_path / "olive-gptq.toml")
+        (tmp_path / "olive-gptq.toml").write_text(OLIVE_GPTQ)
     r = subprocess.run([sys.executable, "-m", "edgeqwen.cli", "build", str(checkpoints("tiny-qwen3.5")), "--target",
                         target, "--out", str(tmp_path / "art")], capture_output=True, text=True, timeout=300)
     errors = [line for line in r.stderr.splitlines() if line.startswith("edgeqwen: error:")]

@@ -30,7 +30,7 @@ from edgeqwen.build_memory import WHOLE_MODEL_BASE, WHOLE_MODEL_BYTES_PER_PARAME
 from edgeqwen.errors import CheckpointError, ProfileError
 from edgeqwen.profile_passes import CALIBRATION_OPTIONS, IMPLEMENTATION, step_calibration, step_implementation
 from edgeqwen.model.spec import ModelSpec, read_spec
-from edgeqwen.model.tensors import ATTENTION_LINEARS, MLP_LINEARS, tensor_map
+from edgeqwen.model.tensors import linear_shapes, tensor_map
 from edgeqwen.targets import TORCH_PASSES, targets_dir
 
 @dataclass(frozen=True)
@@ -154,26 +154,20 @@ def _data_config(model_path: Path, samples: int, tokens: int) -> dict[str, Any]:
             "dataloader_config": {"batch_size": 1}}
 
 
-def input_sizes(spec: ModelSpec) -> dict[str, int]:
-    """K (input features) of each decoder linear layer kind (its module path inside a layer)."""
-    k = {ATTENTION_LINEARS[3]: spec.q_dim, MLP_LINEARS[2]: spec.intermediate}  # o_proj, down_proj
-    return {kind: k.get(kind, spec.hidden) for kind in ATTENTION_LINEARS + MLP_LINEARS}
-
-
 def group_overrides(spec: ModelSpec, group: int) -> dict[str, dict[str, int]]:
     """Olive's blockwise passes need K to be a multiple of the group: a layer whose K is not gets the largest
     power-of-two group (16 or more) that divides it, or one group per row (-1) when none does (MatMulNBits
-    then holds the row in one block padded to a power of two)."""
-    names = tensor_map(spec)
+    then holds the row in one block padded to a power of two). Keys: module paths as Olive names them (the
+    transformers model's: Qwen3.5's model.language_model. prefix is model.)."""
     out = {}
-    for kind, k in input_sizes(spec).items():
+    names = tensor_map(spec)
+    for name, (_, k) in linear_shapes(spec).items():
         if k % group == 0:
             continue
         g = group
         while g > 16 and k % g:
             g //= 2
-        g = g if k % g == 0 else -1
-        out.update({names.module(i, kind): {"group_size": g} for i in range(spec.layers)})
+        out[names.parameter(name).removesuffix(".weight")] = {"group_size": g if k % g == 0 else -1}
     return out
 
 

@@ -117,6 +117,7 @@ class ModelSpec:
     rope: RopeSpec
     layer_kinds: tuple[LayerKind, ...]
     rotary_module: str  # "module:Class" of transformers' rotary embedding for this architecture
+    decoder_layer: str  # "module:Class" of transformers' decoder layer (GPTQ builds one layer at a time)
     generation: GenerationSettings  # token ids and sampling (thinking off; see generation_for)
     config: Mapping[str, Any]  # the parsed config.json, read-only: for transformers (references, rotary)
     generation_config: Mapping[str, Any]  # the parsed generation_config.json ({} if absent)
@@ -164,6 +165,7 @@ class ArchitectureRule:
     qkv_bias: Callable[[Mapping[str, Any]], bool]
     qk_norm: bool
     rotary_module: str
+    decoder_layer: str
     tie_default: bool  # transformers' default for tie_word_embeddings in this config class
     intermediate_default: int = 22016  # transformers' default intermediate_size (Qwen2Config, Qwen3Config)
     text_config_key: str = ""  # a composite config keeps the language model under this key
@@ -177,10 +179,12 @@ class ArchitectureRule:
 RULES: dict[str, ArchitectureRule] = {
     # Qwen2, Qwen2.5 and its Coder / Math models: q/k/v bias always (Qwen2Attention builds them so)
     "Qwen2ForCausalLM": ArchitectureRule("qwen2", "qwen2", lambda c: True, False,
-                                         "transformers.models.qwen2.modeling_qwen2:Qwen2RotaryEmbedding", False),
+                                         "transformers.models.qwen2.modeling_qwen2:Qwen2RotaryEmbedding",
+                                         "transformers.models.qwen2.modeling_qwen2:Qwen2DecoderLayer", False),
     # Qwen3 dense: q_norm / k_norm, explicit head_dim, bias only when attention_bias says so
     "Qwen3ForCausalLM": ArchitectureRule("qwen3", "qwen3", lambda c: bool(c.get("attention_bias", False)), True,
-                                         "transformers.models.qwen3.modeling_qwen3:Qwen3RotaryEmbedding", False),
+                                         "transformers.models.qwen3.modeling_qwen3:Qwen3RotaryEmbedding",
+                                         "transformers.models.qwen3.modeling_qwen3:Qwen3DecoderLayer", False),
 }
 # Qwen3.5 (transformers models/qwen3_5): 3 of 4 layers Gated DeltaNet, every 4th gated full attention with
 # q/k norm, head_dim 256, partial multi-axis rotary; offset RMSNorm. Published as the multimodal
@@ -188,6 +192,7 @@ RULES: dict[str, ArchitectureRule] = {
 # transformers reads it) or text-only as ForCausalLM (Qwen3_5TextConfig at the top level).
 _QWEN35 = dict(family="qwen3_5", qkv_bias=lambda c: bool(c.get("attention_bias", False)), qk_norm=True,
                rotary_module="transformers.models.qwen3_5.modeling_qwen3_5:Qwen3_5TextRotaryEmbedding",
+               decoder_layer="transformers.models.qwen3_5.modeling_qwen3_5:Qwen3_5DecoderLayer",
                tie_default=False, intermediate_default=12288, hybrid=True, norm_offset=True, attn_output_gate=True,
                partial_rotary_default=0.25, head_dim_default=256)
 RULES["Qwen3_5ForConditionalGeneration"] = ArchitectureRule(model_type="qwen3_5", text_config_key="text_config",
@@ -251,7 +256,8 @@ def parse_spec(config: Mapping[str, Any], generation: Mapping[str, Any] | None =
         positions=int(config.get("max_position_embeddings", 32768)),
         qkv_bias=rule.qkv_bias(config), qk_norm=rule.qk_norm, tied=tied,
         rope=_rope(config, where, rule.partial_rotary_default),
-        layer_kinds=kinds, rotary_module=rule.rotary_module, generation=generation_ids,
+        layer_kinds=kinds, rotary_module=rule.rotary_module, decoder_layer=rule.decoder_layer,
+        generation=generation_ids,
         config=MappingProxyType(dict(top)), generation_config=MappingProxyType(dict(generation)),
         text_config_key=rule.text_config_key, norm_offset=rule.norm_offset, attn_output_gate=rule.attn_output_gate,
         linear_attention=linear, mtp_layers=int(config.get("mtp_num_hidden_layers", 0) or 0),

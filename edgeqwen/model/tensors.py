@@ -35,6 +35,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import dataclass
 from functools import cached_property
+from typing import ClassVar
 
 from edgeqwen.model.spec import ModelSpec
 
@@ -48,6 +49,7 @@ MLP_LINEARS = ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 class LayerTensors:
     """One decoder layer's tensors; None where the spec says the layer has no such tensor."""
 
+    mixer: ClassVar[str] = "full_attention"  # the token mixer these tensors belong to (LayerKind.mixer)
     input_norm: str
     q: str
     k: str
@@ -75,6 +77,11 @@ class LayerTensors:
         """Every weight matrix, in the order the layer applies them."""
         return self.q, self.k, self.v, self.o, self.gate, self.up, self.down
 
+    def input_groups(self) -> tuple[tuple[str, ...], ...]:
+        """The weight matrices grouped by the activation they multiply (one GPTQ Hessian each): the normed
+        hidden states (q, k, v), the attention output (o), the normed residual (gate, up), the MLP's (down)."""
+        return (self.q, self.k, self.v), (self.o,), (self.gate, self.up), (self.down,)
+
     def names(self) -> list[str]:
         return [n for n in (self.input_norm, *self.qkv, self.q_bias, self.k_bias, self.v_bias, self.q_norm,
                             self.k_norm, self.o, self.post_norm, self.gate, self.up, self.down) if n is not None]
@@ -84,6 +91,7 @@ class LayerTensors:
 class LinearAttentionLayerTensors:
     """One Gated DeltaNet decoder layer's tensors (Qwen3.5's linear_attention layers)."""
 
+    mixer: ClassVar[str] = "linear_attention"
     input_norm: str
     qkv: str  # in_proj_qkv [2 Kt + Vt, H]
     z: str  # in_proj_z [Vt, H]
@@ -102,6 +110,11 @@ class LinearAttentionLayerTensors:
     def linears(self) -> tuple[str, ...]:
         """Every weight matrix, in the order the layer applies them."""
         return self.qkv, self.z, self.b, self.a, self.out, self.gate, self.up, self.down
+
+    def input_groups(self) -> tuple[tuple[str, ...], ...]:
+        """As LayerTensors.input_groups: the four input projections read the normed hidden states (and the
+        graph runs them as one MatMul), out_proj the gated norm's output, then the MLP's two."""
+        return (self.qkv, self.z, self.b, self.a), (self.out,), (self.gate, self.up), (self.down,)
 
     def names(self) -> list[str]:
         return [self.input_norm, self.qkv, self.z, self.b, self.a, self.conv, self.dt_bias, self.a_log, self.norm,
@@ -137,6 +150,14 @@ class TensorMap:
     def module(self, i: int, linear: str) -> str:
         """The module path of a decoder linear layer (``linear`` one of ATTENTION_LINEARS + MLP_LINEARS)."""
         return f"{self.layer_prefix}{i}.{linear}"
+
+    def inner_path(self, i: int, name: str) -> str:
+        """Checkpoint tensor ``name`` of layer ``i`` as a path inside that decoder layer's module, e.g.
+        model.language_model.layers.3.linear_attn.in_proj_z.weight -> linear_attn.in_proj_z.weight."""
+        prefix = f"{self.layer_prefix}{i}."
+        if not name.startswith(prefix):
+            raise KeyError(f"{name} is not a tensor of layer {i}")
+        return name[len(prefix):]
 
     def output_matrix(self, present: Collection[str]) -> str:
         """The tensor the output matrix is read from in a source holding ``present``: lm_head.weight where
@@ -262,6 +283,12 @@ def checkpoint_layout(spec: ModelSpec) -> list[tuple[str, tuple[int, ...]]]:
     if not spec.tied:
         rows.append((names.lm_head, (spec.vocab, h)))
     return rows
+
+
+def linear_shapes(spec: ModelSpec) -> dict[str, tuple[int, int]]:
+    """(N out, K in) of every decoder linear layer's weight, by checkpoint name."""
+    names = set(tensor_map(spec).linear_weights())
+    return {n: (shape[0], shape[1]) for n, shape in checkpoint_layout(spec) if n in names}
 
 
 def mtp_layout(spec: ModelSpec) -> list[tuple[str, tuple[int, ...]]]:

@@ -86,11 +86,18 @@ class Shape:
         linear = sum(c * n * k for role, c, n, k in self.linears())
         return linear + self.small_params() + (0 if self.tied else self.vocab * self.hidden)
 
-    def layer_dims(self) -> LayerDims:
-        """One decoder layer's sizes, for the build's memory (edgeqwen.build_memory)."""
-        q, kv = self.heads * self.head_size, self.kv_heads * self.head_size
-        return LayerDims(self.hidden, q, kv, self.intermediate, self.head_size, self.family == "qwen2",
-                         self.family == "qwen3")
+    def layer_dims(self) -> tuple[LayerDims, ...]:
+        """Each kind of decoder layer's sizes, for the build's memory (edgeqwen.build_memory)."""
+        q, kv, h, i = self.heads * self.head_size, self.kv_heads * self.head_size, self.hidden, self.intermediate
+        mlp = ((h, (i, i)), (i, (h,)))
+        attention = LayerDims(h, ((h, (2 * q if self.gated_query else q, kv, kv)), (q, (h,)), *mlp),
+                              2 * h + ((q + 2 * kv) if self.family == "qwen2" else 2 * self.head_size))
+        if not self.linear_layers:
+            return (attention,)
+        _, vt, vh, conv = self._linear_sizes()
+        linear = LayerDims(h, ((h, (conv, vt, vh, vh)), (vt, (h,)), *mlp),
+                           2 * h + conv * self.linear[4] + 2 * vh + self.linear[3])
+        return attention, linear
 
     def kv_bytes_per_token(self, itemsize: int) -> int:
         """KV cache bytes per cached position: the full-attention layers only."""

@@ -87,7 +87,7 @@ class LayeredReference(Reference):
             ctx = []
             for ids, x in zip(seqs, xs):
                 position_ids = torch.arange(len(ids)).unsqueeze(0)
-                masks = _masks(self.model.config, x, position_ids, set(kinds))
+                masks = layer_masks(self.model.config, x, position_ids, set(kinds))
                 ctx.append((position_ids, masks, inner.rotary_emb(x, position_ids)))
             t0, n = time.perf_counter(), len(inner.layers)
             for i, layer in enumerate(inner.layers):
@@ -146,15 +146,17 @@ class LayeredReference(Reference):
         return out
 
 
-def _masks(config, x, position_ids, kinds: set[str]) -> dict:
-    """Each layer kind's attention mask as the text model builds it: the causal mask for full attention,
-    the recurrent layers' padding mask (None without padding) for Gated DeltaNet."""
+def layer_masks(config, x, position_ids, kinds: set[str], attention_mask=None) -> dict:
+    """Each layer kind's attention mask as the text model builds it from ``attention_mask`` (None, or a
+    [1, T] mask of ones): the causal mask for full attention, the recurrent layers' padding mask (None
+    without padding) for Gated DeltaNet. Also GPTQ's calibration calls (edgeqwen.compiler.gptq.layer)."""
     from transformers.masking_utils import create_causal_mask
 
-    args = dict(config=config, inputs_embeds=x, attention_mask=None, past_key_values=None, position_ids=position_ids)
+    args = dict(config=config, inputs_embeds=x, attention_mask=attention_mask, past_key_values=None,
+                position_ids=position_ids)
     out = {"full_attention": create_causal_mask(**args)}
     if "linear_attention" in kinds:
-        from transformers.models.qwen3_5.modeling_qwen3_5 import create_recurrent_attention_mask
+        from transformers.masking_utils import create_recurrent_attention_mask
 
         out["linear_attention"] = create_recurrent_attention_mask(**args)
     return out

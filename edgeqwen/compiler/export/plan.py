@@ -17,6 +17,7 @@ from edgeqwen.compiler.export.prequantized import OliveQuantConfig, Prequantized
 from edgeqwen.compiler.export.weights import FloatWeights, NBitsWeights, WeightFormat
 from edgeqwen.compiler.torch_quant import TorchQuantStep, describe
 from edgeqwen.errors import ProfileError
+from edgeqwen.model.tensors import TensorMap
 from edgeqwen.profile_passes import KQUANT_PASS, PassPlan, Stored, read_passes
 from edgeqwen.targets import OlivePass, TargetProfile
 
@@ -29,12 +30,13 @@ GRAPH_PASSES_BUILT_IN = {
 _EXPORTER = "edgeqwen.compiler.export.genai (streaming, in place of Olive's ModelBuilder pass)"
 
 
-def genai_plan(profile: TargetProfile, prequantized: dict[str, Any] | None = None
+def genai_plan(profile: TargetProfile, prequantized: dict[str, Any] | None = None, names: TensorMap | None = None
                ) -> tuple[GenaiPlan, list[dict[str, Any]]]:
     """The plan for ``profile`` and one record per profile pass: what it asked and who did it.
 
     ``prequantized``: the quantisation_config of the checkpoint the profile's leading Olive PyTorch passes
-    wrote (None: as read from those passes' options, what Olive would write)."""
+    wrote (None: as read from those passes' options, what Olive would write); ``names``: the checkpoint's
+    tensor map, which translates that config's module paths (Olive's) into the checkpoint's."""
     passes = read_passes(profile)
     io = np.dtype(np.float32 if passes.io_bytes == 4 else np.float16)
     unknown = [n for n in profile.graph_passes if n not in GRAPH_PASSES_BUILT_IN]
@@ -43,7 +45,7 @@ def genai_plan(profile: TargetProfile, prequantized: dict[str, Any] | None = Non
                            f"--exporter olive")
     body = writer(passes.layers, io)
     if passes.torch:
-        cfg = OliveQuantConfig.of(prequantized or passes.torch.config())
+        cfg = OliveQuantConfig.of(prequantized or passes.torch.config(), names)
         body = PrequantizedWeights(cfg, body, passes.int4_accuracy_level)
     plan = GenaiPlan(io_dtype=io, weights=body, lm_head=writer(passes.lm_head, io),
                      quantized_embedding=passes.embedding is not None, layout=passes.layout,

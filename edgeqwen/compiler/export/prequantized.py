@@ -19,6 +19,7 @@ import numpy as np
 
 from edgeqwen.compiler.export.weights import NBitsWeights, Sink, WeightFormat
 from edgeqwen.errors import CheckpointError
+from edgeqwen.model.tensors import TensorMap
 
 ROWS_PER_COPY = 8192
 
@@ -33,14 +34,26 @@ class OliveQuantConfig:
     overrides: dict[str, dict[str, Any]]
 
     @classmethod
-    def of(cls, cfg: dict[str, Any]) -> OliveQuantConfig:
-        return cls(int(cfg["bits"]), int(cfg["group_size"]), bool(cfg["symmetric"]), dict(cfg.get("overrides") or {}))
+    def of(cls, cfg: dict[str, Any], names: TensorMap | None = None) -> OliveQuantConfig:
+        """``cfg`` with its overrides keyed by checkpoint module paths: Olive keys them by the transformers
+        model's (``names`` translates where the two differ: Qwen3.5's model.language_model.)."""
+        overrides = dict(cfg.get("overrides") or {})
+        if names is not None:
+            overrides = {_checkpoint_module(names, k): v for k, v in overrides.items()}
+        return cls(int(cfg["bits"]), int(cfg["group_size"]), bool(cfg["symmetric"]), overrides)
 
     def module(self, name: str) -> tuple[int, int, bool]:
-        """(bits, group size, symmetric) of module ``name`` (e.g. model.layers.0.mlp.up_proj)."""
+        """(bits, group size, symmetric) of checkpoint module ``name`` (e.g. model.layers.0.mlp.up_proj)."""
         o = self.overrides.get(name, {})
         return int(o.get("bits", self.bits)), int(o.get("group_size", self.group_size)), \
             bool(o.get("symmetric", self.symmetric))
+
+
+def _checkpoint_module(names: TensorMap, module: str) -> str:
+    try:
+        return names.checkpoint_name(module + ".weight").removesuffix(".weight")
+    except KeyError:  # not a weight of this model (an override Olive would not apply either)
+        return module
 
 
 def quantised(sink: Sink, weight_name: str) -> bool:

@@ -82,7 +82,7 @@ def _run_streaming(ckpt: Checkpoint, profile: TargetProfile, work: Path, art: Pa
         where = " -> ".join(f"{t.type} ({torch_quant.implementation(t)})" for t in torch_steps)
         with progress.step(f"PyTorch weight quantisation: {where}"):
             weights_from = torch_quant.run(torch_steps, ckpt.path, work, progress.say)
-            plan, records = genai_plan(profile, torch_quant.quantization_config(weights_from))
+            plan, records = genai_plan(profile, torch_quant.quantization_config(weights_from), ckpt.tensors)
     steps = " -> ".join(p.type for p in profile.olive_passes)
     with progress.step(f"Streaming export for {profile.name} ({steps}, weight by weight)"):
         done = write(ckpt, plan, art, progress.say, weights_from=weights_from)

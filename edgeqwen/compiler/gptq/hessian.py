@@ -1,8 +1,10 @@
 """GPTQ's Hessians: one per distinct input of a decoder layer's linear layers.
 
-q, k and v read the same normed hidden states, gate and up the same ones: Olive keeps one Hessian per
-module (seven a layer), here those sharing an input share one (four a layer: a smaller peak, less work),
-the same values since they are the same arithmetic on the same tensors.
+q, k and v read the same normed hidden states, gate and up the same ones (a Gated DeltaNet layer's four
+input projections too): Olive keeps one Hessian per module (seven a layer), here those sharing an input
+share one (four a layer: a smaller peak, less work), the same values since they are the same arithmetic on
+the same tensors. The groups come from the tensor map (edgeqwen.model.tensors ``input_groups``), as module
+paths inside the layer.
 """
 
 from __future__ import annotations
@@ -12,11 +14,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from edgeqwen.model.tensors import ATTENTION_LINEARS, MLP_LINEARS
-
-# Linear layers by input, as module paths inside a decoder layer: (q, k, v), (o,), (gate, up), (down,).
-INPUT_GROUPS: tuple[tuple[str, ...], ...] = (ATTENTION_LINEARS[:3], ATTENTION_LINEARS[3:], MLP_LINEARS[:2],
-                                             MLP_LINEARS[2:])
+# Linear layers by input, as module paths inside a decoder layer, e.g. (q, k, v), (o,), (gate, up), (down,).
+Groups = tuple[tuple[str, ...], ...]
 
 
 @dataclass
@@ -41,12 +40,13 @@ class Hessian:
 class LayerHessians:
     """The Hessians of one decoder layer, filled by forward hooks while the calibration windows pass."""
 
+    groups: Groups
     by_input: dict[str, Hessian] = field(default_factory=dict)  # first module path of a group -> Hessian
     handles: list = field(default_factory=list)
 
     def attach(self, layer: torch.nn.Module) -> None:
         """A forward hook on the first linear layer of each input group (its input is the group's)."""
-        for group in INPUT_GROUPS:
+        for group in self.groups:
             linear = layer.get_submodule(group[0])
             self.by_input[group[0]] = Hessian(torch.zeros(linear.in_features, linear.in_features))
             self.handles.append(linear.register_forward_hook(self._hook(group[0])))
@@ -65,7 +65,7 @@ class LayerHessians:
         """The Hessian of module path ``linear``: a copy while another module of its group still needs it,
         the accumulated one itself (dropped from here) for the group's last module, so each is freed as
         soon as its last module is solved (GPTQ's solve changes the Hessian in place)."""
-        group = next(g for g in INPUT_GROUPS if linear in g)
+        group = next(g for g in self.groups if linear in g)
         if linear != group[-1]:
             h = self.by_input[group[0]]
             return Hessian(h.h.clone(), h.n)

@@ -18,17 +18,15 @@ from typing import Any, Callable
 
 import torch
 
-from edgeqwen.compiler.gptq.hessian import INPUT_GROUPS, LayerHessians
+from edgeqwen.compiler.gptq.hessian import Groups, LayerHessians
 from edgeqwen.compiler.gptq.layer import LayerCall, build_layer, layer_call, layer_tensor_names
 from edgeqwen.compiler.gptq.options import GptqOptions, ModuleFormat, module_formats, quantization_config
 from edgeqwen.compiler.gptq.solve import PackedLinear, quantize_linear
 from edgeqwen.compiler.gptq.writer import ROWS_PER_COPY, ShardedCheckpoint, ShardTensor, copied, from_torch
 from edgeqwen.model.generation import read_json
 from edgeqwen.model.spec import read_spec
-from edgeqwen.model.tensors import ATTENTION_LINEARS, MLP_LINEARS, TensorMap, tensor_map
+from edgeqwen.model.tensors import TensorMap, tensor_map
 from edgeqwen.safetensors_io import CheckpointTensors
-
-LINEARS = ATTENTION_LINEARS + MLP_LINEARS  # the order Olive solves them in (layer.modules() order)
 
 
 @dataclass
@@ -84,12 +82,30 @@ def embed(src: CheckpointTensors, names: TensorMap, rows: list[list[int]]) -> li
     return [out[s:s + 1].clone() for s in range(len(rows))]  # one allocation per window, as Olive's
 
 
+def module_groups(names: TensorMap, i: int) -> Groups:
+    """Layer ``i``'s linear layers grouped by input, as module paths inside the layer (the order Olive
+    solves them in for Qwen2 / Qwen3: layer.modules() order)."""
+    return tuple(tuple(names.inner_path(i, n).removesuffix(".weight") for n in g) for g in names.layers[i].input_groups())
+
+
+def module_name(names: TensorMap, i: int, inner: str) -> str:
+    """The checkpoint's module path of ``inner`` (a path inside layer ``i``): its packed tensors' prefix."""
+    return f"{names.layer_prefix}{i}.{inner}"
+
+
+def olive_name(names: TensorMap, i: int, inner: str) -> str:
+    """The module path Olive gives ``inner`` in its overrides and quantization_config: the transformers
+    model's (Qwen3.5's model.language_model. prefix is model. there)."""
+    return names.parameter(module_name(names, i, inner) + ".weight").removesuffix(".weight")
+
+
 @torch.no_grad()
-def run_windows(layer: torch.nn.Module, states: list[torch.Tensor], call: LayerCall, keep: bool) -> None:
+def run_windows(layer: torch.nn.Module, states: list[torch.Tensor], call: LayerCall, mixer: str, keep: bool) -> None:
     """Every window through ``layer`` (batch 1, as Olive's calibration batches); ``keep``: replace each
     window's states by the layer's output, in place (one set of states alive)."""
+    kwargs = call.arguments(mixer)
     for s, hs in enumerate(states):
-        out = layer(hs, **call.kwargs)
+        out = layer(hs, **kwargs)
         if keep:
             states[s] = out[0] if isinstance(out, tuple) else out
 
@@ -97,16 +113,16 @@ def run_windows(layer: torch.nn.Module, states: list[torch.Tensor], call: LayerC
 def solve_layer(layer: torch.nn.Module, hessians: LayerHessians, formats: dict[str, ModuleFormat],
                 names: TensorMap, i: int, options: GptqOptions) -> dict[str, PackedLinear]:
     """GPTQ on each linear layer of ``layer`` (module path inside the layer -> its packed result)."""
-    return {kind: quantize_linear(layer.get_submodule(kind), hessians.take(kind), formats[names.module(i, kind)],
-                                  options.damp_percent, options.desc_act) for kind in LINEARS}
+    return {kind: quantize_linear(layer.get_submodule(kind), hessians.take(kind), formats[olive_name(names, i, kind)],
+                                  options.damp_percent, options.desc_act) for g in hessians.groups for kind in g}
 
 
 def layer_shard(src: CheckpointTensors, names: TensorMap, i: int, packed: dict[str, PackedLinear]) -> list[ShardTensor]:
     """Layer ``i``'s tensors: the packed linear layers, and the float ones (norms, biases) as stored."""
-    quantised = {names.module(i, kind) + ".weight" for kind in packed}
+    quantised = {module_name(names, i, kind) + ".weight" for kind in packed}
     out = [copied(src, n) for n in layer_tensor_names(names, i) if n not in quantised]
     for kind, p in packed.items():
-        out += [from_torch(n, t) for n, t in p.tensors(names.module(i, kind)).items()]
+        out += [from_torch(n, t) for n, t in p.tensors(module_name(names, i, kind)).items()]
     return sorted(out, key=lambda t: t.name)
 
 
@@ -135,11 +151,11 @@ def quantize(checkpoint: Path, out: Path, options: GptqOptions, rows: list[list[
              say: Callable[[str], None] = lambda s: None) -> Path:
     """GPTQ every decoder linear layer of ``checkpoint`` on the calibration windows ``rows`` (token ids, all
     the same length), layer by layer; the quantised checkpoint is written to ``out``, which is returned."""
-    spec = read_spec(checkpoint)
-    names = tensor_map(spec)
-    groups = [tuple(names.module(i, k) for k in g) for i in range(spec.layers) for g in INPUT_GROUPS]
-    formats = module_formats(options, groups)
     with CheckpointTensors(checkpoint, weight_files(checkpoint)) as src:
+        spec = read_spec(checkpoint, set(src.where))
+        names = tensor_map(spec, set(src.where))
+        groups = [tuple(olive_name(names, i, m) for m in g) for i in range(spec.layers) for g in module_groups(names, i)]
+        formats = module_formats(options, groups)
         check_source(checkpoint, src, names)
         call = layer_call(checkpoint, spec, len(rows[0]))
         sink = ShardedCheckpoint(out, spec.layers + 2)
@@ -162,16 +178,17 @@ def quantize_layer(src: CheckpointTensors, names: TensorMap, i: int, call: Layer
     ``feed_next`` is false: the last layer's outputs would only be thrown away)."""
     t, tick = LayerTimes(), _stopwatch()
     layer = build_layer(call, src, names, i)
+    mixer = names.layers[i].mixer
     t.load = tick()
-    hessians = LayerHessians()
+    hessians = LayerHessians(module_groups(names, i))
     hessians.attach(layer)
-    run_windows(layer, states, call, keep=False)
+    run_windows(layer, states, call, mixer, keep=False)
     hessians.detach()
     t.calibrate = tick()
     packed = solve_layer(layer, hessians, formats, names, i, options)
     t.solve = tick()
     if feed_next:
-        run_windows(layer, states, call, keep=True)
+        run_windows(layer, states, call, mixer, keep=True)
     t.forward = tick()
     sink.add(layer_shard(src, names, i, packed))
     t.write = tick()
