@@ -32,6 +32,7 @@ _CHUNK = 1 << 22
 # 3: layers, what each decoder layer carries from step to step (KV cache or a fixed-size state).
 RUNTIME_CONTRACT_VERSION = 3
 LOGITS_MODES = ("last_position", "all_positions")
+TOOL_CALL_FORMATS = ("json", "xml")
 STATE_KINDS = ("kv", "fixed")
 STATE_DTYPES = ("float32", "float16")
 # The symbolic axes of a state tensor's shape; every other axis is a fixed int.
@@ -164,6 +165,9 @@ class RuntimeSpec:
     # chat with thinking off where the model card gives another setting (Qwen3)
     sampling: SamplingDefaults = field(default_factory=SamplingDefaults)
     sampling_non_thinking: SamplingDefaults | None = None
+    # the tool-call body the template teaches inside <tool_call> blocks: "json" (Hermes: Qwen2.5, Qwen3) or
+    # "xml" (<function=...><parameter=...>: Qwen3-Coder, Qwen3.5); what serve's forced calls are written in
+    tool_call_format: str = "json"
     session_options: dict[str, Any] = field(default_factory=dict)
     threads: int | str = "auto"
     model_file: str | None = None  # dynamic-KV graphs (genai)
@@ -200,6 +204,9 @@ class RuntimeSpec:
         values = {k: v for k, v in raw.items() if v is not None}  # null = absent: the field's default
         _expect(values, fail, str, "backend", "execution_provider", "tokenizer", "chat_template", "family", "logits")
         _expect(values, fail, int, "context_length", "vocab_size")
+        if values.get("tool_call_format", "json") not in TOOL_CALL_FORMATS:
+            raise fail(f"has tool_call_format {values['tool_call_format']!r}; expected one of "
+                       f"{', '.join(TOOL_CALL_FORMATS)}")
         if values["logits"] not in LOGITS_MODES:
             raise fail(f"has logits {values['logits']!r}; expected one of {', '.join(LOGITS_MODES)}")
         if not isinstance(values["eos_token_ids"], list) or not all(isinstance(i, int) for i in values["eos_token_ids"]):

@@ -56,7 +56,7 @@ def test_int_profiles_pass_the_parity_gate(artifacts, name, target):
     assert ops["MatMulNBits"]["count"] >= 21 and manifest["quantization"]["float_weight_matmuls"] == 0, ops
 
 
-OLIVE_GPTQ = """name = "cpu-int4-olive"
+OLIVE_GPTQ = """name = "olive-gptq"
 description = "cpu-int4 with Olive's own Gptq pass"
 device = "cpu"
 execution_provider = "cpu"

@@ -9,22 +9,17 @@ import threading
 
 import pytest
 
-from serving import Served, thinking_build
+from serving import Served
 from test_server import PERSON, WEATHER
 
 pytestmark = pytest.mark.slow
+THINK = {"chat_template_kwargs": {"enable_thinking": True}}
 
 
 @pytest.fixture(scope="module")
-def q35_thinking(checkpoints, tmp_path_factory):
-    """tiny-qwen3.5 with a template that opens <think> in the prompt, so even random weights reason first."""
-    return thinking_build(checkpoints("tiny-qwen3.5"), tmp_path_factory.mktemp("q35think"))
-
-
-@pytest.fixture(scope="module")
-def server(artifacts, q35_thinking):
-    s = Served([f"q35={artifacts('tiny-qwen3.5', 'cpu-fp32').folder}", f"think={q35_thinking}"],
-               "--max-tokens", "2048")
+def server(artifacts):
+    """tiny-qwen3.5 (the 0.8B config: its template starts in non-thinking mode) on a loopback server."""
+    s = Served([f"q35={artifacts('tiny-qwen3.5', 'cpu-fp32').folder}"], "--max-tokens", "2048")
     s.q35 = artifacts("tiny-qwen3.5", "cpu-fp32").folder
     yield s
     assert s.stop() == 0
@@ -40,14 +35,18 @@ def test_streamed_chat_is_the_whole_answer(server):
 
 
 def test_reasoning_content_comes_apart_from_content(server):
+    """Qwen3.5's template opens <think> in the prompt: even random weights start in the reasoning part."""
     c = server.client()
-    r = c.chat.completions.create(model="think", messages=[{"role": "user", "content": "Why is the sky blue?"}],
-                                  max_tokens=40, temperature=0, extra_body={"thinking_budget": 6})
+    r = c.chat.completions.create(model="q35", messages=[{"role": "user", "content": "Why is the sky blue?"}],
+                                  max_tokens=40, temperature=0, extra_body={"thinking_budget": 6, **THINK})
     m = r.choices[0].message
     assert m.model_extra["reasoning_content"] and m.content and "</think>" not in m.content
 
 
 def test_tool_call_round_trip(server):
+    """Qwen3.5 calls tools in XML (<function=...><parameter=...>): the forced call follows that grammar, comes
+    back as OpenAI tool_calls with typed arguments, and the call and its result render back into the prompt.
+    With thinking on, the grammar waits for the reasoning to end."""
     c = server.client()
     msgs = [{"role": "user", "content": "What's the weather in Paris this week?"}]
     r = c.chat.completions.create(model="q35", messages=msgs, tools=WEATHER, tool_choice="required", max_tokens=80,
@@ -60,6 +59,14 @@ def test_tool_call_round_trip(server):
                      {"role": "tool", "tool_call_id": call.id, "content": '{"temp_c": 18}'}]
     r2 = c.chat.completions.create(model="q35", messages=follow, tools=WEATHER, max_tokens=5, temperature=0)
     assert r2.usage.prompt_tokens > r.usage.prompt_tokens
+    from edgeqwen.runtime import load
+
+    prompt = load(server.q35).render(follow, think=False, tools=[t for t in WEATHER])
+    assert f"<function=get_weather>\n<parameter=city>\n{args['city']}\n</parameter>" in prompt
+    thought = c.chat.completions.create(model="q35", messages=msgs, tools=WEATHER, tool_choice="required",
+                                        max_tokens=120, temperature=0, extra_body={"thinking_budget": 8, **THINK})
+    m = thought.choices[0].message
+    assert m.model_extra["reasoning_content"] and m.tool_calls[0].function.name == "get_weather"
 
 
 def test_json_schema_output_parses_and_validates(server):

@@ -39,6 +39,57 @@ def test_a_block_that_is_not_a_call_stays_content():
     assert calls == [] and content == "<tool_call>not json</tool_call>"
 
 
+XML_CALL = ("<tool_call>\n<function=get_weather>\n<parameter=city>\nSan Jose\nCA\n</parameter>\n<parameter=days>\n3\n"
+            "</parameter>\n<parameter=metric>\ntrue\n</parameter>\n<parameter=at>\n{\"h\": 9}\n</parameter>\n"
+            "<parameter=note>\n42\n</parameter>\n</function>\n</tool_call>")
+XML_FUNCTIONS = {"get_weather": {"name": "get_weather", "parameters": {"type": "object", "properties": {
+    "city": {"type": "string"}, "days": {"type": "integer"}, "metric": {"type": "boolean"},
+    "at": {"type": "object"}, "note": {"type": "string"}}}}}
+
+
+@pytest.mark.parametrize("step", [1, 7, 1000])
+def test_xml_tool_calls_are_split_and_typed_by_the_functions_schema(step):
+    """Qwen3.5's calls (Qwen3-Coder's XML body): one parameter block per argument, each value raw text typed
+    as the function's schema types it (a string keeps its newlines and stays a string even when it reads as
+    a number); the JSON body of Qwen2.5 / Qwen3 still parses beside it."""
+    text = "Checking." + XML_CALL + "\n" + CALL
+    s = ToolCallSplitter(XML_FUNCTIONS)
+    content, calls = "", []
+    for i in range(0, len(text), step):
+        c, found = s.feed(text[i:i + step])
+        content += c
+        calls += found
+    content += s.flush()
+    assert content == "Checking." and [c.name for c in calls] == ["get_weather"] * 2
+    assert json.loads(calls[0].arguments) == {"city": "San Jose\nCA", "days": 3, "metric": True, "at": {"h": 9},
+                                              "note": "42"}
+    assert json.loads(calls[1].arguments) == {"city": "Paris"}
+    untyped = ToolCallSplitter().feed(XML_CALL)[1][0]  # no schema: every value stays text
+    assert json.loads(untyped.arguments)["days"] == "3"
+
+
+def test_qwen35_template_renders_calls_and_results_in_xml_and_opens_reasoning():
+    """The fixture template: an assistant call (OpenAI's JSON-string arguments) becomes <function=...> blocks,
+    the prompt opens <think> (an empty block when thinking is off), and the compiler reads its format."""
+    from edgeqwen.compiler.package import tool_call_format
+    from edgeqwen.runtime.chat import ChatTemplate, ThinkingState
+    from edgeqwen.testmodels.chat_templates import QWEN3_THINKING, qwen35_template
+
+    source = qwen35_template(thinking_default=True)
+    assert tool_call_format(source) == "xml" and tool_call_format(QWEN3_THINKING) == "json"
+    msgs = [{"role": "user", "content": "Weather?"},
+            {"role": "assistant", "content": None, "tool_calls": [{"id": "c", "type": "function", "function": {
+                "name": "get_weather", "arguments": '{"city": "Paris", "days": 2}'}}]},
+            {"role": "tool", "tool_call_id": "c", "content": "18"}]
+    text = ChatTemplate(source).render(msgs)
+    assert "<function=get_weather>\n<parameter=city>\nParis\n</parameter>\n<parameter=days>\n2\n</parameter>" in text
+    assert "<tool_response>\n18\n</tool_response>" in text and text.endswith("<|im_start|>assistant\n<think>\n")
+    assert ChatTemplate(source).render(msgs[:1], enable_thinking=False).endswith("<think>\n\n</think>\n\n")
+    assert ChatTemplate(qwen35_template(False)).render(msgs[:1]).endswith("</think>\n\n")
+    state = ThinkingState(think_start=1, think_end=2, tool_call=3, in_reasoning=True)
+    assert [state.route(t) for t in (9, 3, 9)] == ["reasoning", "content", "content"]  # a call ends the reasoning
+
+
 @pytest.mark.parametrize("body,param", [
     ({"model": "m", "messages": []}, "messages"),
     ({"model": "m", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, "messages"),
@@ -99,6 +150,36 @@ def test_grammar_masks_give_schema_valid_json_from_random_logits(checkpoints):
         grammars.json_schema({"type": "nonsense"})
     with pytest.raises(ValueError):
         Constraint(compiled).advance(151645)  # the end is not allowed before the object is
+
+
+def test_xml_call_grammar_gives_calls_the_parser_types_back_from_random_logits(checkpoints):
+    """A forced call in Qwen3.5's XML body: random logits through the grammar's masks always give a complete
+    call whose arguments, parsed back, satisfy the schema (required keys, integer range, string length)."""
+    folder = checkpoints("tiny-qwen2.5")
+    grammars = Grammars(folder / "tokenizer.json", 151936, [151645, 151643])
+    fn = {"name": "get_weather", "parameters": {"type": "object", "properties": {
+        "city": {"type": "string", "maxLength": 6}, "days": {"type": "integer", "minimum": 1, "maximum": 7},
+        "unit": {"type": "string", "enum": ["c", "f"]}}, "required": ["city", "days"]}}
+    compiled = grammars.tool_call([fn], "xml")
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    rng = np.random.default_rng(1)
+    for _ in range(3):
+        c, ids = Constraint(compiled), []
+        while not c.done() and len(ids) < 200:
+            logits = rng.standard_normal(151936)
+            allowed = c.mask()
+            if allowed is not None:
+                logits[~allowed[:151936]] = -np.inf
+            t = int(np.argmax(logits))
+            c.advance(t)
+            ids.append(t)
+        s = ToolCallSplitter({"get_weather": fn})
+        content, calls = s.feed(tok.decode(ids))
+        args = json.loads(calls[0].arguments)
+        assert content == "" and {"city", "days"} <= set(args) <= {"city", "days", "unit"}
+        assert 1 <= args["days"] <= 7 and 1 <= len(args["city"]) <= 6 and args.get("unit", "c") in ("c", "f")
 
 
 def test_keys_are_compared_hashed_and_limits_are_per_caller():

@@ -77,8 +77,14 @@ def special_tokens(folder: Path) -> dict[str, int]:
 
     tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
     names = {"endoftext": "<|endoftext|>", "im_start": "<|im_start|>", "im_end": "<|im_end|>",
-             "think_start": "<think>", "think_end": "</think>"}
+             "think_start": "<think>", "think_end": "</think>", "tool_call": "<tool_call>"}
     return {k: tid for k, t in names.items() if (tid := tok.token_to_id(t)) is not None}
+
+
+def tool_call_format(template: str) -> str:
+    """How the chat template teaches tool calls: "xml" where it shows the <function=...> body (Qwen3-Coder,
+    Qwen3.5), else "json" (the Hermes body of Qwen2.5 / Qwen3)."""
+    return "xml" if "<function=" in template else "json"
 
 
 def common_runtime(ckpt: Checkpoint, profile: TargetProfile, template: str, specials: dict[str, int]) -> dict[str, Any]:
@@ -91,6 +97,7 @@ def common_runtime(ckpt: Checkpoint, profile: TargetProfile, template: str, spec
         execution_provider=profile.execution_provider,
         tokenizer="tokenizer.json",
         chat_template=template,
+        tool_call_format=tool_call_format(template),
         family=ckpt.family,
         thinking=thinking,
         special_tokens=specials,

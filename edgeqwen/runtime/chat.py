@@ -29,11 +29,34 @@ class ChatTemplate:
             if m.get("role") not in ("system", "user", "assistant", "tool"):
                 raise ValueError(f"message role must be system, user, assistant or tool, got {m.get('role')!r}")
         kwargs: dict[str, Any] = {}
+        messages = [_arguments_as_mappings(m) for m in messages]
         if enable_thinking is not None:
             kwargs["enable_thinking"] = enable_thinking
         if tools:
             kwargs["tools"] = list(tools)
         return self.template.render(messages=list(messages), add_generation_prompt=add_generation_prompt, **kwargs)
+
+
+def _arguments_as_mappings(message: dict[str, Any]) -> dict[str, Any]:
+    """An assistant message whose tool calls carry their arguments as OpenAI sends them (a JSON string), with
+    each parsed into a mapping, as vLLM hands them to templates: Qwen3.5's writes one <parameter=key> block per
+    argument; Qwen2.5 / Qwen3's serialise either form. Arguments that are not JSON stay as they were."""
+    calls = message.get("tool_calls")
+    if message.get("role") != "assistant" or not calls:
+        return message
+    out = []
+    for call in calls:
+        fn = call.get("function") if isinstance(call, dict) else None
+        args = fn.get("arguments") if isinstance(fn, dict) else None
+        if isinstance(args, str):
+            try:
+                parsed = json.loads(args)
+            except json.JSONDecodeError:
+                parsed = None
+            if isinstance(parsed, dict):
+                call = {**call, "function": {**fn, "arguments": parsed}}
+        out.append(call)
+    return {**message, "tool_calls": out}
 
 
 @dataclass
@@ -42,6 +65,7 @@ class ThinkingState:
 
     think_start: int | None
     think_end: int | None
+    tool_call: int | None = None  # <tool_call>: Qwen3.5 may open a call inside its reasoning, which ends it
     in_reasoning: bool = False
     reasoning_tokens: int = 0
     closed: bool = False
@@ -54,6 +78,9 @@ class ThinkingState:
         if token_id == self.think_end and self.in_reasoning:
             self.in_reasoning, self.closed = False, True
             return None
+        if token_id == self.tool_call and self.in_reasoning:  # an implicit </think>, as vLLM's Qwen3 parser reads it
+            self.in_reasoning, self.closed = False, True
+            return "content"
         if self.in_reasoning:
             self.reasoning_tokens += 1
             return "reasoning"

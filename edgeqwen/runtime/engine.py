@@ -138,7 +138,7 @@ class Engine:
         if self._think is None:
             return None
         start, end = self._think
-        state = ThinkingState(start, end)
+        state = ThinkingState(start, end, self.runtime.special_tokens.get("tool_call"))
         # Templates that open <think> in the prompt (Qwen3-2507 thinking models) start in reasoning.
         last_start = max((i for i, t in enumerate(prompt_ids) if t == start), default=-1)
         last_end = max((i for i, t in enumerate(prompt_ids) if t == end), default=-1)

@@ -126,14 +126,17 @@ def run(engine, state, new_ids: list[int], req: Request, thinking: ThinkingState
         if req.cancel.is_set():
             finish = "cancelled"
             break
-        allowed = req.constraint.mask() if req.constraint is not None else None
+        # a grammar shapes the answer, not the reasoning before it (vLLM's structured output after a reasoning
+        # parser does the same): while the model reasons, it samples freely
+        constrained = req.constraint is not None and not (thinking and thinking.in_reasoning)
+        allowed = req.constraint.mask() if constrained else None
         tok = sampler(logits if allowed is None else apply_mask(logits, allowed), state.tokens, generated)
         if i == 0:
             m.ttft_s = time.perf_counter() - t0
         if tok in stop_ids:
             finish = "stop"
             break
-        if req.constraint is not None:
+        if constrained:
             req.constraint.advance(tok)
         generated.append(tok)
         kind = thinking.route(tok) if thinking else "content"

@@ -194,7 +194,8 @@ class Run:
         self.outcome = Outcome()
         self.stream = None  # the runtime's Stream, once a slot is granted
         self.created = int(time.time())
-        self.splitter = ToolCallSplitter() if job.endpoint == "chat" and job.tools and job.tool_choice != "none" else None
+        self.splitter = ToolCallSplitter({f["name"]: f for f in job.functions}) \
+            if job.endpoint == "chat" and job.tools and job.tool_choice != "none" else None
 
     async def events(self) -> AsyncIterator[dict[str, Any]]:
         """Chunks of the answer as plain dicts: {"content"}, {"reasoning_content"}, {"tool_calls"}."""

@@ -58,11 +58,16 @@ class Grammars:
     def json_object(self) -> Compiled:
         return self.json_schema({"type": "object"})
 
-    def tool_call(self, tools: list[dict[str, Any]]) -> Compiled:
-        """Qwen's tool-call turn: <tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call> for one of
-        ``tools`` (OpenAI function definitions), arguments following that function's parameters."""
+    def tool_call(self, tools: list[dict[str, Any]], body: str = "json") -> Compiled:
+        """Qwen's tool-call turn for one of ``tools`` (OpenAI function definitions), arguments following that
+        function's parameters, in the template's ``body`` format (edgeqwen.server.tools): "json",
+        <tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>, or "xml",
+        <tool_call>\\n<function=NAME>\\n<parameter=KEY>\\nVALUE\\n</parameter>\\n...</function>\\n</tool_call>."""
         import llguidance
 
+        if body == "xml":
+            return self._compile(llguidance.LLMatcher.grammar_from_lark(self._xml_call(tools)),
+                                 "tool parameters schema")
         bodies = [{"type": "object", "properties": {"name": {"const": t["name"]},
                                                       "arguments": t.get("parameters") or {"type": "object"}},
                    "required": ["name", "arguments"], "additionalProperties": False} for t in tools]
@@ -70,6 +75,26 @@ class Grammars:
         lark = (f'start: {self._literal("<tool_call>")} "\\n" body "\\n" {self._literal("</tool_call>")}\n'
                 f"body: %json {json.dumps(schema)}\n")
         return self._compile(llguidance.LLMatcher.grammar_from_lark(lark), "tool parameters schema")
+
+    def _xml_call(self, tools: list[dict[str, Any]]) -> str:
+        """The lark grammar of an XML call: the function's required parameters in the schema's order, then any
+        of its optional ones; a string value is raw text up to the closing tag, any other type JSON of its
+        schema (what the parser types it back into)."""
+        choices = " | ".join(f"f{i}" for i in range(len(tools)))
+        rules = [f'start: {self._literal("<tool_call>")} "\\n" ({choices}) "</function>\\n" '
+                 f'{self._literal("</tool_call>")}']
+        for i, fn in enumerate(tools):
+            params = fn.get("parameters") or {}
+            props = params.get("properties") or {}
+            required = [k for k in params.get("required") or [] if k in props]
+            keys = [*required, *(k for k in props if k not in required)]
+            opening = json.dumps("<function=" + fn["name"] + ">\n")
+            rules.append(f"f{i}: {opening} " + " ".join(f"p{i}_{j}" + ("" if k in required else "?")
+                                                       for j, k in enumerate(keys)))
+            for j, key in enumerate(keys):
+                rules.append(f'p{i}_{j}: {json.dumps("<parameter=" + key + ">" + chr(10))} v{i}_{j}')
+                rules.append(_xml_value(f"v{i}_{j}", props[key]))
+        return "\n".join(rules) + "\n"
 
     def _literal(self, text: str) -> str:
         """The lark form of ``text``: the special token where the vocabulary has one (Qwen's <tool_call>
@@ -87,6 +112,25 @@ class Grammars:
         if matcher.is_error():
             raise ValueError(f"invalid {what}: {matcher.get_error()[:_MAX_ERROR]}")
         return Compiled(self.tokenizer, matcher)
+
+
+CLOSE_PARAMETER = "\n</parameter>\n"
+
+
+def _xml_value(rule: str, schema: Any) -> str:
+    """Lark rule ``rule``: one XML parameter's value and closing tag. A string is raw text (its enum's values
+    where it has one; its min/maxLength honoured), with the closing tag in the same lexeme, so text holding
+    newlines ends at the first tag; any other type is the JSON of its schema (what the parser types it into)."""
+    close = json.dumps(CLOSE_PARAMETER)
+    if isinstance(schema, dict) and schema.get("type") not in (None, "string"):
+        return f"{rule}: %json {json.dumps({**schema, 'x-guidance': JSON_OPTIONS})} {close}"
+    schema = schema if isinstance(schema, dict) else {}
+    enum = schema.get("enum")
+    if enum and all(isinstance(e, str) and e and "<" not in e for e in enum):
+        return f"{rule}: (" + " | ".join(json.dumps(e) for e in enum) + f") {close}"
+    low, high = max(1, int(schema.get("minLength", 1))), schema.get("maxLength")
+    count = f"{{{low},{int(high)}}}" if isinstance(high, int) and high >= low else f"{{{low},}}"
+    return f"{rule}: {rule.upper()}\n{rule.upper()}: /[^<]{count}\\n<\\/parameter>\\n/"
 
 
 class Constraint:

@@ -141,7 +141,7 @@ class ServedModel:
             elif job.tool_choice not in ("none", "auto"):
                 fns = job.functions if job.tool_choice == "required" else \
                     [f for f in job.functions if f["name"] == job.tool_choice]
-                compiled = self.grammars.tool_call(fns)
+                compiled = self.grammars.tool_call(fns, self.engine.runtime.tool_call_format)
             else:
                 return None
         except ValueError as e:

@@ -1,14 +1,22 @@
-"""Qwen's tool calls in generated text: ``<tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>``
-blocks (Hermes style, what Qwen2.5 and Qwen3 templates teach), turned into OpenAI ``tool_calls``."""
+"""Qwen's tool calls in generated text, turned into OpenAI ``tool_calls``. Two bodies inside ``<tool_call>``
+blocks, told apart by their first characters (the artifact's ``runtime.tool_call_format`` says which one its
+template teaches; the parser takes either):
+  json  ``{"name": ..., "arguments": {...}}`` (Hermes style: Qwen2.5, Qwen3)
+  xml   ``<function=NAME>`` then ``<parameter=KEY>\\nVALUE\\n</parameter>`` per argument, ``</function>``
+        (Qwen3-Coder, Qwen3.5): values are raw text, typed by the function's parameter schema as vLLM's
+        qwen3_coder parser types them (a key the schema does not know stays a string)."""
 
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
+_FUNCTION = re.compile(r"<function=([^>\n]+)>(.*?)</function>", re.S)
+_PARAMETER = re.compile(r"<parameter=([^>\n]+)>(.*?)</parameter>", re.S)
 
 
 @dataclass(frozen=True)
@@ -23,8 +31,15 @@ class ToolCall:
         return d if index is None else {"index": index, **d}
 
 
-def parse_block(body: str) -> ToolCall | None:
-    """The JSON inside one block, or None where it is not a call (then the text stays content)."""
+def _call_id() -> str:
+    return f"call_{uuid.uuid4().hex[:24]}"
+
+
+def parse_block(body: str, functions: dict[str, dict[str, Any]] | None = None) -> ToolCall | None:
+    """The call inside one block (JSON or XML body), or None where it is not a call (then the text stays
+    content). ``functions``: the request's function definitions by name (types XML arguments)."""
+    if body.startswith("<function="):
+        return _parse_xml(body, functions or {})
     try:
         obj = json.loads(body)
     except json.JSONDecodeError:
@@ -33,14 +48,54 @@ def parse_block(body: str) -> ToolCall | None:
         return None
     args = obj.get("arguments", {})
     text = args if isinstance(args, str) else json.dumps(args, ensure_ascii=False)
-    return ToolCall(obj["name"], text, f"call_{uuid.uuid4().hex[:24]}")
+    return ToolCall(obj["name"], text, _call_id())
+
+
+def _parse_xml(body: str, functions: dict[str, dict[str, Any]]) -> ToolCall | None:
+    m = _FUNCTION.fullmatch(body)
+    if m is None:
+        return None
+    name = m.group(1).strip()
+    props = ((functions.get(name) or {}).get("parameters") or {}).get("properties") or {}
+    args = {}
+    for key, raw in _PARAMETER.findall(m.group(2)):
+        value = raw[1:] if raw.startswith("\n") else raw  # the template's layout newlines, not the value's
+        value = value[:-1] if value.endswith("\n") else value
+        args[key.strip()] = typed(value, props.get(key.strip()))
+    return ToolCall(name, json.dumps(args, ensure_ascii=False), _call_id())
+
+
+def typed(value: str, schema: Any) -> Any:
+    """An XML parameter's text as its schema's type (the text itself where the schema gives no type, a
+    string type, or a value that does not parse as the type)."""
+    kind = schema.get("type") if isinstance(schema, dict) else None
+    kinds = kind if isinstance(kind, list) else [kind]
+    if kind is None or "string" in kinds:
+        return value
+    text = value.strip()
+    if text == "null" and "null" in kinds:
+        return None
+    try:
+        if "integer" in kinds:
+            return int(text)
+        if "number" in kinds:
+            number = float(text)
+            return int(number) if number.is_integer() and "." not in text and "e" not in text.lower() else number
+        if "boolean" in kinds:
+            if text.lower() in ("true", "false"):
+                return text.lower() == "true"
+            return value
+        return json.loads(text)  # object, array
+    except ValueError:
+        return value
 
 
 class ToolCallSplitter:
     """Streaming split of content into plain text and tool calls. Text that may be the start of
     ``<tool_call>`` is held back until it is known not to be."""
 
-    def __init__(self) -> None:
+    def __init__(self, functions: dict[str, dict[str, Any]] | None = None) -> None:
+        self.functions = functions or {}
         self._buf = ""
         self._inside = False
         self._after_call = False  # whitespace right after a call is layout, not content
@@ -55,7 +110,7 @@ class ToolCallSplitter:
                 if end < 0:
                     break
                 body, self._buf, self._inside = self._buf[:end], self._buf[end + len(CLOSE):], False
-                call = parse_block(body.strip())
+                call = parse_block(body.strip(), self.functions)
                 if call is None:
                     out.append(OPEN + body + CLOSE)
                 else:

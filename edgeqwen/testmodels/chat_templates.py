@@ -1,7 +1,7 @@
 """Chat templates written into fixture checkpoints, matching the behaviour of Qwen's own.
 
 Real checkpoints carry their template in tokenizer_config.json; the compiler copies whatever the
-checkpoint has. These two exist so locally built fixtures behave like Qwen2.5 and Qwen3.
+checkpoint has. These exist so locally built fixtures behave like Qwen2.5, Qwen3 and Qwen3.5.
 """
 
 
@@ -99,3 +99,79 @@ QWEN3_THINKING = """\
 {%- endif %}
 {%- endif %}
 """
+
+# Qwen3.5: tools as Qwen3-Coder calls them, in XML (<function=name> with one <parameter=key> block per
+# argument), the reasoning block opened in the prompt (the model writes only </think>; thinking off pre-fills an
+# empty block), earlier turns' reasoning dropped. Qwen3.5's own template was not found offline: this follows the
+# behaviour its serving stacks document (vLLM's Qwen3 parsers: "<think> in the prompt", the XML call grammar)
+# and the tool instructions quoted from it in public ports; the small models default to thinking off.
+_QWEN35_TOOLS_SYSTEM = """\
+{{- '<|im_start|>system\\n# Tools\\n\\nYou have access to the following functions:\\n\\n<tools>' }}
+{%- for tool in tools %}{{- '\\n' + (tool | tojson) }}{%- endfor %}
+{{- '\\n</tools>\\n\\nIf you choose to call a function ONLY reply in the following format with NO suffix:\\n\\n<tool_call>\\n<function=example_function_name>\\n<parameter=example_parameter_1>\\nvalue_1\\n</parameter>\\n</function>\\n</tool_call>' }}
+{%- if messages[0].role == 'system' and messages[0].content %}{{- '\\n\\n' + messages[0].content }}{%- endif %}
+{{- '<|im_end|>\\n' }}
+"""
+_QWEN35_TOOL_CALLS = """\
+{%- for tool_call in message.tool_calls or [] %}
+{%- set call = tool_call.function if tool_call.function is defined else tool_call %}
+{{- ('\\n\\n' if content and loop.first else '\\n' if not loop.first else '') + '<tool_call>\\n<function=' + call.name + '>\\n' }}
+{%- for key, value in (call.arguments if call.arguments is mapping else {}).items() %}
+{{- '<parameter=' + key + '>\\n' + (value if value is string else (value | tojson)) + '\\n</parameter>\\n' }}
+{%- endfor %}
+{{- '</function>\\n</tool_call>' }}
+{%- endfor %}
+"""
+
+
+def qwen35_template(thinking_default: bool) -> str:
+    """Qwen3.5's chat behaviour (see above); ``thinking_default``: the mode when enable_thinking is not given."""
+    default = "true" if thinking_default else "false"
+    return """\
+{%- set thinking = enable_thinking if enable_thinking is defined else """ + default + """ %}
+{%- if tools %}
+""" + _QWEN35_TOOLS_SYSTEM + """\
+{%- elif messages[0].role == 'system' %}
+{{- '<|im_start|>system\\n' + messages[0].content + '<|im_end|>\\n' }}
+{%- endif %}
+{%- set ns = namespace(found=false, last_query_index=messages|length - 1) %}
+{%- for message in messages[::-1] %}
+{%- set index = (messages|length - 1) - loop.index0 %}
+{%- if message.role == 'user' and not ns.found %}
+{%- set ns.found = true %}
+{%- set ns.last_query_index = index %}
+{%- endif %}
+{%- endfor %}
+{%- for message in messages %}
+{%- set content = message.content if message.content is string else '' %}
+{%- if message.role == 'user' or (message.role == 'system' and not loop.first) %}
+{{- '<|im_start|>' + message.role + '\\n' + content + '<|im_end|>\\n' }}
+{%- elif message.role == 'assistant' %}
+{%- set reasoning_content = '' %}
+{%- if message.reasoning_content is string %}
+{%- set reasoning_content = message.reasoning_content %}
+{%- elif '</think>' in content %}
+{%- set reasoning_content = content.split('</think>')[0].rstrip('\\n').split('<think>')[-1].lstrip('\\n') %}
+{%- set content = content.split('</think>')[-1].lstrip('\\n') %}
+{%- endif %}
+{%- if loop.index0 > ns.last_query_index %}
+{{- '<|im_start|>assistant\\n<think>\\n' + reasoning_content.strip('\\n') + '\\n</think>\\n\\n' + content.lstrip('\\n') }}
+{%- else %}
+{{- '<|im_start|>assistant\\n' + content }}
+{%- endif %}
+""" + _QWEN35_TOOL_CALLS + """\
+{{- '<|im_end|>\\n' }}
+""" + _TOOL_RESULT + """\
+{%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+{{- '<|im_start|>assistant\\n<think>\\n' }}
+{%- if not thinking %}
+{{- '\\n</think>\\n\\n' }}
+{%- endif %}
+{%- endif %}
+"""
+
+
+# Qwen3.5 sizes whose template starts in non-thinking mode (the others think by default)
+QWEN35_NON_THINKING = ("Qwen3.5-0.8B",)

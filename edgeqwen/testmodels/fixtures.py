@@ -13,7 +13,7 @@ from pathlib import Path
 
 from edgeqwen.model.spec import ModelSpec, parse_spec
 from edgeqwen.model.published import published_config, published_generation_config
-from edgeqwen.testmodels.chat_templates import QWEN3_THINKING, QWEN25_CHATML
+from edgeqwen.testmodels.chat_templates import QWEN3_THINKING, QWEN25_CHATML, QWEN35_NON_THINKING, qwen35_template
 from edgeqwen.testmodels.tokenizer_files import write_tokenizer
 
 QWEN_VOCAB = 151_936  # Qwen pads the 151,665 used ids to a multiple of 128 (…of 64 for Qwen3: same size)
@@ -311,6 +311,14 @@ def _make_streamed(spec: FixtureSpec, out_dir: Path, dtype: str, log) -> Path:
     return _side_files(spec, out_dir, dtype)
 
 
+def chat_template(spec: FixtureSpec) -> str:
+    """The template of the fixture's family: Qwen2.5's ChatML, Qwen3's thinking template, Qwen3.5's (XML tool
+    calls, reasoning opened in the prompt; the published model's default thinking mode)."""
+    if spec.family == "qwen3_5":
+        return qwen35_template(spec.published not in QWEN35_NON_THINKING)
+    return QWEN3_THINKING if spec.family == "qwen3" else QWEN25_CHATML
+
+
 def _side_files(spec: FixtureSpec, out_dir: Path, dtype: str) -> Path:
     """config.json and generation_config.json as published (save_pretrained's own are replaced: it writes
     every key, null where unset), tokenizer and chat template."""
@@ -320,8 +328,7 @@ def _side_files(spec: FixtureSpec, out_dir: Path, dtype: str) -> Path:
     else:
         (out_dir / "generation_config.json").write_text(json.dumps(generation_config_dict(spec), indent=2) + "\n",
                                                         encoding="utf-8")
-    # Qwen3.5's own template was not found offline: its Qwen3 predecessor's thinking template stands in
-    template = QWEN3_THINKING if spec.family in ("qwen3", "qwen3_5") else QWEN25_CHATML
+    template = chat_template(spec)
     write_tokenizer(out_dir, spec.family, template, spec.positions)
     (out_dir / "edgeqwen_fixture.json").write_text(json.dumps({"fixture": spec.name, "dtype": dtype,
                                                                "published": spec.published}))

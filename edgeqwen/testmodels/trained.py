@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from edgeqwen.corpus import HELD_OUT_FRACTION, read_texts, split_corpus
-from edgeqwen.testmodels.chat_templates import QWEN3_THINKING
+from edgeqwen.testmodels.chat_templates import QWEN3_THINKING, qwen35_template
 from edgeqwen.testmodels.tokenizer_files import QWEN_PRETOKENIZE_PATTERN
 
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
@@ -136,12 +136,17 @@ def train(out: Path, spec: TrainSpec = TrainSpec(), log: Callable[[str], None] =
     (out / "tokenizer_config.json").write_text(json.dumps({
         "tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": spec.max_positions,
         "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>", "bos_token": None, "unk_token": None,
-        "clean_up_tokenization_spaces": False, "chat_template": QWEN3_THINKING}, indent=2))
+        "clean_up_tokenization_spaces": False, "chat_template": _chat_template(spec)}, indent=2))
     (out / "eval.txt").write_text(held, encoding="utf-8")
     info = {"spec": asdict(spec), "corpus_sha256": digest, "parameters": sum(p.numel() for p in model.parameters()),
             "eval_tokens": int(len(eval_ids)), "eval_perplexity_fp32": ppl}  # no timings: regenerated bit for bit
     (out / "edgeqwen_trained.json").write_text(json.dumps(info, indent=2))
     return info
+
+
+def _chat_template(spec: TrainSpec) -> str:
+    """Qwen3's thinking template, or Qwen3.5's (which, at this size, starts in non-thinking mode)."""
+    return qwen35_template(thinking_default=False) if spec.architecture == "qwen3_5" else QWEN3_THINKING
 
 
 def _config(spec: TrainSpec, vocab: int, specials: dict[str, int]):
