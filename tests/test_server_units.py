@@ -18,16 +18,20 @@ from edgeqwen.server.tools import ToolCallSplitter
 CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
 
 
+def _split(splitter: ToolCallSplitter, text: str, step: int) -> tuple[str, list]:
+    """``text`` fed ``step`` characters at a time: (all content, all calls)."""
+    content, calls = "", []
+    for i in range(0, len(text), step):
+        c, found = splitter.feed(text[i:i + step])
+        content += c
+        calls += found
+    return content + splitter.flush(), calls
+
+
 @pytest.mark.parametrize("step", [1, 2, 5, 1000])
 def test_tool_calls_are_split_from_content_however_the_text_is_chunked(step):
     text = "Let me check." + CALL + "\n" + CALL.replace("Paris", "Rome") + "\nDone <tool_ca"
-    s = ToolCallSplitter()
-    content, calls = "", []
-    for i in range(0, len(text), step):
-        c, found = s.feed(text[i:i + step])
-        content += c
-        calls += found
-    content += s.flush()
+    content, calls = _split(ToolCallSplitter(), text, step)
     assert [json.loads(c.arguments)["city"] for c in calls] == ["Paris", "Rome"]
     assert calls[0].name == "get_weather" and calls[0].id != calls[1].id
     assert content == "Let me check.Done <tool_ca"  # the unfinished marker is text again at the end
@@ -52,14 +56,7 @@ def test_xml_tool_calls_are_split_and_typed_by_the_functions_schema(step):
     """Qwen3.5's calls (Qwen3-Coder's XML body): one parameter block per argument, each value raw text typed
     as the function's schema types it (a string keeps its newlines and stays a string even when it reads as
     a number); the JSON body of Qwen2.5 / Qwen3 still parses beside it."""
-    text = "Checking." + XML_CALL + "\n" + CALL
-    s = ToolCallSplitter(XML_FUNCTIONS)
-    content, calls = "", []
-    for i in range(0, len(text), step):
-        c, found = s.feed(text[i:i + step])
-        content += c
-        calls += found
-    content += s.flush()
+    content, calls = _split(ToolCallSplitter(XML_FUNCTIONS), "Checking." + XML_CALL + "\n" + CALL, step)
     assert content == "Checking." and [c.name for c in calls] == ["get_weather"] * 2
     assert json.loads(calls[0].arguments) == {"city": "San Jose\nCA", "days": 3, "metric": True, "at": {"h": 9},
                                               "note": "42"}

@@ -29,6 +29,32 @@ _TOOL_RESULT = """\
 {%- if loop.last or messages[loop.index0 + 1].role != 'tool' %}{{- '<|im_end|>\\n' }}{%- endif %}
 """
 
+# Qwen3 / Qwen3.5's history: the last user query found first (only assistant turns after it keep their
+# reasoning), each turn rendered, an assistant turn's reasoning taken from reasoning_content or split off its
+# content; the assistant branch goes on with the template's own rendering of reasoning and content.
+_HISTORY_WITH_REASONING = """\
+{%- set ns = namespace(found=false, last_query_index=messages|length - 1) %}
+{%- for message in messages[::-1] %}
+{%- set index = (messages|length - 1) - loop.index0 %}
+{%- if message.role == 'user' and not ns.found %}
+{%- set ns.found = true %}
+{%- set ns.last_query_index = index %}
+{%- endif %}
+{%- endfor %}
+{%- for message in messages %}
+{%- set content = message.content if message.content is string else '' %}
+{%- if message.role == 'user' or (message.role == 'system' and not loop.first) %}
+{{- '<|im_start|>' + message.role + '\\n' + content + '<|im_end|>\\n' }}
+{%- elif message.role == 'assistant' %}
+{%- set reasoning_content = '' %}
+{%- if message.reasoning_content is string %}
+{%- set reasoning_content = message.reasoning_content %}
+{%- elif '</think>' in content %}
+{%- set reasoning_content = content.split('</think>')[0].rstrip('\\n').split('<think>')[-1].lstrip('\\n') %}
+{%- set content = content.split('</think>')[-1].lstrip('\\n') %}
+{%- endif %}
+"""
+
 QWEN25_CHATML = """\
 {%- if tools %}
 {%- set default_system = 'You are Qwen, created by Alibaba Cloud. You are a helpful assistant.' %}
@@ -62,26 +88,7 @@ QWEN3_THINKING = """\
 {%- elif messages[0].role == 'system' %}
 {{- '<|im_start|>system\\n' + messages[0].content + '<|im_end|>\\n' }}
 {%- endif %}
-{%- set ns = namespace(found=false, last_query_index=messages|length - 1) %}
-{%- for message in messages[::-1] %}
-{%- set index = (messages|length - 1) - loop.index0 %}
-{%- if message.role == 'user' and not ns.found %}
-{%- set ns.found = true %}
-{%- set ns.last_query_index = index %}
-{%- endif %}
-{%- endfor %}
-{%- for message in messages %}
-{%- set content = message.content if message.content is string else '' %}
-{%- if message.role == 'user' or (message.role == 'system' and not loop.first) %}
-{{- '<|im_start|>' + message.role + '\\n' + content + '<|im_end|>\\n' }}
-{%- elif message.role == 'assistant' %}
-{%- set reasoning_content = '' %}
-{%- if message.reasoning_content is string %}
-{%- set reasoning_content = message.reasoning_content %}
-{%- elif '</think>' in content %}
-{%- set reasoning_content = content.split('</think>')[0].rstrip('\\n').split('<think>')[-1].lstrip('\\n') %}
-{%- set content = content.split('</think>')[-1].lstrip('\\n') %}
-{%- endif %}
+""" + _HISTORY_WITH_REASONING + """\
 {%- if loop.index0 > ns.last_query_index and reasoning_content %}
 {{- '<|im_start|>assistant\\n<think>\\n' + reasoning_content.strip('\\n') + '\\n</think>\\n\\n' + content.lstrip('\\n') }}
 {%- else %}
@@ -134,26 +141,7 @@ def qwen35_template(thinking_default: bool) -> str:
 {%- elif messages[0].role == 'system' %}
 {{- '<|im_start|>system\\n' + messages[0].content + '<|im_end|>\\n' }}
 {%- endif %}
-{%- set ns = namespace(found=false, last_query_index=messages|length - 1) %}
-{%- for message in messages[::-1] %}
-{%- set index = (messages|length - 1) - loop.index0 %}
-{%- if message.role == 'user' and not ns.found %}
-{%- set ns.found = true %}
-{%- set ns.last_query_index = index %}
-{%- endif %}
-{%- endfor %}
-{%- for message in messages %}
-{%- set content = message.content if message.content is string else '' %}
-{%- if message.role == 'user' or (message.role == 'system' and not loop.first) %}
-{{- '<|im_start|>' + message.role + '\\n' + content + '<|im_end|>\\n' }}
-{%- elif message.role == 'assistant' %}
-{%- set reasoning_content = '' %}
-{%- if message.reasoning_content is string %}
-{%- set reasoning_content = message.reasoning_content %}
-{%- elif '</think>' in content %}
-{%- set reasoning_content = content.split('</think>')[0].rstrip('\\n').split('<think>')[-1].lstrip('\\n') %}
-{%- set content = content.split('</think>')[-1].lstrip('\\n') %}
-{%- endif %}
+""" + _HISTORY_WITH_REASONING + """\
 {%- if loop.index0 > ns.last_query_index %}
 {{- '<|im_start|>assistant\\n<think>\\n' + reasoning_content.strip('\\n') + '\\n</think>\\n\\n' + content.lstrip('\\n') }}
 {%- else %}
