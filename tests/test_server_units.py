@@ -118,9 +118,15 @@ def test_chat_job_reads_openai_fields():
         parse_body(b"[1, 2]")
 
 
-def test_grammar_masks_give_schema_valid_json_from_random_logits(checkpoints):
+@pytest.fixture(scope="module")
+def qwen_grammars(checkpoints):
+    """(tokenizer folder, Grammars) of the Qwen vocabulary: llguidance's tokenizer is made once (~2 s)."""
     folder = checkpoints("tiny-qwen2.5")
-    grammars = Grammars(folder / "tokenizer.json", 151936, [151645, 151643])
+    return folder, Grammars(folder / "tokenizer.json", 151936, [151645, 151643])
+
+
+def test_grammar_masks_give_schema_valid_json_from_random_logits(qwen_grammars):
+    folder, grammars = qwen_grammars
     schema = {"type": "object", "properties": {"n": {"type": "integer", "minimum": 1, "maximum": 9},
                                                "s": {"type": "string", "maxLength": 5}},
               "required": ["n", "s"], "additionalProperties": False}
@@ -149,11 +155,10 @@ def test_grammar_masks_give_schema_valid_json_from_random_logits(checkpoints):
         Constraint(compiled).advance(151645)  # the end is not allowed before the object is
 
 
-def test_xml_call_grammar_gives_calls_the_parser_types_back_from_random_logits(checkpoints):
+def test_xml_call_grammar_gives_calls_the_parser_types_back_from_random_logits(qwen_grammars):
     """A forced call in Qwen3.5's XML body: random logits through the grammar's masks always give a complete
     call whose arguments, parsed back, satisfy the schema (required keys, integer range, string length)."""
-    folder = checkpoints("tiny-qwen2.5")
-    grammars = Grammars(folder / "tokenizer.json", 151936, [151645, 151643])
+    folder, grammars = qwen_grammars
     fn = {"name": "get_weather", "parameters": {"type": "object", "properties": {
         "city": {"type": "string", "maxLength": 6}, "days": {"type": "integer", "minimum": 1, "maximum": 7},
         "unit": {"type": "string", "enum": ["c", "f"]}}, "required": ["city", "days"]}}

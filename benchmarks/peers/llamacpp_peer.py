@@ -75,10 +75,28 @@ def converter_source(cache: Path) -> Path:
 def convert(checkpoint: Path, out: Path, src: Path, outtype: str = "f32") -> Path:
     if out.is_file():
         return out
-    print(f"== llama.cpp convert_hf_to_gguf.py {checkpoint} --outtype {outtype}", file=sys.stderr, flush=True)
+    # A Qwen3.5 saved by transformers (text only, or trained here) has no mtp.* tensors, which the converter
+    # expects of every Qwen3.5 unless told --no-mtp
+    extra = [] if _has_mtp_tensors(checkpoint) or not _is_qwen35(checkpoint) else ["--no-mtp"]
+    print(f"== llama.cpp convert_hf_to_gguf.py {checkpoint} --outtype {outtype} {' '.join(extra)}", file=sys.stderr,
+          flush=True)
     subprocess.run([sys.executable, "-c", _CONVERT, str(src), str(checkpoint), "--outfile", str(out),
-                    "--outtype", outtype], check=True, stdout=subprocess.DEVNULL)
+                    "--outtype", outtype, *extra], check=True, stdout=subprocess.DEVNULL)
     return out
+
+
+def _is_qwen35(checkpoint: Path) -> bool:
+    from edgeqwen.model.spec import read_spec
+
+    return read_spec(checkpoint).family == "qwen3_5"
+
+
+def _has_mtp_tensors(checkpoint: Path) -> bool:
+    from edgeqwen.safetensors_io import CheckpointTensors
+
+    files = sorted(p.name for p in checkpoint.glob("*.safetensors"))
+    with CheckpointTensors(checkpoint, files) as src:
+        return any(n.startswith("mtp.") for n in src.where)
 
 
 def quantize(src: Path, out: Path, kind: str, threads: int) -> Path:

@@ -40,9 +40,6 @@ from typing import ClassVar
 from edgeqwen.model.spec import ModelSpec
 
 EMBED, LM_HEAD = "model.embed_tokens.weight", "lm_head.weight"
-# The decoder linear layers by their module path inside a layer (GPTQ group overrides, LoRA targets).
-ATTENTION_LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj")
-MLP_LINEARS = ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 
 
 @dataclass(frozen=True)
@@ -146,10 +143,6 @@ class TensorMap:
         if not isinstance(t, LinearAttentionLayerTensors):
             raise TypeError(f"layer {i} is a full-attention layer (layer)")
         return t
-
-    def module(self, i: int, linear: str) -> str:
-        """The module path of a decoder linear layer (``linear`` one of ATTENTION_LINEARS + MLP_LINEARS)."""
-        return f"{self.layer_prefix}{i}.{linear}"
 
     def inner_path(self, i: int, name: str) -> str:
         """Checkpoint tensor ``name`` of layer ``i`` as a path inside that decoder layer's module, e.g.

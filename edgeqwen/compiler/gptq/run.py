@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 import torch
 
+from edgeqwen.compiler import allocator
 from edgeqwen.compiler.gptq.hessian import Groups, LayerHessians
 from edgeqwen.compiler.gptq.layer import LayerCall, build_layer, layer_call, layer_tensor_names
 from edgeqwen.compiler.gptq.options import GptqOptions, ModuleFormat, module_formats, quantization_config
@@ -151,6 +152,7 @@ def quantize(checkpoint: Path, out: Path, options: GptqOptions, rows: list[list[
              say: Callable[[str], None] = lambda s: None) -> Path:
     """GPTQ every decoder linear layer of ``checkpoint`` on the calibration windows ``rows`` (token ids, all
     the same length), layer by layer; the quantised checkpoint is written to ``out``, which is returned."""
+    allocator.release_large_blocks()
     with CheckpointTensors(checkpoint, weight_files(checkpoint)) as src:
         spec = read_spec(checkpoint, set(src.where))
         names = tensor_map(spec, set(src.where))
@@ -165,6 +167,7 @@ def quantize(checkpoint: Path, out: Path, options: GptqOptions, rows: list[list[
         for i in range(spec.layers):
             last = i == spec.layers - 1  # its outputs feed nothing: the head is not quantised here
             clock.report(i, quantize_layer(src, names, i, call, states, formats, options, sink, not last))
+            allocator.trim()
         head = [names.final_norm] + ([] if spec.tied else [names.lm_head])
         sink.add([copied(src, n) for n in head])
     config: dict[str, Any] = {**spec.config, "quantization_config": quantization_config(options, formats)}
