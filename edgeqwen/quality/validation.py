@@ -24,6 +24,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from edgeqwen import allocator
 from edgeqwen.quality.graph_weights import ArtifactWeights
 from edgeqwen.quality.loss_text import ArtifactLogits, compare_loss, run_artifact_loss
 from edgeqwen.quality.metrics import per_token
@@ -180,6 +181,7 @@ def validate_apart(open_engine: Callable[[], Any], model_path: Path, parameters:
         raise ValueError("a KL bound (--max-kl or the profile's [quality]) needs the quantisation loss; "
                          "drop --no-loss-text or the bound")
     t0 = time.perf_counter()
+    allocator.release_large_blocks()  # each side's memory goes back before the next one loads
     engine = open_engine()
     provider, manifest, folder = engine.provider, engine.manifest, engine.folder
     tokenizer = load_tokenizer(model_path)
@@ -189,7 +191,7 @@ def validate_apart(open_engine: Callable[[], Any], model_path: Path, parameters:
         scored = weights is not None and loss_text
         loss_logits = run_artifact_loss(engine, tokenizer, Path(tmp), log) if scored else None
         del engine  # the model and its weights go with the last reference
-        gc.collect()
+        _release()
         twin = None if weights is None else _twin_outputs(folder, manifest, Path(tmp), tokenizer, bounds, log)
         exact = twin or outputs
         log(f"    artifact side done in {time.perf_counter() - t0:.0f} s (peak RSS so far {peak_rss_mb()} MB)")
@@ -199,7 +201,7 @@ def validate_apart(open_engine: Callable[[], Any], model_path: Path, parameters:
         gate = compare(reference, exact, bounds, log)
         name = type(reference).__name__ + (" with the artifact's weights" if weights else "")
         del reference
-        gc.collect()
+        _release()
         check = loss = int8 = None
         if weights is not None:
             check, loss = _weights_and_loss(weights, model_path, parameters, quantized, loss_logits, quality, log)
@@ -218,7 +220,7 @@ def _twin_outputs(folder: Path, manifest: dict[str, Any], tmp: Path, tokenizer, 
         return None
     log("    the same artifact with fp32 compute in MatMulNBits (its twin), for the parity check")
     out = run_artifact(_engine(twin), tokenizer, bounds.greedy_tokens)
-    gc.collect()
+    _release()
     return out
 
 
@@ -235,6 +237,12 @@ def _weights_and_loss(weights: ArtifactWeights, model_path: Path, parameters: in
     loss = quantization_loss(compare_loss(open_reference(model_path, parameters, log), loss_logits),
                              quality or QualityBounds())
     return check, loss
+
+
+def _release() -> None:
+    """What the side just finished held, back to the system (not only to the allocator's free lists)."""
+    gc.collect()
+    allocator.trim()
 
 
 def _engine(folder: Path):

@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import torch
 
-from edgeqwen.compiler import allocator
+from edgeqwen import allocator
 from edgeqwen.compiler.gptq.hessian import Groups, LayerHessians
 from edgeqwen.compiler.gptq.layer import LayerCall, build_layer, layer_call, layer_tensor_names
 from edgeqwen.compiler.gptq.options import GptqOptions, ModuleFormat, module_formats, quantization_config

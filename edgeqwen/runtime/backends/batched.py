@@ -39,6 +39,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+import weakref
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +62,25 @@ PREFILL_CHUNK = 256
 # State buffer shape to start from and to return to when no sequence is live: (slots, positions)
 INITIAL = (4, 256)
 _ORT_TYPES = {"float32": "tensor(float)", "float16": "tensor(float16)"}
+IDLE_CHECK_S = 1.0  # how often an idle scheduler looks whether its backend is still in use
+
+
+def _schedule(backend: weakref.ref, work: queue.Queue) -> None:
+    """The scheduler thread. It holds its backend only while work is in flight: an engine nobody holds any
+    longer is freed with its session (validation loads the artifact, its twin, then the reference, each
+    after the previous one is gone), and the thread ends."""
+    while True:
+        try:
+            first = work.get(timeout=IDLE_CHECK_S)
+        except queue.Empty:
+            if backend() is None:
+                return
+            continue
+        held = backend()
+        if held is None:
+            return
+        held._until_idle(first)
+        del held, first  # a finished work item's state holds the backend too
 
 
 # -- work items: what a request thread hands the scheduler, each with the future it waits on ------------
@@ -140,7 +160,8 @@ class BatchedBackend(StateLoops):
         self.steps = 0  # batched decode runs, and how many rows had a token in them (tests and metrics)
         self.rows_stepped = 0
         self._queue: queue.Queue[Work] = queue.Queue()
-        self._thread = threading.Thread(target=self._loop, name="edgeqwen-batch", daemon=True)
+        self._thread = threading.Thread(target=_schedule, args=(weakref.ref(self), self._queue),
+                                        name="edgeqwen-batch", daemon=True)
         self._thread.start()
 
     # -- the Backend interface ----------------------------------------------------------------------
@@ -163,12 +184,14 @@ class BatchedBackend(StateLoops):
         would cost more than the step's state arithmetic)."""
         return {t.input: np.zeros_like(self.cache[t.input]) for t in self.tensors if t.sequence_axis is None}
 
-    def _loop(self) -> None:
-        pending: list[Append] = []
+    def _until_idle(self, first: Work) -> None:
+        """Work from ``first`` on, and whatever arrives meanwhile, until none is pending."""
+        pending: list[Work] = [first]
         prompt_turn = True  # prompt chunks and decode rounds take turns while both wait
         while True:
-            arrived: list[Work] = [] if pending else [self._queue.get()]
-            pending = self._control(pending + arrived + self._drain())
+            pending = self._control(pending + self._drain())
+            if not pending:
+                return
             prompts = [a for a in pending if a.prompt]
             if prompts and (prompt_turn or all(a.prompt for a in pending)):
                 pending.remove(prompts[0])
