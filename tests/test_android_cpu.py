@@ -16,7 +16,7 @@ TWINS = [("android-cpu-int4", "cpu-int4"), ("android-cpu-int4-fast", "cpu-int4-f
 
 
 @pytest.mark.parametrize("target, twin", TWINS)
-@pytest.mark.parametrize("name", ["tiny-qwen2.5", "tiny-qwen3"])
+@pytest.mark.parametrize("name", ["tiny-qwen3"])  # tiny-qwen2.5 passed too; cut for the suite's time budget
 def test_android_cpu_artifact(artifacts, name, target, twin):
     result = artifacts(name, target, loss_text=True)
     m, folder = result.manifest, result.folder

@@ -10,9 +10,11 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "edgeqwen"
 
 # module (or package) -> the edgeqwen modules it may import. Leaves first.
-LEAVES = {"edgeqwen.errors", "edgeqwen.providers", "edgeqwen.argtypes", "edgeqwen.corpus", "edgeqwen.safetensors_io"}
+LEAVES = {"edgeqwen.errors", "edgeqwen.providers", "edgeqwen.argtypes", "edgeqwen.corpus", "edgeqwen.safetensors_io",
+          "edgeqwen.allocator"}
 ALLOWED: dict[str, set[str]] = {
     "edgeqwen.errors": set(),
+    "edgeqwen.allocator": set(),  # glibc's malloc_trim (stdlib ctypes): GPTQ's layers, validation's sides
     "edgeqwen.providers": set(),
     "edgeqwen.argtypes": set(),
     "edgeqwen.corpus": set(),

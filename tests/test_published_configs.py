@@ -97,9 +97,15 @@ def resaved(checkpoints, tmp_path_factory):
     return get
 
 
-@pytest.mark.parametrize("target", ["cpu-fp32", pytest.param("cpu-int4", marks=pytest.mark.slow)])
-@pytest.mark.parametrize("name", [pytest.param(n, marks=() if n == "tiny-qwen2.5" else pytest.mark.slow)
-                                  for n in MIRRORS])
+def _resaved_cases():
+    """Every mirror for cpu-fp32 (tiny-qwen2.5 in the quick tier); cpu-int4 (GPTQ) for one of each family."""
+    for n in MIRRORS:
+        yield pytest.param(n, "cpu-fp32", marks=() if n == "tiny-qwen2.5" else pytest.mark.slow)
+    for n in ("tiny-qwen2.5", "tiny-qwen3"):
+        yield pytest.param(n, "cpu-int4", marks=pytest.mark.slow)
+
+
+@pytest.mark.parametrize("name, target", list(_resaved_cases()))
 def test_resaved_by_transformers_5_builds_validates_and_runs(resaved, tmp_path, name, target):
     from edgeqwen.compiler.pipeline import build
     from edgeqwen.runtime import load

@@ -43,7 +43,7 @@ def test_fp32_build_matches_transformers(artifacts, name):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name, target", [("tiny-qwen3.5", "cpu-int8"), ("tiny-qwen3.5-untied", "cpu-int4-fast"),
-                                          ("tiny-qwen3.5", "android-cpu-int4-fast"), ("tiny-qwen3.5-untied", "cpu-int4")])
+                                          ("tiny-qwen3.5", "android-cpu-int4-fast"), ("tiny-qwen3.5", "cpu-int4")])
 def test_int_profiles_pass_the_parity_gate(artifacts, name, target):
     """Quantised builds: transformers computing with the artifact's own weights agrees with the artifact
     (the parity gate), and the quantised weights read back are within one step of the checkpoint's (GPTQ's:
@@ -52,8 +52,8 @@ def test_int_profiles_pass_the_parity_gate(artifacts, name, target):
     manifest = read_manifest(artifacts(name, target).folder)
     _validated(manifest)
     assert manifest["validation"]["reference"] == "Reference with the artifact's weights"
-    ops = {w["op"]: w for w in manifest["quantization"]["weight_ops"]}
-    assert ops["MatMulNBits"]["count"] >= 21 and manifest["quantization"]["float_weight_matmuls"] == 0, ops
+    matmuls = sum(w["count"] for w in manifest["quantization"]["weight_ops"] if w["op"] == "MatMulNBits")
+    assert matmuls >= 21 and manifest["quantization"]["float_weight_matmuls"] == 0, manifest["quantization"]
 
 
 OLIVE_GPTQ = """name = "olive-gptq"

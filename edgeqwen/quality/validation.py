@@ -181,7 +181,6 @@ def validate_apart(open_engine: Callable[[], Any], model_path: Path, parameters:
         raise ValueError("a KL bound (--max-kl or the profile's [quality]) needs the quantisation loss; "
                          "drop --no-loss-text or the bound")
     t0 = time.perf_counter()
-    allocator.release_large_blocks()  # each side's memory goes back before the next one loads
     engine = open_engine()
     provider, manifest, folder = engine.provider, engine.manifest, engine.folder
     tokenizer = load_tokenizer(model_path)

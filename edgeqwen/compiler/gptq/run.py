@@ -152,7 +152,6 @@ def quantize(checkpoint: Path, out: Path, options: GptqOptions, rows: list[list[
              say: Callable[[str], None] = lambda s: None) -> Path:
     """GPTQ every decoder linear layer of ``checkpoint`` on the calibration windows ``rows`` (token ids, all
     the same length), layer by layer; the quantised checkpoint is written to ``out``, which is returned."""
-    allocator.release_large_blocks()
     with CheckpointTensors(checkpoint, weight_files(checkpoint)) as src:
         spec = read_spec(checkpoint, set(src.where))
         names = tensor_map(spec, set(src.where))
