@@ -124,3 +124,24 @@ def test_a_long_prompt_is_prefilled_in_chunks_between_decode_steps(artifacts, mo
     decoding.close()
     assert out == [genai.greedy(long_prompt, 3)]
     assert engine.backend.steps > steps0
+
+
+def test_a_dropped_engine_frees_its_session_and_scheduler(artifacts):
+    """The scheduler thread holds its backend only while work is in flight: once nobody holds the engine, the
+    backend (and its onnxruntime session) is freed and the thread ends. Validation relies on it: the
+    artifact, its fp32-compute twin and the reference load one after another (a backend kept alive by its own
+    thread once made a 9B validation hold all three: 15 GB)."""
+    import gc
+    import time
+    import weakref
+
+    engine = Engine(artifacts("tiny-qwen3", "cpu-fp32").folder, backend="batched")
+    state = engine.backend.new_state(64)
+    state.append([1, 2, 3])
+    state.close()
+    gone, thread = weakref.ref(engine.backend), engine.backend._thread
+    del engine, state
+    gc.collect()
+    assert gone() is None
+    thread.join(timeout=5)  # it notices within IDLE_CHECK_S
+    assert not thread.is_alive()
