@@ -26,6 +26,12 @@ import numpy as np
 from edgeqwen.quality.metrics import per_token, summarize
 
 CHUNK = 512  # positions per chunk: 311 MB of fp32 logits at the Qwen vocabulary
+# The artifact's side stages its rows in a buffer of at most this many bytes (beside the artifact's own
+# session, which is most of what a large model's validation holds): 220 rows at Qwen2/3's 151,936-way
+# vocabulary, 135 at Qwen3.5's 248,320. Smaller chunks cost a little more prefill (each chunk's context
+# goes in again); the rows are the same positions' logits, a chunk's first from a prefill step and the
+# rest from decode steps, so the figures move only by float rounding.
+ARTIFACT_BUFFER_BYTES = 128 << 20
 TEXT_FILES = (("english", "english.txt"), ("chinese", "chinese.txt"), ("code", "code.py.txt"))
 CHAT_FILE = "chat.json"
 
@@ -73,11 +79,12 @@ def run_artifact_loss(engine, tokenizer, folder: Path, log: Callable[[str], None
     art = ArtifactLogits(folder / "loss-logits.f32", {}, loss_sequences(tokenizer, engine.context_length - 1),
                          engine.backend.vocab_size)
     row, t0 = 0, time.perf_counter()
-    buffer = np.empty((CHUNK, engine.backend.vocab_size), dtype=np.float32)  # one [CHUNK, V] for every chunk
+    size = max(16, min(CHUNK, ARTIFACT_BUFFER_BYTES // (4 * engine.backend.vocab_size)))
+    buffer = np.empty((size, engine.backend.vocab_size), dtype=np.float32)  # one [size, V] for every chunk
     with open(art.path, "wb") as out:  # rows in order: text by text, chunk by chunk
         for name, ids in art.sequences:
             art.offsets[name] = row
-            for a, b in chunks(len(ids)):
+            for a, b in chunks(len(ids), size):
                 # context ids[:a + 1] as one prefill step: rows for positions a .. b - 1  [b - a, V]
                 logits = engine.backend.teacher_forced_logits(ids[:b], prefill=a + 1, out=buffer)[:, :art.vocab]
                 out.write(memoryview(np.ascontiguousarray(logits, dtype=np.float32)))  # no bytes copy of 311 MB

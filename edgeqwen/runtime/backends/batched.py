@@ -59,10 +59,17 @@ GATHER_S = 0.004
 # delays the rows already decoding by one chunk (~0.5-1 s for the 0.5B shape on 2 cores), not by its
 # whole prefill.
 PREFILL_CHUNK = 256
-# State buffer shape to start from and to return to when no sequence is live: (slots, positions)
-INITIAL = (4, 256)
+# State buffer shape to start from and to return to when no sequence is live: (slots, positions). One
+# slot: a single conversation (chat, validation) holds one row of state (the Qwen3.5-9B shape's fixed state
+# is 48 MB a row, twice over with the spare buffer); a server's slots double as clients join.
+INITIAL = (1, 256)
 _ORT_TYPES = {"float32": "tensor(float)", "float16": "tensor(float16)"}
 IDLE_CHECK_S = 1.0  # how often an idle scheduler looks whether its backend is still in use
+# A prompt chunk's activations grow onnxruntime's CPU arena, which keeps what it grew for good (and, with
+# each past length a different size, grows again: +1.9 GB over the session after the built-in loss text on
+# the Qwen3.5-9B shape's 4-layer cut). Prompt steps hand the growth back when they end; decode steps, the
+# ones whose speed matters, keep the arena as it is (off altogether, decode measured slower).
+SHRINK_AFTER_PROMPT = "cpu:0"
 
 
 def _schedule(backend: weakref.ref, work: queue.Queue) -> None:
@@ -149,6 +156,8 @@ class BatchedBackend(StateLoops):
         options.intra_op_num_threads = threads
         self.session = ort.InferenceSession(str(folder / runtime.model_file), options,
                                             providers=["CPUExecutionProvider"])
+        self._prompt_run = ort.RunOptions()
+        self._prompt_run.add_run_config_entry("memory.enable_memory_arena_shrinkage", SHRINK_AFTER_PROMPT)
         self.tensors = _state_tensors(folder, runtime.layers, self.session)
         kinds = {i.name: i.type for i in self.session.get_inputs()}
         self.ids_dtype = np.int32 if kinds.get("input_ids") == "tensor(int32)" else np.int64
@@ -411,7 +420,7 @@ class BatchedBackend(StateLoops):
                 io.bind_ortvalue_output(t.output, ort.OrtValue.ortvalue_from_numpy(self.spare[t.input][lo:hi]))
                 fixed.append(t.input)
         io.bind_output("logits")
-        self.session.run_with_iobinding(io)
+        self.session.run_with_iobinding(io, self._prompt_run if tokens.shape[1] > 1 else None)
         every_row = lo == 0 and hi == len(self.rows)
         for name in fixed:
             old, new = self.cache[name], self.spare[name]
