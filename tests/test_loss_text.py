@@ -86,6 +86,7 @@ def test_a_kl_bound_without_the_loss_text_is_refused_before_building(checkpoints
     assert not (tmp_path / "art").exists()
 
 
+@pytest.mark.slow  # the quick tier is at its budget; the loss text's own tests above stay in it
 def test_the_artifacts_staging_buffer_size_changes_no_logit(artifacts, monkeypatch, tmp_path):
     """The artifact's side stages its rows in a byte-bounded buffer (at Qwen3.5's 248,320-way vocabulary a
     512-row chunk would be 508 MB beside the session): chunks of 16 rows write the logits chunks of 512 do,
@@ -95,12 +96,11 @@ def test_the_artifacts_staging_buffer_size_changes_no_logit(artifacts, monkeypat
 
     engine = Engine(artifacts("tiny-qwen3.5", "cpu-fp32").folder)
     ids = engine.encode(loss_text._data("english.txt"))[:120]
-    monkeypatch.setattr(loss_text, "loss_sequences", lambda tokenizer, limit: [("english", ids)])
     files = {}
     for rows in (512, 16):
         monkeypatch.setattr(loss_text, "ARTIFACT_BUFFER_BYTES", rows * 4 * engine.backend.vocab_size)
         (tmp_path / str(rows)).mkdir()
-        art = loss_text.run_artifact_loss(engine, None, tmp_path / str(rows), log=lambda line: None)
+        art = loss_text.run_artifact_loss(engine, [("english", ids)], tmp_path / str(rows), log=lambda line: None)
         files[rows] = art.rows("english", 0, len(ids) - 1)
     assert files[16].shape == (len(ids) - 1, engine.backend.vocab_size)
     np.testing.assert_allclose(files[16], files[512], rtol=0, atol=1e-4)

@@ -74,9 +74,12 @@ class ArtifactLogits:
         return sum(len(ids) - 1 for _, ids in self.sequences)
 
 
-def run_artifact_loss(engine, tokenizer, folder: Path, log: Callable[[str], None] = print) -> ArtifactLogits:
-    """Score the built-in texts with ``engine``; the logits go to ``folder``/loss-logits.f32."""
-    art = ArtifactLogits(folder / "loss-logits.f32", {}, loss_sequences(tokenizer, engine.context_length - 1),
+def run_artifact_loss(engine, sequences: list[tuple[str, list[int]]], folder: Path,
+                      log: Callable[[str], None] = print) -> ArtifactLogits:
+    """Score the built-in texts (``sequences``: loss_sequences' (name, ids), cut here to the artifact's
+    context) with ``engine``; the logits go to ``folder``/loss-logits.f32."""
+    limit = engine.context_length - 1
+    art = ArtifactLogits(folder / "loss-logits.f32", {}, [(name, ids[:limit]) for name, ids in sequences],
                          engine.backend.vocab_size)
     row, t0 = 0, time.perf_counter()
     size = max(16, min(CHUNK, ARTIFACT_BUFFER_BYTES // (4 * engine.backend.vocab_size)))

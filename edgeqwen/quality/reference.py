@@ -33,6 +33,11 @@ def load_tokenizer(model_path: str | Path):
     return _cached_tokenizer(str(folder), stamp)
 
 
+def forget_tokenizers() -> None:
+    """Let the cached tokenizers go (the next load_tokenizer reads the files again)."""
+    _cached_tokenizer.cache_clear()
+
+
 @lru_cache(maxsize=4)
 def _cached_tokenizer(folder: str, stamp: tuple):
     from transformers import AutoTokenizer
@@ -57,11 +62,16 @@ def checkpoint_tensor_map(model_path: str | Path) -> TensorMap:
         return tensor_map(read_spec(Path(model_path), set(src.where)))
 
 
+def fits_whole(parameters: int) -> bool:
+    """Whether the reference holds the whole model in fp32 (else one layer at a time)."""
+    return parameters * 4 <= WHOLE_MODEL_LIMIT_BYTES
+
+
 def open_reference(model_path: str | Path, parameters: int, log=None, weights=None) -> Reference:
     """The whole transformers model when it is small, else the layer-by-layer one (same numerics;
     ``log`` gets its progress lines). ``weights``: an artifact's quantised weights to compute with
     instead of the checkpoint's (the parity reference, edgeqwen.quality.parity)."""
-    if parameters * 4 <= WHOLE_MODEL_LIMIT_BYTES:
+    if fits_whole(parameters):
         return Reference(model_path, weights)
     from edgeqwen.quality.layered import LayeredReference
 

@@ -26,7 +26,7 @@ import numpy as np
 
 from edgeqwen import allocator
 from edgeqwen.quality.graph_weights import ArtifactWeights
-from edgeqwen.quality.loss_text import ArtifactLogits, compare_loss, run_artifact_loss
+from edgeqwen.quality.loss_text import ArtifactLogits, compare_loss, loss_sequences, run_artifact_loss
 from edgeqwen.quality.metrics import per_token
 from edgeqwen.quality.parity import exact_compute_twin
 from edgeqwen.quality.results import (
@@ -43,6 +43,8 @@ from edgeqwen.quality.results import (
 from edgeqwen.quality.reference import (
     Reference,
     checkpoint_tensor_map,
+    fits_whole,
+    forget_tokenizers,
     load_tokenizer,
     open_reference,
     prompt_ids,
@@ -106,17 +108,35 @@ class ArtifactOutputs:
     generated: dict[str, list[int]]
 
 
-def run_artifact(engine, tokenizer, greedy_tokens: int) -> ArtifactOutputs:
-    """``tokenizer``: the reference's (transformers) tokenizer, which defines the prompts' ids."""
+@dataclass(frozen=True)
+class Texts:
+    """What the artifact is fed, tokenized by the reference's (transformers) tokenizer before the artifact
+    loads: at Qwen3.5's 248,320-token vocabulary a tokenizer holds ~330 MB, which a large model's
+    validation does not keep beside the artifact's session."""
+
+    prompts: list[tuple[str, list[int], str]]  # name, ids, the ids decoded (the artifact's tokenizer re-encodes it)
+    loss: list[tuple[str, list[int]]]  # the built-in loss texts, uncut (edgeqwen.quality.loss_text)
+
+
+def tokenize_texts(tokenizer, loss: bool) -> Texts:
+    prompts = [(name, ids, tokenizer.decode(ids)) for name, ids in
+               ((name, prompt_ids(tokenizer, text)) for name, text in PROMPTS)]
+    return Texts(prompts, loss_sequences(tokenizer, 1 << 30) if loss else [])
+
+
+def run_artifact(engine, texts: Texts, greedy_tokens: int) -> ArtifactOutputs:
+    """The prompts' ids are the reference tokenizer's (``texts``); the artifact's own tokenizer must give
+    the same ids for the same text, checked first and then dropped (another ~300 MB at Qwen3.5's size)."""
     out = ArtifactOutputs({}, {}, {}, {}, {}, {})
-    for name, text in PROMPTS:
-        ids = prompt_ids(tokenizer, text)
+    for name, ids, text in texts.prompts:
+        out.tokenizer_match[name] = engine.encode(text) == ids
+    engine.release_tokenizer()
+    for (name, ids, _), (_, source) in zip(texts.prompts, PROMPTS):
         prefill = max(1, len(ids) // 4)
         out.ids[name], out.prefill[name] = ids, prefill
-        out.tokenizer_match[name] = engine.encode(tokenizer.decode(ids)) == ids
         out.logits[name] = engine.backend.teacher_forced_logits(ids, prefill)
         # The chat turn is generated from the whole templated prompt (it ends with the assistant header).
-        out.gen_prompt[name] = ids if text == "CHAT" else ids[:prefill]
+        out.gen_prompt[name] = ids if source == "CHAT" else ids[:prefill]
         out.generated[name] = engine.backend.greedy(out.gen_prompt[name], greedy_tokens)
     return out
 
@@ -181,17 +201,20 @@ def validate_apart(open_engine: Callable[[], Any], model_path: Path, parameters:
         raise ValueError("a KL bound (--max-kl or the profile's [quality]) needs the quantisation loss; "
                          "drop --no-loss-text or the bound")
     t0 = time.perf_counter()
+    texts = tokenize_texts(load_tokenizer(model_path), loss_text)
+    if not fits_whole(parameters):  # a large model: its references reload the tokenizer, seconds next to minutes
+        forget_tokenizers()
+        _release()
     engine = open_engine()
     provider, manifest, folder = engine.provider, engine.manifest, engine.folder
-    tokenizer = load_tokenizer(model_path)
-    outputs = run_artifact(engine, tokenizer, bounds.greedy_tokens)
+    outputs = run_artifact(engine, texts, bounds.greedy_tokens)
     weights = artifact_weights(folder, manifest, model_path)
     with tempfile.TemporaryDirectory(prefix=f".{folder.name}-validation-", dir=folder.parent) as tmp:
         scored = weights is not None and loss_text
-        loss_logits = run_artifact_loss(engine, tokenizer, Path(tmp), log) if scored else None
+        loss_logits = run_artifact_loss(engine, texts.loss, Path(tmp), log) if scored else None
         del engine  # the model and its weights go with the last reference
         _release()
-        twin = None if weights is None else _twin_outputs(folder, manifest, Path(tmp), tokenizer, bounds, log)
+        twin = None if weights is None else _twin_outputs(folder, manifest, Path(tmp), texts, bounds, log)
         exact = twin or outputs
         log(f"    artifact side done in {time.perf_counter() - t0:.0f} s (peak RSS so far {peak_rss_mb()} MB)")
         if weights is not None:
@@ -211,14 +234,14 @@ def validate_apart(open_engine: Callable[[], Any], model_path: Path, parameters:
     return Validation(gate, name, provider, round(time.perf_counter() - t0, 2), check, loss, int8)
 
 
-def _twin_outputs(folder: Path, manifest: dict[str, Any], tmp: Path, tokenizer, bounds: ValidationBounds,
+def _twin_outputs(folder: Path, manifest: dict[str, Any], tmp: Path, texts: Texts, bounds: ValidationBounds,
                   log) -> ArtifactOutputs | None:
     """The prompts run on the artifact's fp32-compute twin (exact MatMulNBits), for the parity check."""
     twin = exact_compute_twin(folder, manifest, tmp / "twin")
     if twin is None:
         return None
     log("    the same artifact with fp32 compute in MatMulNBits (its twin), for the parity check")
-    out = run_artifact(_engine(twin), tokenizer, bounds.greedy_tokens)
+    out = run_artifact(_engine(twin), texts, bounds.greedy_tokens)
     _release()
     return out
 
