@@ -109,35 +109,45 @@ class ArtifactOutputs:
 
 
 @dataclass(frozen=True)
+class Prompt:
+    name: str
+    ids: list[int]  # the reference tokenizer's
+    text: str  # the ids decoded: the artifact's tokenizer must give the same ids for it
+    chat: bool  # the templated chat turn (generated from its end, not from a quarter of it)
+
+
+@dataclass(frozen=True)
 class Texts:
     """What the artifact is fed, tokenized by the reference's (transformers) tokenizer before the artifact
     loads: at Qwen3.5's 248,320-token vocabulary a tokenizer holds ~330 MB, which a large model's
     validation does not keep beside the artifact's session."""
 
-    prompts: list[tuple[str, list[int], str]]  # name, ids, the ids decoded (the artifact's tokenizer re-encodes it)
+    prompts: list[Prompt]
     loss: list[tuple[str, list[int]]]  # the built-in loss texts, uncut (edgeqwen.quality.loss_text)
 
 
 def tokenize_texts(tokenizer, loss: bool) -> Texts:
-    prompts = [(name, ids, tokenizer.decode(ids)) for name, ids in
-               ((name, prompt_ids(tokenizer, text)) for name, text in PROMPTS)]
+    prompts = []
+    for name, source in PROMPTS:
+        ids = prompt_ids(tokenizer, source)
+        prompts.append(Prompt(name, ids, tokenizer.decode(ids), source == "CHAT"))
     return Texts(prompts, loss_sequences(tokenizer, 1 << 30) if loss else [])
 
 
 def run_artifact(engine, texts: Texts, greedy_tokens: int) -> ArtifactOutputs:
     """The prompts' ids are the reference tokenizer's (``texts``); the artifact's own tokenizer must give
-    the same ids for the same text, checked first and then dropped (another ~300 MB at Qwen3.5's size)."""
+    the same ids for the same text, checked first and then dropped (another ~290 MB at Qwen3.5's size)."""
     out = ArtifactOutputs({}, {}, {}, {}, {}, {})
-    for name, ids, text in texts.prompts:
-        out.tokenizer_match[name] = engine.encode(text) == ids
+    for p in texts.prompts:
+        out.tokenizer_match[p.name] = engine.encode(p.text) == p.ids
     engine.release_tokenizer()
-    for (name, ids, _), (_, source) in zip(texts.prompts, PROMPTS):
-        prefill = max(1, len(ids) // 4)
-        out.ids[name], out.prefill[name] = ids, prefill
-        out.logits[name] = engine.backend.teacher_forced_logits(ids, prefill)
+    for p in texts.prompts:
+        prefill = max(1, len(p.ids) // 4)
+        out.ids[p.name], out.prefill[p.name] = p.ids, prefill
+        out.logits[p.name] = engine.backend.teacher_forced_logits(p.ids, prefill)
         # The chat turn is generated from the whole templated prompt (it ends with the assistant header).
-        out.gen_prompt[name] = ids if source == "CHAT" else ids[:prefill]
-        out.generated[name] = engine.backend.greedy(out.gen_prompt[name], greedy_tokens)
+        out.gen_prompt[p.name] = p.ids if p.chat else p.ids[:prefill]
+        out.generated[p.name] = engine.backend.greedy(out.gen_prompt[p.name], greedy_tokens)
     return out
 
 
