@@ -6,10 +6,11 @@ ship: an English story, a Chinese one, a Python module and a chat turn (system, 
 assistant's answer, rendered by the checkpoint's own template). About 2,700 tokens with the Qwen
 vocabulary; all written for this file, so no model here was trained or calibrated on them.
 
-Memory stays bounded by ``CHUNK`` positions of logits on each side (151,936-way logits of the whole
-text would be 1.6 GB): the artifact scores a text a chunk at a time (the chunk's context goes in as one
-prefill step, then each token as a decode step) and its rows go to a float32 file on disk; the
-reference then scores the same chunks (``logits_chunks``) and only per-token numbers are kept.
+Memory stays bounded by a chunk of logits on each side (151,936-way logits of the whole text would be
+1.6 GB): the artifact scores a text a chunk at a time (``ARTIFACT_BUFFER_BYTES`` of rows; the chunk's context
+goes in as one prefill step, then each token as a decode step) and its rows go to a float32 file on disk;
+the reference then scores ``CHUNK`` positions at a time (``logits_chunks``), reading the artifact's rows for
+them back, and only per-token numbers are kept.
 """
 
 from __future__ import annotations
