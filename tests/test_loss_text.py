@@ -87,22 +87,30 @@ def test_a_kl_bound_without_the_loss_text_is_refused_before_building(checkpoints
 
 
 @pytest.mark.slow  # the quick tier is at its budget; the loss text's own tests above stay in it
-def test_the_artifacts_staging_buffer_size_changes_no_logit(artifacts, monkeypatch, tmp_path):
-    """The artifact's side stages its rows in a byte-bounded buffer (at Qwen3.5's 248,320-way vocabulary a
-    512-row chunk would be 508 MB beside the session): chunks of 16 rows write the logits chunks of 512 do,
-    to float rounding (a chunk's first row comes from a prefill step, the others from decode steps)."""
+def test_the_chunk_size_changes_no_logit_and_no_figure(artifacts, checkpoints, monkeypatch, tmp_path):
+    """Both sides score in byte-bounded chunks (at Qwen3.5's 248,320-way vocabulary a 512-row chunk would be
+    508 MB, beside the session or the reference): chunks of 16 rows give the logits and the loss figures
+    chunks of 512 do, to float rounding (a chunk's first row comes from a prefill step, the others from
+    decode steps)."""
     from edgeqwen.quality import loss_text
+    from edgeqwen.quality.reference import Reference
     from edgeqwen.runtime.engine import Engine
 
     engine = Engine(artifacts("tiny-qwen3.5", "cpu-fp32").folder)
+    reference = Reference(checkpoints("tiny-qwen3.5"))
     ids = engine.encode(loss_text._data("english.txt"))[:120]
-    files = {}
+    files, figures = {}, {}
     for rows in (512, 16):
-        monkeypatch.setattr(loss_text, "ARTIFACT_BUFFER_BYTES", rows * 4 * engine.backend.vocab_size)
+        monkeypatch.setattr(loss_text, "BUFFER_BYTES", rows * 4 * engine.backend.vocab_size)
+        assert loss_text.chunk_rows(engine.backend.vocab_size) == rows
         (tmp_path / str(rows)).mkdir()
         art = loss_text.run_artifact_loss(engine, [("english", ids)], tmp_path / str(rows), log=lambda line: None)
         files[rows] = art.rows("english", 0, len(ids) - 1)
+        figures[rows] = loss_text.compare_loss(reference, art)["summary"]
     assert files[16].shape == (len(ids) - 1, engine.backend.vocab_size)
     np.testing.assert_allclose(files[16], files[512], rtol=0, atol=1e-4)
     assert (files[16].argmax(-1) == files[512].argmax(-1)).all()
-
+    assert figures[16]["tokens"] == figures[512]["tokens"] == len(ids) - 1
+    assert figures[16]["kl_mean"] == pytest.approx(figures[512]["kl_mean"], rel=1e-3, abs=1e-9)
+    assert figures[16]["top1_agreement"] == figures[512]["top1_agreement"]
+    assert figures[16]["reference_perplexity"] == pytest.approx(figures[512]["reference_perplexity"], rel=1e-6)

@@ -79,15 +79,18 @@ def test_weights_read_back_are_the_kernels_weights(tmp_path, k, n, block, bits, 
 
 
 @pytest.mark.parametrize("k,n,block,bits,symmetric", CASES)
-def test_the_fp32_compute_twin_is_exact_where_int8_compute_is_not(tmp_path, k, n, block, bits, symmetric):
+def test_the_fp32_compute_twin_is_exact_where_int8_compute_is_not(tmp_path, monkeypatch, k, n, block, bits,
+                                                                  symmetric):
     """accuracy_level 4 rounds A to int8 per block of K: an error of ~1e-2 of the output range, which a deep
     random network amplifies; the twin computes the dequantised weights' matmul exactly: the same bytes at
     accuracy_level 0 for 4-bit weights (every file keeps its size), an fp32 MatMul folded at load from the same
     bytes for 8-bit ones (its manifest then lists its graph, so the engine's checks hold)."""
     import onnxruntime as ort
 
+    from edgeqwen.quality import parity
     from edgeqwen.quality.parity import exact_compute_twin
 
+    monkeypatch.setattr(parity, "SPLIT_ROWS", 24)  # 8-bit codes split a block of rows at a time, the last short
     art = tmp_path / "art"
     art.mkdir()
     _, manifest = _one_matmul(art, k, n, block, bits, symmetric, accuracy=4)
@@ -106,12 +109,18 @@ def test_the_fp32_compute_twin_is_exact_where_int8_compute_is_not(tmp_path, k, n
         assert ArtifactWeights(twin, manifest, NAMES).where["a.weight"][0].accuracy_level == 0
         for f in art.iterdir():
             assert (twin / f.name).stat().st_size == f.stat().st_size
-    else:  # 8-bit: dequantised to an fp32 MatMul at load (onnxruntime's 8-bit fp32-compute kernel re-dequantises
-        # the whole weight on every call); the weight bytes stay (a built twin's manifest lists its new graph file)
+    else:  # 8-bit: split into two 4-bit nodes at accuracy_level 0 (onnxruntime's 8-bit fp32-compute kernel
+        # re-dequantises the whole weight on every call), their codes in the twin's own data file, as many bytes
         import onnx
 
         graph = onnx.load(str(twin / "model.onnx"), load_external_data=False).graph
-        assert {n.op_type for n in graph.node} >= {"DequantizeLinear", "MatMul"}
+        split = [n for n in graph.node if n.op_type == "MatMulNBits"]
+        assert len(split) == 2 and {n.op_type for n in graph.node} == {"MatMulNBits", "Add"}
+        for node in split:
+            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+            assert attrs["bits"] == 4 and attrs["accuracy_level"] == 0
+        codes = sum(f.stat().st_size for f in art.iterdir() if f.suffix == ".data")
+        assert codes <= (twin / "twin.onnx.data").stat().st_size <= 2 * codes + 16 * 4096
 
 
 def test_a_manifest_without_stacked_sources_is_refused_in_one_line(tmp_path):
@@ -223,3 +232,41 @@ def test_one_perturbed_tensor_fails_the_gate(artifacts, checkpoints, tmp_path):
     # against fp32 hides it among the quantisation error: it is the weight check that fails
     assert broken.gate.summary.kl_mean < 1e-6
     assert broken.quantization_loss.summary["kl_mean"] < 3 * ok.quantization_loss.summary["kl_mean"]
+
+
+@pytest.mark.slow  # two validations and a fresh interpreter importing torch: the quick tier is at its budget
+def test_the_reference_side_in_a_process_of_its_own_gives_the_same_validation(artifacts, checkpoints):
+    """A large model's references run in a fresh process (edgeqwen.quality.fresh_process): the same gate,
+    weight check and loss as in the validating process, its progress lines relayed. The artifact has an
+    8-bit table, so its twin splits 8-bit weights (parity._split_8bit)."""
+    from edgeqwen.quality.validation import validate_apart
+    from edgeqwen.runtime.engine import Engine
+    from edgeqwen.targets import load_profile
+
+    folder = artifacts("tiny-qwen3", "cpu-int4").folder
+    profile = load_profile("cpu-int4")
+    runs, lines = {}, {}
+    for fresh in (False, True):
+        lines[fresh] = []
+        runs[fresh] = validate_apart(lambda: Engine(folder, verify="size"), checkpoints("tiny-qwen3"), 1,
+                                     profile.validation, log=lines[fresh].append, fresh_process=fresh)
+    here, apart = runs[False].to_dict(), runs[True].to_dict()
+    for record in (here, apart):
+        record.pop("seconds")
+    assert runs[True].passed and apart == here
+    assert "    the reference side runs in a process of its own" in lines[True]
+    assert [x for x in lines[True] if x.startswith("    parity")] == [x for x in lines[False] if x.startswith("    parity")]
+
+
+def _fails(log):
+    log("about to fail")
+    raise FileNotFoundError("no such checkpoint")
+
+
+def test_a_fresh_process_relays_its_lines_and_raises_its_error():
+    from edgeqwen.quality.fresh_process import run_fresh
+
+    lines = []
+    with pytest.raises(FileNotFoundError, match="no such checkpoint"):
+        run_fresh(_fails, log=lines.append)
+    assert lines == ["about to fail"]

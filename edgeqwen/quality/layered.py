@@ -20,9 +20,11 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from edgeqwen.quality.reference import Reference, load_tokenizer
+from edgeqwen.quality.reference import Reference
 
-HEAD_ROWS = 16384  # lm_head rows per block: 230 MB of fp32 at hidden 3584
+# The output matrix is read a block of rows at a time, at most this many bytes of fp32: 8,192 rows at
+# Qwen3.5-9B's hidden 4096 (the whole matrix there is 4 GB of fp32).
+HEAD_BLOCK_BYTES = 128 << 20
 
 
 class LayeredReference(Reference):
@@ -32,8 +34,7 @@ class LayeredReference(Reference):
         from transformers import AutoConfig, AutoModelForCausalLM
 
         self.torch = torch
-        self.path = Path(model_path)
-        self.tokenizer = load_tokenizer(model_path)
+        self.path = self.model_path = Path(model_path)  # the tokenizer: Reference's, loaded on first use
         self.config = AutoConfig.from_pretrained(str(model_path))
         with torch.device("meta"):
             self.model = AutoModelForCausalLM.from_config(self.config, dtype=torch.float32).eval()
@@ -124,11 +125,12 @@ class LayeredReference(Reference):
         """[T, V] logits of hidden rows ``x`` [T, H], the output matrix one block of rows at a time."""
         torch, src = self.torch, self.src
         key = self.names.output_matrix(src)
-        vocab = src.shape(key)[0]
+        vocab, hidden = src.shape(key)
+        step = max(1024, HEAD_BLOCK_BYTES // (4 * hidden))
         out = np.empty((x.shape[0], vocab), dtype=np.float32)
         with torch.no_grad():
-            for v0 in range(0, vocab, HEAD_ROWS):
-                w = torch.from_numpy(src.rows(key, v0, min(vocab, v0 + HEAD_ROWS)))  # [rows, H]
+            for v0 in range(0, vocab, step):
+                w = torch.from_numpy(src.rows(key, v0, min(vocab, v0 + step)))  # [rows, H]
                 out[:, v0:v0 + w.shape[0]] = torch.nn.functional.linear(x, w).numpy()
         return out
 

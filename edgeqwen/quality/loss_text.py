@@ -7,10 +7,10 @@ assistant's answer, rendered by the checkpoint's own template). About 2,700 toke
 vocabulary; all written for this file, so no model here was trained or calibrated on them.
 
 Memory stays bounded by a chunk of logits on each side (151,936-way logits of the whole text would be
-1.6 GB): the artifact scores a text a chunk at a time (``ARTIFACT_BUFFER_BYTES`` of rows; the chunk's context
-goes in as one prefill step, then each token as a decode step) and its rows go to a float32 file on disk;
-the reference then scores ``CHUNK`` positions at a time (``logits_chunks``), reading the artifact's rows for
-them back, and only per-token numbers are kept.
+1.6 GB): the artifact scores a text a chunk at a time (the chunk's context goes in as one prefill step, then
+each token as a decode step) and its rows go to a float32 file on disk; the reference then scores a chunk at
+a time (``logits_chunks``), reading the artifact's rows for it back, and only per-token numbers are kept. A
+chunk is at most ``CHUNK`` positions and ``BUFFER_BYTES`` of logits (``chunk_rows``), on both sides.
 """
 
 from __future__ import annotations
@@ -26,13 +26,15 @@ import numpy as np
 
 from edgeqwen.quality.metrics import per_token, summarize
 
-CHUNK = 512  # positions per chunk: 311 MB of fp32 logits at the Qwen vocabulary
-# The artifact's side stages its rows in a buffer of at most this many bytes (beside the artifact's own
-# session, which is most of what a large model's validation holds): 220 rows at Qwen2/3's 151,936-way
-# vocabulary, 135 at Qwen3.5's 248,320. Smaller chunks cost a little more prefill (each chunk's context
-# goes in again); the rows are the same positions' logits, a chunk's first from a prefill step and the
-# rest from decode steps, so the figures move only by float rounding.
-ARTIFACT_BUFFER_BYTES = 128 << 20
+CHUNK = 512  # positions per chunk at most
+# A chunk's logits take at most this many bytes on each side: 220 rows at Qwen2/3's 151,936-way vocabulary,
+# 135 at Qwen3.5's 248,320 (512 rows would be 508 MB there, and the reference side holds its chunk, the
+# artifact's rows for it and one block of the output matrix at once, beside what the large model's
+# validation already holds). Smaller chunks cost a little more: the artifact prefills each chunk's context
+# again, the layered reference reads the output matrix once more per chunk. The rows are the same
+# positions' logits (on the artifact's side a chunk's first from a prefill step, the rest from decode
+# steps), so the figures move only by float rounding.
+BUFFER_BYTES = 128 << 20
 TEXT_FILES = (("english", "english.txt"), ("chinese", "chinese.txt"), ("code", "code.py.txt"))
 CHAT_FILE = "chat.json"
 
@@ -48,6 +50,11 @@ def loss_sequences(tokenizer, limit: int) -> list[tuple[str, list[int]]]:
     messages = json.loads(_data(CHAT_FILE))
     texts.append(("chat", tokenizer.apply_chat_template(messages, tokenize=False, **kwargs)))
     return [(name, tokenizer(text, add_special_tokens=False).input_ids[:limit]) for name, text in texts]
+
+
+def chunk_rows(vocab: int) -> int:
+    """Positions per chunk for ``vocab``-way logits: CHUNK, fewer when that would pass BUFFER_BYTES."""
+    return max(16, min(CHUNK, BUFFER_BYTES // (4 * vocab)))
 
 
 def chunks(length: int, size: int = CHUNK) -> list[tuple[int, int]]:
@@ -83,7 +90,7 @@ def run_artifact_loss(engine, sequences: list[tuple[str, list[int]]], folder: Pa
     art = ArtifactLogits(folder / "loss-logits.f32", {}, [(name, ids[:limit]) for name, ids in sequences],
                          engine.backend.vocab_size)
     row, t0 = 0, time.perf_counter()
-    size = max(16, min(CHUNK, ARTIFACT_BUFFER_BYTES // (4 * engine.backend.vocab_size)))
+    size = chunk_rows(engine.backend.vocab_size)
     buffer = np.empty((size, engine.backend.vocab_size), dtype=np.float32)  # one [size, V] for every chunk
     with open(art.path, "wb") as out:  # rows in order: text by text, chunk by chunk
         for name, ids in art.sequences:
@@ -103,7 +110,9 @@ def compare_loss(reference, art: ArtifactLogits) -> dict[str, Any]:
     """Per text and overall: KL mean/p90/p99/max, top-1 agreement and perplexity against ``reference``."""
     names = [name for name, _ in art.sequences]
     parts: dict[str, list[dict[str, np.ndarray]]] = {name: [] for name in names}
-    for i, a, ref in reference.logits_chunks([ids for _, ids in art.sequences], chunks):
+    size = chunk_rows(art.vocab)
+    split = lambda n: chunks(n, size)  # noqa: E731
+    for i, a, ref in reference.logits_chunks([ids for _, ids in art.sequences], split):
         name, ids = art.sequences[i]
         b = a + ref.shape[0]
         parts[name].append(per_token(ref, art.rows(name, a, b)[:, :ref.shape[1]], np.asarray(ids[a + 1:b + 1])))

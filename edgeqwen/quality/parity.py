@@ -9,9 +9,9 @@ rounding is emulable (round(x / (max|x| / 127)) per block agrees with the kernel
 range), but an input a float ulp away from a rounding boundary flips one int8 step, and a deep random-
 weight network amplifies such flips into O(1) logit differences (the Qwen2.5-0.5B shape: KL 0.04 with
 emulation, measured). So parity runs on a twin of the artifact whose MatMulNBits compute in fp32
-(accuracy_level 0 for 4-bit weights; 8-bit weights dequantised to an fp32 MatMul when the session loads,
-see _dequantized_matmul; the same weight bytes), exact on any checkpoint, and what the int8 activations add
-is measured apart, between the artifact and its twin.
+(accuracy_level 0 for 4-bit weights; each 8-bit weight split into two 4-bit ones, see _split_8bit; the
+same weight bytes), exact on any checkpoint, and what the int8 activations add is measured apart, between
+the artifact and its twin.
 """
 
 from __future__ import annotations
@@ -21,7 +21,9 @@ import os
 import shutil
 import struct
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
+
+import numpy as np
 
 from edgeqwen.artifact import MANIFEST_NAME, read_manifest, sha256_file
 from edgeqwen.model.tensors import TensorMap
@@ -34,19 +36,24 @@ def exact_compute_twin(folder: Path, manifest: dict[str, Any], out: Path) -> Pat
     """``out``: the artifact with every MatMulNBits at accuracy_level 0, other files hard-linked (``out``
     should be on the artifact's file system); None when no node computes in int8 (its own twin)."""
     model_file = manifest["runtime"].get("model_file", "model.onnx")
-    patch = _patch_ort if model_file.endswith(".ort") else _patch_onnx
-    data = patch(folder / model_file)
+    if model_file.endswith(".ort"):
+        data = _patch_ort(folder / model_file)
+    else:
+        data = _patch_onnx(folder / model_file, out)
     if data is None:
         return None
-    out.mkdir(parents=True)
+    out.mkdir(parents=True, exist_ok=True)  # the split 8-bit weights may be there already
     for f in folder.iterdir():
         if f.name not in (model_file, MANIFEST_NAME):
             _link(f, out / f.name)
     (out / model_file).write_bytes(data)
-    # the graph file changes size where 8-bit weights became an fp32 MatMul: the twin's manifest lists it so
+    # the graph changes size where 8-bit weights were split, into a data file of the twin's own: its manifest
+    # lists both, so the engine's checks hold
     if (folder / MANIFEST_NAME).is_file():
         on_disk = read_manifest(folder)
-        on_disk["files"][model_file] = {"sha256": sha256_file(out / model_file), "bytes": len(data)}
+        for name in (model_file, TWIN_DATA):
+            if (out / name).is_file():
+                on_disk["files"][name] = {"sha256": sha256_file(out / name), "bytes": (out / name).stat().st_size}
         (out / MANIFEST_NAME).write_text(json.dumps(on_disk, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return out
 
@@ -60,24 +67,31 @@ def _link(src: Path, dst: Path) -> None:
         shutil.copyfile(src, dst)
 
 
-def _patch_onnx(path: Path) -> bytes | None:
+def _patch_onnx(path: Path, out: Path) -> bytes | None:
+    """The twin's graph: 4-bit int8-compute nodes at accuracy_level 0, 8-bit ones split in two 4-bit nodes
+    (``_split_8bit``) whose weights go to ``out``/TWIN_DATA. None when nothing computes in int8."""
     import onnx
 
-    model = onnx.load(str(path), load_external_data=False)
-    changed = False
-    nodes = []
-    fold = _fold_8bit(model)
-    for node in model.graph.node:
+    from edgeqwen.quality.graph_weights import _OnnxFile
+
+    source = _OnnxFile(path)
+    model = source.model
+    nodes, changed, data = [], False, None
+    for node in list(model.graph.node):
         attrs = {a.name: a for a in node.attribute}
         if node.op_type != "MatMulNBits" or "accuracy_level" not in attrs or attrs["accuracy_level"].i != INT8_COMPUTE:
             nodes.append(node)
             continue
         changed = True
-        if attrs["bits"].i == 8 and fold:
-            nodes += _dequantized_matmul(node, {k: onnx.helper.get_attribute_value(v) for k, v in attrs.items()})
+        if attrs["bits"].i == 8:
+            data = data or _TwinData(out / TWIN_DATA)
+            nodes += _split_8bit(node, {k: onnx.helper.get_attribute_value(v) for k, v in attrs.items()}, source,
+                                 data, model.graph)
         else:
             attrs["accuracy_level"].i = 0
             nodes.append(node)
+    if data is not None:
+        data.close()
     if not changed:
         return None
     del model.graph.node[:]
@@ -85,57 +99,75 @@ def _patch_onnx(path: Path) -> bytes | None:
     return model.SerializeToString()
 
 
-# The twin folds 8-bit weights to fp32 only while they fit in this share of MemAvailable (4 bytes a weight:
-# the 2B Qwen3.5 shape's are 8 GB); beyond it they stay 8-bit at accuracy_level 0, slow but in bounded memory.
-FOLD_SHARE = 0.25
+TWIN_DATA = "twin.onnx.data"  # the split 8-bit weights' nibbles, beside the artifact's own (hard-linked) data
+SPLIT_ROWS = 8192  # rows of an 8-bit weight split at a time: 8,192 x 4,096 bytes of codes, 32 MB
 
 
-def _fold_8bit(model) -> bool:
-    """Whether the twin's 8-bit MatMulNBits can become fp32 MatMuls (FOLD_SHARE of MemAvailable)."""
-    from edgeqwen.build_memory import available_memory
+class _TwinData:
+    """The twin's own external data file, written tensor after tensor (each at a 4 KiB offset)."""
 
-    weights = 0
-    for node in model.graph.node:
-        if node.op_type == "MatMulNBits":
-            a = {x.name: x.i for x in node.attribute}
-            weights += a["N"] * a["K"] if a.get("bits") == 8 else 0
-    return 4 * weights <= FOLD_SHARE * available_memory()
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = open(path, "wb")
+
+    def tensor(self, graph, name: str, dtype: int, dims: list[int], parts: Iterable[np.ndarray]) -> None:
+        """Append initializer ``name`` to ``graph``, its bytes ``parts`` (arrays, in order) in this file."""
+        from onnx import TensorProto
+
+        self.file.write(b"\0" * (-self.file.tell() % 4096))
+        offset, length = self.file.tell(), 0
+        for part in parts:
+            self.file.write(memoryview(np.ascontiguousarray(part)))
+            length += part.nbytes
+        t = TensorProto(name=name, data_type=dtype, dims=dims, data_location=TensorProto.EXTERNAL)
+        for key, value in (("location", self.path.name), ("offset", str(offset)), ("length", str(length))):
+            t.external_data.add(key=key, value=value)
+        graph.initializer.append(t)
+
+    def close(self) -> None:
+        self.file.close()
 
 
-def _dequantized_matmul(node, attrs: dict[str, Any]) -> list:
-    """An 8-bit MatMulNBits as DequantizeLinear (blocked along K) + Transpose + MatMul, all on initializers:
-    onnxruntime folds the weight to fp32 [K, N] when the session loads, so the twin computes exactly in fp32
-    at sgemm speed (onnxruntime 1.32's 8-bit MatMulNBits has no fp32-compute kernel: it dequantizes the whole
-    weight on every call, 71 ms per call for 8,192 x 1,024 against 0.5 ms with int8 compute, which made the
-    twin of a 0.8B int8 model take hours). Costs 4 bytes per weight in memory while the twin runs."""
+def _nibbles(q: np.ndarray, high: bool) -> np.ndarray:
+    """uint8 codes [..., 2m] -> their high or low nibbles, two a byte, low nibble first [..., m]."""
+    v = (q >> 4) if high else (q & 0x0F)
+    return (v[..., 0::2] | (v[..., 1::2] << 4)).astype(np.uint8)
+
+
+def _split_8bit(node, attrs: dict[str, Any], source, data: _TwinData, graph) -> list:
+    """An 8-bit MatMulNBits as two 4-bit ones at accuracy_level 0, summed. A code q = 16 h + l and its zero
+    point z = 16 zh + zl give (q - z) s = (h - zh) 16s + (l - zl) s, each term exact in float, so A W comes out
+    exactly but for the order of the sum, at onnxruntime's fast fp32-compute 4-bit kernel, in the 8-bit
+    weight's bytes. (onnxruntime 1.32's 8-bit MatMulNBits has no fp32-compute kernel: it dequantizes the whole
+    weight on every call, 71 ms a call for 8,192 x 1,024 against 0.5 ms with int8 compute, so the twin of a
+    Qwen3.5-2B-shaped int8 model ran for hours; an fp32 MatMul folded at load holds 4 bytes a weight, 8 GB
+    there.)"""
     from onnx import TensorProto, helper
 
+    if len(node.input) > 4 and any(node.input[4:]):
+        raise ValueError(f"MatMulNBits {node.name}: g_idx or bias inputs are not a layout edgeqwen writes")
     n, k, block = attrs["N"], attrs["K"], attrs["block_size"]
-    blocks = -(-k // block)
+    kb = -(-k // block)
     x, b, scales = node.input[:3]
     zp = node.input[3] if len(node.input) > 3 and node.input[3] else ""
+    s = source.read(scales)  # [N * kb]
+    z = source.read(zp).reshape(n, kb) if zp else np.full((n, kb), 128, np.uint8)  # symmetric: 2^(bits - 1)
+    zpad = np.zeros((n, kb + kb % 2), np.uint8)  # 4-bit zero points: ceil(kb / 2) bytes a row
+    zpad[:, :kb] = z
     p = f"{node.name}/twin"
-    shape = lambda name, dims: helper.make_node("Constant", [], [name], value=helper.make_tensor(  # noqa: E731
-        name, TensorProto.INT64, [len(dims)], dims))
-    out = [shape(f"{p}/qshape", [n, blocks * block]), shape(f"{p}/sshape", [n, blocks]),
-           helper.make_node("Reshape", [b, f"{p}/qshape"], [f"{p}/q"]),
-           helper.make_node("Reshape", [scales, f"{p}/sshape"], [f"{p}/s"])]
-    if zp:
-        out.append(helper.make_node("Reshape", [zp, f"{p}/sshape"], [f"{p}/zp"]))
-    else:  # symmetric: MatMulNBits' implied zero point 2^(bits - 1)
-        out += [helper.make_node("Constant", [], [f"{p}/mid"], value=helper.make_tensor(f"{p}/mid", TensorProto.UINT8,
-                                                                                        [1], [128])),
-                helper.make_node("Expand", [f"{p}/mid", f"{p}/sshape"], [f"{p}/zp"])]
-    out.append(helper.make_node("DequantizeLinear", [f"{p}/q", f"{p}/s", f"{p}/zp"], [f"{p}/w"], axis=1,
-                                block_size=block))  # [N, K padded to blocks]
-    w = f"{p}/w"
-    if blocks * block != k:
-        out += [shape(f"{p}/start", [0]), shape(f"{p}/end", [k]), shape(f"{p}/axis", [1]),
-                helper.make_node("Slice", [w, f"{p}/start", f"{p}/end", f"{p}/axis"], [f"{p}/wk"])]
-        w = f"{p}/wk"
-    out += [helper.make_node("Transpose", [w], [f"{p}/wt"], perm=[1, 0]),  # [K, N]
-            helper.make_node("MatMul", [x, f"{p}/wt"], list(node.output[:1]), name=f"{node.name}/twin")]
-    return out
+    scale_type = TensorProto.FLOAT16 if s.dtype == np.float16 else TensorProto.FLOAT
+    for high in (True, False):
+        part = "hi" if high else "lo"
+        codes = (_nibbles(source.read(b, r * kb * block, min(SPLIT_ROWS, n - r) * kb * block), high)
+                 for r in range(0, n, SPLIT_ROWS))  # rows in order: [rows * kb * block / 2] each
+        data.tensor(graph, f"{p}/{part}/B", TensorProto.UINT8, [n, kb, block // 2], codes)
+        data.tensor(graph, f"{p}/{part}/scales", scale_type, [n * kb], [s * s.dtype.type(16) if high else s])
+        data.tensor(graph, f"{p}/{part}/zp", TensorProto.UINT8, [n * (kb + kb % 2) // 2], [_nibbles(zpad, high)])
+    common = dict(domain="com.microsoft", K=k, N=n, bits=4, block_size=block, accuracy_level=0)
+    return [helper.make_node("MatMulNBits", [x, f"{p}/{part}/B", f"{p}/{part}/scales", f"{p}/{part}/zp"],
+                             [f"{p}/{part}/y"], name=f"{p}/{part}", **common) for part in ("hi", "lo")] + \
+        [helper.make_node("Add", [f"{p}/hi/y", f"{p}/lo/y"], list(node.output[:1]), name=f"{p}/add")]
 
 
 def _patch_ort(path: Path) -> bytes | None:

@@ -86,12 +86,18 @@ class Reference:
         from transformers import AutoModelForCausalLM
 
         self.torch = torch
-        self.tokenizer = load_tokenizer(model_path)
+        self.model_path = Path(model_path)
         self.model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=torch.float32).eval()
         if weights is not None:
             from edgeqwen.quality.parity import load_weights
 
             load_weights(torch, self.model, weights, checkpoint_tensor_map(model_path))
+
+    @property
+    def tokenizer(self):
+        """The checkpoint's tokenizer, loaded on first use: validation feeds token ids, and at Qwen3.5's
+        248,320-token vocabulary a tokenizer holds ~600 MB beside the model."""
+        return load_tokenizer(self.model_path)
 
     def prompt_ids(self, name: str, text: str) -> list[int]:
         return prompt_ids(self.tokenizer, text)

@@ -25,6 +25,7 @@ from typing import Any, Callable
 import numpy as np
 
 from edgeqwen import allocator
+from edgeqwen.quality.fresh_process import run_fresh
 from edgeqwen.quality.graph_weights import ArtifactWeights
 from edgeqwen.quality.loss_text import ArtifactLogits, compare_loss, loss_sequences, run_artifact_loss
 from edgeqwen.quality.metrics import per_token
@@ -196,52 +197,86 @@ def compare(reference: Reference, art: ArtifactOutputs, bounds: ValidationBounds
 
 def validate_apart(open_engine: Callable[[], Any], model_path: Path, parameters: int, bounds: ValidationBounds,
                    log=print, quality: QualityBounds | None = None, quantized: Path | None = None,
-                   loss_text: bool = True) -> Validation:
+                   loss_text: bool = True, fresh_process: bool | None = None) -> Validation:
     """The artifact's side first, then the reference's, never both in memory: the peak is the larger
     of the two. ``open_engine()`` gives the runtime Engine (nobody else may hold it, so that it is
     freed before the reference loads); the reference is whole or layer by layer (``open_reference``).
 
     An artifact with quantised weights is checked twice: the gate (``bounds``) against
-    the parity reference, transformers computing with the artifact's own weights; then what quantisation
+    the parity reference, transformers computing with the artifact's own quantised weights; then what quantisation
     cost against the plain fp32 model on the built-in loss text (edgeqwen.quality.loss_text), reported
     and bounded only by ``quality``'s bounds if set. ``quantized``: the checkpoint an Olive PyTorch pass
     (GPTQ) quantised, whose values the artifact's repacked weights must be exactly. ``loss_text``
-    False skips the loss (parity only), recorded as skipped; a bound on it is then refused."""
+    False skips the loss (parity only), recorded as skipped; a bound on it is then refused.
+    ``fresh_process``: run the reference side in a process of its own (edgeqwen.quality.fresh_process);
+    None: when the model is too large for the whole-model reference."""
     if not loss_text and quality is not None and quality.max_kl_mean is not None:
         raise ValueError("a KL bound (--max-kl or the profile's [quality]) needs the quantisation loss; "
                          "drop --no-loss-text or the bound")
     t0 = time.perf_counter()
     texts = tokenize_texts(load_tokenizer(model_path), loss_text)
-    if not fits_whole(parameters):  # a large model: its references reload the tokenizer, seconds next to minutes
+    large = not fits_whole(parameters)
+    if large:  # its references reload the tokenizer if they need it, seconds next to minutes
         forget_tokenizers()
         _release()
     engine = open_engine()
     provider, manifest, folder = engine.provider, engine.manifest, engine.folder
     outputs = run_artifact(engine, texts, bounds.greedy_tokens)
-    weights = artifact_weights(folder, manifest, model_path)
+    quantised = artifact_weights(folder, manifest, model_path) is not None
     with tempfile.TemporaryDirectory(prefix=f".{folder.name}-validation-", dir=folder.parent) as tmp:
-        scored = weights is not None and loss_text
+        scored = quantised and loss_text
         loss_logits = run_artifact_loss(engine, texts.loss, Path(tmp), log) if scored else None
         del engine  # the model and its weights go with the last reference
         _release()
-        twin = None if weights is None else _twin_outputs(folder, manifest, Path(tmp), texts, bounds, log)
+        twin = _twin_outputs(folder, manifest, Path(tmp), texts, bounds, log) if quantised else None
         exact = twin or outputs
         log(f"    artifact side done in {time.perf_counter() - t0:.0f} s (peak RSS so far {peak_rss_mb()} MB)")
-        if weights is not None:
-            log("    parity: transformers with the artifact's own quantised weights")
-        reference = open_reference(model_path, parameters, log, weights)
-        gate = compare(reference, exact, bounds, log)
-        name = type(reference).__name__ + (" with the artifact's weights" if weights else "")
-        del reference
-        _release()
-        check = loss = int8 = None
-        if weights is not None:
-            check, loss = _weights_and_loss(weights, model_path, parameters, quantized, loss_logits, quality, log)
-        if weights is not None and not scored:
+        job = ReferenceJob(Path(model_path), parameters, folder, manifest, quantised, exact, loss_logits, bounds,
+                           quality, quantized)
+        if large if fresh_process is None else fresh_process:
+            log("    the reference side runs in a process of its own")
+            gate, name, check, loss = run_fresh(reference_side, job, log=log)
+        else:
+            gate, name, check, loss = reference_side(job, log=log)
+        int8 = None
+        if quantised and not scored:
             loss = LossSkipped("not scored (--no-loss-text): parity only")
             if exact is not outputs:
                 int8 = int8_effect(exact, outputs)
     return Validation(gate, name, provider, round(time.perf_counter() - t0, 2), check, loss, int8)
+
+
+@dataclass(frozen=True)
+class ReferenceJob:
+    """What the reference side needs from the artifact's (picklable: it may run in a process of its own)."""
+
+    model_path: Path
+    parameters: int
+    folder: Path  # the artifact, whose quantised weights the parity reference computes with
+    manifest: dict[str, Any]
+    quantised: bool
+    exact: ArtifactOutputs  # the prompts' outputs to compare: the twin's, or the artifact's own
+    loss_logits: ArtifactLogits | None  # the artifact's loss-text logits on disk, when scored
+    bounds: ValidationBounds
+    quality: QualityBounds | None
+    quantized: Path | None
+
+
+def reference_side(job: ReferenceJob, log=print) -> tuple[Gate, str, WeightCheck | None, QuantizationLoss | None]:
+    """The gate against the (parity) reference, then for a quantised artifact the weight check and the loss."""
+    weights = artifact_weights(job.folder, job.manifest, job.model_path) if job.quantised else None
+    if weights is not None:
+        log("    parity: transformers with the artifact's own quantised weights")
+    reference = open_reference(job.model_path, job.parameters, log, weights)
+    gate = compare(reference, job.exact, job.bounds, log)
+    name = type(reference).__name__ + (" with the artifact's weights" if weights else "")
+    del reference
+    _release()
+    check = loss = None
+    if weights is not None:
+        check, loss = _weights_and_loss(weights, job.model_path, job.parameters, job.quantized, job.loss_logits,
+                                        job.quality, log)
+    return gate, name, check, loss
 
 
 def _twin_outputs(folder: Path, manifest: dict[str, Any], tmp: Path, texts: Texts, bounds: ValidationBounds,
