@@ -255,7 +255,8 @@ def test_the_reference_side_in_a_process_of_its_own_gives_the_same_validation(ar
         record.pop("seconds")
     assert runs[True].passed and apart == here
     assert "    the reference side runs in a process of its own" in lines[True]
-    assert [x for x in lines[True] if x.startswith("    parity")] == [x for x in lines[False] if x.startswith("    parity")]
+    parity = {fresh: [x for x in lines[fresh] if x.startswith("    parity")] for fresh in runs}
+    assert parity[True] == parity[False] != []
 
 
 def _fails(log):
@@ -270,3 +271,24 @@ def test_a_fresh_process_relays_its_lines_and_raises_its_error():
     with pytest.raises(FileNotFoundError, match="no such checkpoint"):
         run_fresh(_fails, log=lines.append)
     assert lines == ["about to fail"]
+
+
+
+def test_a_builds_peak_counts_its_reference_process():
+    """The build's recorded peak (per step, in the manifest) is its own or its largest child's, whichever is
+    larger: a large model's references run in a process of their own. Checked in a clean interpreter, whose
+    children so far are known."""
+    import subprocess
+    import sys
+
+    script = """
+import subprocess, sys
+from edgeqwen.runtime.memory import peak_rss_mb, peak_rss_with_children_mb
+alone = peak_rss_with_children_mb()
+subprocess.run([sys.executable, "-c", "import numpy as np; b = np.ones(400 << 18, np.float32)"], check=True)
+print(alone, peak_rss_mb(), peak_rss_with_children_mb())
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    alone, own, with_children = map(int, out.split())
+    assert alone == own < 100  # no child yet: its own peak
+    assert with_children >= 400 > own  # the child's 400 MB array

@@ -8,7 +8,7 @@ import time
 from contextlib import contextmanager
 from typing import Callable, Iterator, TextIO
 
-from edgeqwen.runtime.memory import peak_rss_mb
+from edgeqwen.runtime.memory import peak_rss_with_children_mb
 
 
 class Progress:
@@ -18,7 +18,8 @@ class Progress:
         self.stream = stream or sys.stderr
         self.quiet = quiet
         self.timings: dict[str, float] = {}
-        self.peak_rss_mb: dict[str, int] = {}  # process peak RSS after each step (monotonic)
+        # peak RSS after each step: the build's process or its largest child (monotonic)
+        self.peak_rss_mb: dict[str, int] = {}
 
     def say(self, text: str) -> None:
         if not self.quiet:
@@ -32,7 +33,7 @@ class Progress:
         yield
         dt = time.perf_counter() - t0
         self.timings[title] = round(dt, 2)
-        rss = peak_rss_mb()
+        rss = peak_rss_with_children_mb()
         self.peak_rss_mb[title] = rss
         self.say(f"[{self.n}/{self.total}] {title}: done in {dt:.1f}s (peak RSS so far {rss} MB)")
 

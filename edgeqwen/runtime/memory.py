@@ -14,3 +14,15 @@ def peak_rss_mb() -> int:
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     # ru_maxrss is in KiB on Linux, bytes on macOS
     return int(rss / 1024 / (1024 if sys.platform == "darwin" else 1))
+
+
+def peak_rss_with_children_mb() -> int:
+    """The larger of this process's peak and the largest peak of a child it has waited for (a build: a large
+    model's validation runs its reference in a process of its own). The two are not added: while that child
+    runs, the build holds what the artifact's side left (~1 GB on the Qwen3.5-9B shape)."""
+    try:
+        import resource
+    except ImportError:
+        return 0
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return max(peak_rss_mb(), int(children / 1024 / (1024 if sys.platform == "darwin" else 1)))
