@@ -116,6 +116,7 @@ def test_the_fp32_compute_twin_is_exact_where_int8_compute_is_not(tmp_path, monk
         graph = onnx.load(str(twin / "model.onnx"), load_external_data=False).graph
         split = [n for n in graph.node if n.op_type == "MatMulNBits"]
         assert len(split) == 2 and {n.op_type for n in graph.node} == {"MatMulNBits", "Add"}
+        assert {t.name for t in graph.initializer} == {i for n in split for i in n.input[1:]}  # none left unread
         for node in split:
             attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
             assert attrs["bits"] == 4 and attrs["accuracy_level"] == 0

@@ -96,6 +96,11 @@ def _patch_onnx(path: Path, out: Path) -> bytes | None:
         return None
     del model.graph.node[:]
     model.graph.node.extend(nodes)
+    if data is not None:  # the 8-bit weights the split replaced: unread (onnxruntime would warn for each)
+        used = {name for node in nodes for name in node.input} | {o.name for o in model.graph.output}
+        kept = [t for t in model.graph.initializer if t.name in used]
+        del model.graph.initializer[:]
+        model.graph.initializer.extend(kept)
     return model.SerializeToString()
 
 
