@@ -4,11 +4,13 @@ plain completions, chat with the checkpoint's template, multi-turn sessions, bat
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterator, Sequence
 
+from edgeqwen import allocator
 from edgeqwen.artifact import RuntimeSpec, SamplingDefaults, load_verified, runtime_spec
 from edgeqwen.errors import ContextOverflow
 from edgeqwen.runtime import backends
@@ -70,8 +72,12 @@ class Engine:
 
     def release_tokenizer(self) -> None:
         """Drop the tokenizer until it is next needed (it is loaded again then): at Qwen3.5's 248,320-token
-        vocabulary it holds ~290 MB, which a caller that has its ids already need not keep."""
+        vocabulary it holds ~290 MB, which a caller that has its ids already need not keep. Its many small
+        blocks stay resident in the allocator's free lists until trimmed (measured: 360 MB after the drop,
+        none after the trim), so the memory goes back to the system here."""
         self._tokenizer = None
+        gc.collect()
+        allocator.trim()
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False).ids
