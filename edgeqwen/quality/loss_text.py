@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
+from functools import partial
 from importlib import resources
 from pathlib import Path
 from typing import Any, Callable
@@ -110,8 +111,7 @@ def compare_loss(reference, art: ArtifactLogits) -> dict[str, Any]:
     """Per text and overall: KL mean/p90/p99/max, top-1 agreement and perplexity against ``reference``."""
     names = [name for name, _ in art.sequences]
     parts: dict[str, list[dict[str, np.ndarray]]] = {name: [] for name in names}
-    size = chunk_rows(art.vocab)
-    split = lambda n: chunks(n, size)  # noqa: E731
+    split = partial(chunks, size=chunk_rows(art.vocab))
     for i, a, ref in reference.logits_chunks([ids for _, ids in art.sequences], split):
         name, ids = art.sequences[i]
         b = a + ref.shape[0]

@@ -14,7 +14,6 @@ validation needs the larger of the two in memory, not both.
 
 from __future__ import annotations
 
-import gc
 import math
 import tempfile
 import time
@@ -218,7 +217,7 @@ def validate_apart(open_engine: Callable[[], Any], model_path: Path, parameters:
     large = not fits_whole(parameters)
     if large:  # its references reload the tokenizer if they need it, seconds next to minutes
         forget_tokenizers()
-        _release()
+        allocator.release()
     engine = open_engine()
     provider, manifest, folder = engine.provider, engine.manifest, engine.folder
     outputs = run_artifact(engine, texts, bounds.greedy_tokens)
@@ -227,13 +226,13 @@ def validate_apart(open_engine: Callable[[], Any], model_path: Path, parameters:
         scored = quantised and loss_text
         loss_logits = run_artifact_loss(engine, texts.loss, Path(tmp), log) if scored else None
         del engine  # the model and its weights go with the last reference
-        _release()
+        allocator.release()
         twin = _twin_outputs(folder, manifest, Path(tmp), texts, bounds, log) if quantised else None
         exact = twin or outputs
         log(f"    artifact side done in {time.perf_counter() - t0:.0f} s (peak RSS so far {peak_rss_mb()} MB)")
         job = ReferenceJob(Path(model_path), parameters, folder, manifest, quantised, exact, loss_logits, bounds,
                            quality, quantized)
-        if large if fresh_process is None else fresh_process:
+        if fresh_process if fresh_process is not None else large:
             log("    the reference side runs in a process of its own")
             gate, name, check, loss = run_fresh(reference_side, job, log=log)
         else:
@@ -271,7 +270,7 @@ def reference_side(job: ReferenceJob, log=print) -> tuple[Gate, str, WeightCheck
     gate = compare(reference, job.exact, job.bounds, log)
     name = type(reference).__name__ + (" with the artifact's weights" if weights else "")
     del reference
-    _release()
+    allocator.release()
     check = loss = None
     if weights is not None:
         check, loss = _weights_and_loss(weights, job.model_path, job.parameters, job.quantized, job.loss_logits,
@@ -287,7 +286,7 @@ def _twin_outputs(folder: Path, manifest: dict[str, Any], tmp: Path, texts: Text
         return None
     log("    the same artifact with fp32 compute in MatMulNBits (its twin), for the parity check")
     out = run_artifact(_engine(twin), texts, bounds.greedy_tokens)
-    _release()
+    allocator.release()
     return out
 
 
@@ -304,12 +303,6 @@ def _weights_and_loss(weights: ArtifactWeights, model_path: Path, parameters: in
     loss = quantization_loss(compare_loss(open_reference(model_path, parameters, log), loss_logits),
                              quality or QualityBounds())
     return check, loss
-
-
-def _release() -> None:
-    """What the side just finished held, back to the system (not only to the allocator's free lists)."""
-    gc.collect()
-    allocator.trim()
 
 
 def _engine(folder: Path):

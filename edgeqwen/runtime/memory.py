@@ -14,22 +14,22 @@ def peak_rss_mb() -> int:
             return next(int(line.split()[1]) // 1024 for line in f if line.startswith("VmHWM:"))
     except (OSError, StopIteration, ValueError):
         pass
-    try:
-        import resource
-    except ImportError:
-        return 0
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    # ru_maxrss is in KiB on Linux, bytes on macOS
-    return int(rss / 1024 / (1024 if sys.platform == "darwin" else 1))
+    return _rusage_peak_mb("RUSAGE_SELF")
 
 
 def peak_rss_with_children_mb() -> int:
     """The larger of this process's peak and the largest peak of a child it has waited for (a build: a large
     model's validation runs its reference in a process of its own). The two are not added: while that child
     runs, the build holds what the artifact's side left (~1 GB on the Qwen3.5-9B shape)."""
+    return max(peak_rss_mb(), _rusage_peak_mb("RUSAGE_CHILDREN"))
+
+
+def _rusage_peak_mb(who: str) -> int:
+    """getrusage's ru_maxrss for ``who`` (RUSAGE_SELF or RUSAGE_CHILDREN) in MB; 0 without the module."""
     try:
         import resource
     except ImportError:
         return 0
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return max(peak_rss_mb(), int(children / 1024 / (1024 if sys.platform == "darwin" else 1)))
+    rss = resource.getrusage(getattr(resource, who)).ru_maxrss
+    # ru_maxrss is in KiB on Linux, bytes on macOS
+    return int(rss / 1024 / (1024 if sys.platform == "darwin" else 1))
