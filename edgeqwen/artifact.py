@@ -30,8 +30,14 @@ _CHUNK = 1 << 22
 # runtime that reads it. A runtime refuses a contract version it does not know instead of guessing.
 # 2: sampling defaults (the checkpoint's recommended decoding); pad_token_id optional.
 # 3: layers, what each decoder layer carries from step to step (KV cache or a fixed-size state).
-RUNTIME_CONTRACT_VERSION = 3
+# 4: positions (mRoPE's position_ids input) and visual_input (a vision encoder's features); a version 3
+#    section reads as a version 4 one without them (positions from the mask, no visual input).
+RUNTIME_CONTRACT_VERSION = 4
+READABLE_CONTRACT_VERSIONS = (3, 4)
 LOGITS_MODES = ("last_position", "all_positions")
+# How a dynamic graph learns each token's rotary position: "mask" (from the row's attention mask, as
+# GroupQueryAttention does) or "mrope" (an input position_ids [3, batch, sequence]: t, h, w; equal for text).
+POSITION_KINDS = ("mask", "mrope")
 TOOL_CALL_FORMATS = ("json", "xml")
 STATE_KINDS = ("kv", "fixed")
 STATE_DTYPES = ("float32", "float16")
@@ -138,6 +144,24 @@ class StaticSpec:
         return kv_layer_states(self.layers, self.kv_heads, self.head_dim, "float32", *STATIC_KV_NAMES, batch=False)
 
 
+@dataclass(frozen=True)
+class VisualInput:
+    """A graph input for a vision encoder's features [tokens, hidden]: written over the embeddings of the
+    tokens whose id is one of ``placeholder_ids``, in order (row-major over [batch, sequence]). A text-only
+    run feeds zero rows."""
+
+    input: str
+    hidden: int
+    dtype: str  # one of STATE_DTYPES
+    placeholder_ids: tuple[int, ...]
+
+    def empty(self):
+        """The zero-row feed of a run without images (numpy, imported only by the backends that run it)."""
+        import numpy as np
+
+        return np.zeros((0, self.hidden), np.dtype(self.dtype))
+
+
 @dataclass
 class RuntimeSpec:
     """The manifest's ``runtime`` section: everything the runtime needs, so it never guesses.
@@ -175,11 +199,12 @@ class RuntimeSpec:
     model_format: str = "onnx"  # "onnx" or "ort"
     operator_config: str | None = None  # reduced-build operator list, with model_format "ort"
     static: StaticSpec | None = None  # static-shape graphs
+    positions: str = "mask"  # one of POSITION_KINDS (dynamic graphs)
+    visual_input: VisualInput | None = None  # the decoder takes a vision encoder's features (Qwen3.5)
     version: int = RUNTIME_CONTRACT_VERSION
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["layers"] = _plain(d["layers"])  # lists, as the manifest file holds them: the same in memory and on disk
+        d = _plain(asdict(self))  # lists, as the manifest file holds them: the same in memory and on disk
         return {"version": d.pop("version"), **{k: v for k, v in d.items() if v is not None}}
 
     @classmethod
@@ -190,9 +215,9 @@ class RuntimeSpec:
         if not isinstance(raw, dict):
             raise fail("is not a table")
         version = raw.get("version")
-        if version != RUNTIME_CONTRACT_VERSION:
-            raise fail(f"has contract version {version!r}, this edgeqwen reads {RUNTIME_CONTRACT_VERSION}; "
-                       "rebuild the artifact with this edgeqwen")
+        if version not in READABLE_CONTRACT_VERSIONS:
+            raise fail(f"has contract version {version!r}, this edgeqwen reads "
+                       f"{' and '.join(map(str, READABLE_CONTRACT_VERSIONS))}; rebuild the artifact with this edgeqwen")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(raw) - known)
         if unknown:
@@ -221,6 +246,11 @@ class RuntimeSpec:
                     raise fail(f"has a malformed {key} table ({e})") from None
         if values.get("static") is not None:
             values["static"] = _static_spec(values["static"], fail)
+        if values.get("positions", "mask") not in POSITION_KINDS:
+            raise fail(f"has positions {values['positions']!r}; expected one of {', '.join(POSITION_KINDS)}")
+        if values.get("visual_input") is not None:
+            values["visual_input"] = _visual_input(values["visual_input"], fail)
+        values["version"] = RUNTIME_CONTRACT_VERSION  # read as this version: what it lacks took the defaults
         values["layers"] = _layer_states(values["layers"], fail)
         static = values.get("static")
         if static is not None and len(values["layers"]) != static.layers:
@@ -238,6 +268,18 @@ def _expect(values: dict[str, Any], fail, kind: type, *keys: str) -> None:
     for k in keys:
         if not isinstance(values[k], kind) or isinstance(values[k], bool):
             raise fail(f"field {k} must be {kind.__name__}, got {values[k]!r}")
+
+
+def _visual_input(raw: Any, fail) -> VisualInput:
+    try:
+        v = VisualInput(**{**raw, "placeholder_ids": tuple(raw["placeholder_ids"])})
+    except (TypeError, KeyError) as e:
+        raise fail(f"has a malformed visual_input table ({e})") from None
+    ids = v.placeholder_ids
+    if (not isinstance(v.input, str) or not isinstance(v.hidden, int) or v.dtype not in STATE_DTYPES or not ids
+            or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids)):
+        raise fail(f"has a malformed visual_input table ({raw!r})")
+    return v
 
 
 def _static_spec(raw: Any, fail) -> StaticSpec:

@@ -99,9 +99,11 @@ RUNTIME = {"version": 3, "backend": "genai", "execution_provider": "cpu", "token
 
 
 def test_runtime_contract_round_trips():
-    from edgeqwen.artifact import RuntimeSpec
+    """A contract 3 section (before positions and visual_input) reads as this contract with their defaults."""
+    from edgeqwen.artifact import RUNTIME_CONTRACT_VERSION, RuntimeSpec
 
     spec = RuntimeSpec.from_dict(dict(RUNTIME))
+    assert spec.version == RUNTIME_CONTRACT_VERSION == 4 and spec.positions == "mask" and spec.visual_input is None
     assert spec.context_length == 2048 and spec.static is None and spec.threads == "auto"
     assert RuntimeSpec.from_dict(spec.to_dict()) == spec
     static = {**RUNTIME, "backend": "static", "static": {
@@ -115,7 +117,7 @@ def _optional_fields():
     """Every field of the runtime contract that has a default: (name, a non-default value to write)."""
     from dataclasses import MISSING, fields
 
-    from edgeqwen.artifact import RuntimeSpec, SamplingDefaults
+    from edgeqwen.artifact import RuntimeSpec, SamplingDefaults, VisualInput
 
     values = {
         "pad_token_id": 151643,
@@ -133,6 +135,8 @@ def _optional_fields():
                               "decode": {"file": "decode.ort", "chunk": 1, "nodes": 3}},
                    "cache_length": 1024, "layers": 2, "kv_heads": 2, "head_dim": 32, "vocab_size": 151936,
                    "mask_value": -1e4},
+        "positions": "mrope",
+        "visual_input": VisualInput("visual_embeds", 1024, "float32", (248056, 248057)),
     }
     optional = [f.name for f in fields(RuntimeSpec)
                 if f.name != "version" and (f.default is not MISSING or f.default_factory is not MISSING)]
@@ -169,10 +173,14 @@ def test_every_optional_runtime_field_round_trips(tmp_path, name, value, how):
 
 
 @pytest.mark.parametrize("edit, message", [
-    (lambda r: r.pop("version"), "contract version None, this edgeqwen reads 3"),
+    (lambda r: r.pop("version"), "contract version None, this edgeqwen reads 3 and 4"),
     (lambda r: r.update(version=1), "contract version 1"),
     (lambda r: r.update(version=2), "contract version 2"),
-    (lambda r: r.update(version=4), "contract version 4"),
+    (lambda r: r.update(version=5), "contract version 5"),
+    (lambda r: r.update(positions="rows"), "positions 'rows'"),
+    (lambda r: r.update(visual_input={"input": "visual_embeds", "hidden": 64}), "malformed visual_input table"),
+    (lambda r: r.update(visual_input={"input": "v", "hidden": 64, "dtype": "int8", "placeholder_ids": [1]}),
+     "malformed visual_input table"),
     (lambda r: r.pop("layers"), "lacks layers"),
     (lambda r: r.update(pad_token_id="0"), "pad_token_id must be int"),
     (lambda r: r.update(sampling={"temperature": 0.7, "top_p": 0.8, "top_k": 2.5}), "malformed sampling table"),

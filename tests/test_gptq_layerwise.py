@@ -46,8 +46,10 @@ def _k200(root: Path) -> Path:
     return make_checkpoint(spec.name, root / spec.name, spec=spec)
 
 
+# quick: one family (the quick tier is at its 5-minute budget); slow: the others, Qwen3.5's own calibration forward
 @pytest.mark.parametrize("fixture", ["tiny-qwen2.5", pytest.param("tiny-qwen3", marks=pytest.mark.slow),
-                                     pytest.param("tiny-k200", marks=pytest.mark.slow), "tiny-qwen3.5"])
+                                     pytest.param("tiny-k200", marks=pytest.mark.slow),
+                                     pytest.param("tiny-qwen3.5", marks=pytest.mark.slow)])
 def test_layerwise_gptq_packs_exactly_what_olives_pass_packs(checkpoints, tmp_path, fixture):
     """tiny-qwen2.5: tied, q/k/v biases; tiny-qwen3: q/k norms, head_dim 32; tiny-k200: a per-row group with
     act order; tiny-qwen3.5: Gated DeltaNet layers calibrated through transformers' chunked delta rule, gated

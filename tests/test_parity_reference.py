@@ -197,6 +197,7 @@ def test_every_int_profile_passes_parity_on_unseen_configs(unseen, tmp_path, con
     assert loss["kl_mean"] > 10 * max(v["summary"]["kl_mean"], 1e-6)  # the loss is real, the gate did not see it
 
 
+@pytest.mark.slow  # two validations (~30 s); the quick tier keeps the weight check's own failing cases (test_kquant)
 def test_one_perturbed_tensor_fails_the_gate(artifacts, checkpoints, tmp_path):
     """A deliberately wrong graph: one quantised weight's scales changed after quantisation (as a compiler
     bug writing the wrong block would). Validation of that artifact fails parity."""

@@ -162,3 +162,85 @@ def test_run_prints_a_continuation(artifacts):
 
     out = json.loads(r.stdout)
     assert out["metrics"]["generated_tokens"] == 12 and len(set(out["token_ids"])) > 3, out
+
+
+def _run_graph(session, feeds: dict, rt) -> tuple[np.ndarray, dict]:
+    """One run of the artifact's graph: (last-position logits [V], every state output by input name)."""
+    outs = [t.output for layer in rt.layers for t in layer.tensors]
+    got = session.run(["logits", *outs], feeds)
+    states = {t.input: v for t, v in zip((t for layer in rt.layers for t in layer.tensors), got[1:])}
+    return got[0][0, -1], states
+
+
+def test_the_decoder_takes_vision_features_and_3_axis_positions_as_transformers_does(artifacts, checkpoints):
+    """What a vision encoder will feed the same decoder graph: a prompt with an image's placeholder tokens
+    (a 2 x 3 grid after merging), its features written over them, and mRoPE positions from transformers'
+    own get_rope_index (h and w spread over the image, text after it at the compressed offset); then one
+    decode step. The graph's logits agree with transformers' ConditionalGeneration given the same
+    inputs_embeds and position_ids, within the fp32 profile's bound; features of zero rows leave the token
+    embeddings alone. The runtime section names both inputs."""
+    import onnxruntime as ort
+    import torch
+    from transformers import Qwen3_5ForConditionalGeneration
+
+    from edgeqwen.targets import load_profile
+
+    folder = artifacts("tiny-qwen3.5", "cpu-fp32").folder
+    rt = runtime_spec(read_manifest(folder))
+    assert rt.positions == "mrope" and rt.visual_input is not None
+    model = Qwen3_5ForConditionalGeneration.from_pretrained(checkpoints("tiny-qwen3.5"), dtype=torch.float32).eval()
+    cfg, hidden = model.config, rt.visual_input.hidden
+    assert set(rt.visual_input.placeholder_ids) == {cfg.image_token_id, cfg.video_token_id}
+    rng = np.random.default_rng(3)
+    text = rng.integers(0, 240_000, size=5).tolist()
+    ids = text + [cfg.vision_start_token_id] + [cfg.image_token_id] * 6 + [cfg.vision_end_token_id] + text[:4]
+    kinds = [1 if t == cfg.image_token_id else 0 for t in ids]
+    ids_t = torch.tensor([ids])
+    positions, _ = model.model.get_rope_index(ids_t, torch.tensor([kinds]), image_grid_thw=torch.tensor([[1, 4, 6]]))
+    assert len({tuple(p) for p in positions[:, 0].T.tolist() if len(set(p)) > 1}) >= 4  # the axes do differ
+    features = torch.from_numpy(rng.normal(0, 1, size=(6, hidden)).astype(np.float32))
+    nxt = int(rng.integers(0, 240_000))
+    step = positions.max().item() + 1  # the next text token: all three axes one past the largest position
+
+    with torch.no_grad():
+        embeds = model.get_input_embeddings()(torch.tensor([ids + [nxt]]))
+        mask = (torch.tensor([ids + [nxt]]) == cfg.image_token_id)[..., None].expand_as(embeds)
+        embeds = embeds.masked_scatter(mask, features)
+        pos = torch.cat([positions, torch.full((3, 1, 1), step)], dim=2)
+        ref = model(inputs_embeds=embeds, position_ids=pos).logits[0, -2:].numpy()
+
+    session = ort.InferenceSession(str(folder / rt.model_file), providers=["CPUExecutionProvider"])
+    zeros = {t.input: np.zeros(t.concrete(1, 0), np.float32) for layer in rt.layers for t in layer.tensors}
+    n = len(ids)
+    first, states = _run_graph(session, {"input_ids": ids_t.numpy(), "attention_mask": np.ones((1, n), np.int64),
+                                         "position_ids": positions.numpy(), "visual_embeds": features.numpy(),
+                                         **zeros}, rt)
+    second, _ = _run_graph(session, {"input_ids": np.array([[nxt]]), "attention_mask": np.ones((1, n + 1), np.int64),
+                                     "position_ids": np.full((3, 1, 1), step), "visual_embeds": rt.visual_input.empty(),
+                                     **states}, rt)
+    bound = load_profile("cpu-fp32").validation.max_abs_logit_diff  # measured: 6.6e-6; one axis for all, 1.8e-3
+    assert np.abs(first - ref[0]).max() <= bound and np.abs(second - ref[1]).max() <= bound
+    # the features matter (not a graph that ignores them), and zero rows leave the placeholders' own embedding
+    plain, _ = _run_graph(session, {"input_ids": ids_t.numpy(), "attention_mask": np.ones((1, n), np.int64),
+                                    "position_ids": positions.numpy(), "visual_embeds": rt.visual_input.empty(),
+                                    **zeros}, rt)
+    with torch.no_grad():
+        text_only = model(input_ids=ids_t, position_ids=positions).logits[0, -1].numpy()
+    assert np.abs(plain - text_only).max() <= bound < np.abs(plain - first).max()
+
+
+@pytest.mark.parametrize("sections", [(11, 11, 10), (2, 2, 4), (3, 3, 2)])
+def test_each_rotary_pair_reads_the_axis_transformers_recomposes_it_from(sections):
+    """The graph's axis of each rotary pair is transformers' own interleaved recomposition (Qwen3.5's
+    rotary module), for the published sections and the fixtures' smaller ones."""
+    import torch
+    from transformers.models.qwen3_5.modeling_qwen3_5 import Qwen3_5TextRotaryEmbedding
+
+    from edgeqwen.compiler.export.hybrid import pair_axes
+
+    pairs = sum(sections)
+    rotary = Qwen3_5TextRotaryEmbedding.__new__(Qwen3_5TextRotaryEmbedding)
+    rotary.mrope_section = list(sections)
+    freqs = torch.arange(3.0).view(3, 1, 1, 1).expand(3, 1, 1, pairs).clone()  # axis a's entries hold a
+    recomposed = rotary.recomposition_frequencies(freqs)[0, 0, :pairs]
+    assert recomposed.long().tolist() == pair_axes(sections, pairs).tolist()

@@ -21,8 +21,8 @@ import pytest
 from onnx import TensorProto, helper
 
 from edgeqwen.artifact import (GENAI_KV_NAMES, RUNTIME_CONTRACT_VERSION, STATIC_KV_NAMES, LayerState, RuntimeSpec,
-                               StateTensor, StaticGraph, StaticSpec, kv_layer_states, read_manifest, runtime_spec,
-                               write_manifest)
+                               StateTensor, StaticGraph, StaticSpec, VisualInput, kv_layer_states, read_manifest,
+                               runtime_spec, write_manifest)
 from edgeqwen.errors import ArtifactError
 
 BASE = {"backend": "batched", "execution_provider": "cpu", "tokenizer": "tokenizer.json",
@@ -45,9 +45,9 @@ def _raw(**changes) -> dict:
 
 
 # -- the contract ------------------------------------------------------------------------------------
-def test_contract_3_round_trips_layers_through_the_manifest(tmp_path):
+def test_the_contract_round_trips_layers_through_the_manifest(tmp_path):
     spec = _spec()
-    assert spec.version == RUNTIME_CONTRACT_VERSION == 3
+    assert spec.version == RUNTIME_CONTRACT_VERSION == 4
     written = spec.to_dict()
     assert written["layers"][0] == {"kind": "fixed", "tensors": [{"input": "state.0", "output": "state_out.0",
                                                                  "shape": ["batch", 4], "dtype": "float32"}]}
@@ -140,7 +140,7 @@ def test_a_contract_2_artifact_is_refused_in_one_line(tmp_path):
     folder = _v2_artifact(tmp_path / "old")
     with pytest.raises(ArtifactError) as e:
         load(folder)
-    assert str(e.value) == (f"artifact {folder}: runtime section has contract version 2, this edgeqwen reads 3; "
+    assert str(e.value) == (f"artifact {folder}: runtime section has contract version 2, this edgeqwen reads 3 and 4; "
                             "rebuild the artifact with this edgeqwen")
     r = subprocess.run([sys.executable, "-m", "edgeqwen.cli", "run", str(folder), "Hello"], capture_output=True,
                        text=True, timeout=120)
@@ -448,7 +448,26 @@ def test_built_artifacts_describe_their_layers(artifacts):
     head = c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"]
     assert spec.layers == kv_layer_states(c["num_hidden_layers"], c["num_key_value_heads"], head, "float32",
                                           *GENAI_KV_NAMES)
-    assert manifest["runtime"]["version"] == 3 and manifest["runtime"]["layers"][0]["kind"] == "kv"
+    assert manifest["runtime"]["version"] == RUNTIME_CONTRACT_VERSION and manifest["runtime"]["layers"][0]["kind"] == "kv"
+    assert spec.positions == "mask" and spec.visual_input is None  # GroupQueryAttention's own positions, no vision
+
+
+@pytest.mark.parametrize("change, name", [({"positions": "mrope"}, "position_ids"),
+                                          ({"visual_input": VisualInput("visual_embeds", 64, "float32", (7,))},
+                                           "visual_embeds")])
+def test_graph_inputs_the_runtime_section_names_must_be_in_the_graph(artifacts, change, name):
+    """A runtime section that promises an input the graph lacks is refused in one line when the backend
+    loads, not at the first token."""
+    from dataclasses import replace
+
+    from edgeqwen.runtime.backends.batched import BatchedBackend
+
+    folder = artifacts("tiny-qwen3", "cpu-fp32").folder
+    spec = replace(runtime_spec(read_manifest(folder)), **change)
+    with pytest.raises(ArtifactError) as e:
+        BatchedBackend(folder, spec, threads=1)
+    assert str(e.value) == (f"artifact {folder}: the runtime section names graph input {name}, which the graph does "
+                            "not have; rebuild the artifact")
 
 
 def test_the_batched_backend_does_not_read_genai_config(artifacts, tmp_path):

@@ -36,7 +36,9 @@ class RopeSpec:
     factor: float | None  # scaling factor of the non-default kinds
     partial_factor: float  # share of head_dim rotated (1.0: all of it)
     table: Mapping[str, Any]  # the rope_parameters / rope_scaling table as written, rope_theta included
-    sections: tuple[int, ...] = ()  # multi-axis rotary (mRoPE): rotated pairs per position axis (t, h, w)
+    # multi-axis rotary (mRoPE: position axes t, h, w), for the architectures whose rotary is (Qwen3.5): the
+    # config's mrope_section or the architecture's default; empty for one-axis rotary
+    sections: tuple[int, ...] = ()
     interleaved: bool = False  # the axes' pairs interleaved (Qwen3.5) rather than in consecutive runs
 
     def describe(self) -> dict[str, Any]:
@@ -127,6 +129,8 @@ class ModelSpec:
     linear_attention: LinearAttentionSpec | None = None  # the linear_attention layers' sizes
     mtp_layers: int = 0  # multi-token-prediction layers the checkpoint carries (mtp.*; unused by transformers)
     vision: bool = False  # a vision tower is configured (its tensors stay in the checkpoint, unused here)
+    # the placeholder ids (image, video) whose embeddings a vision encoder's features replace, in order
+    vision_tokens: tuple[int, ...] = ()
 
     @property
     def text_config(self) -> Mapping[str, Any]:
@@ -174,6 +178,9 @@ class ArchitectureRule:
     attn_output_gate: bool = False
     partial_rotary_default: float = 1.0
     head_dim_default: int = 0  # 0: hidden // heads
+    # multi-axis rotary (t, h, w) with the axes' pairs interleaved, whatever mrope_interleaved says
+    # (transformers' Qwen3.5 rotary always recomposes so): the pairs per axis where the config names none
+    mrope_default: tuple[int, ...] = ()
 
 
 RULES: dict[str, ArchitectureRule] = {
@@ -194,7 +201,7 @@ _QWEN35 = dict(family="qwen3_5", qkv_bias=lambda c: bool(c.get("attention_bias",
                rotary_module="transformers.models.qwen3_5.modeling_qwen3_5:Qwen3_5TextRotaryEmbedding",
                decoder_layer="transformers.models.qwen3_5.modeling_qwen3_5:Qwen3_5DecoderLayer",
                tie_default=False, intermediate_default=12288, hybrid=True, norm_offset=True, attn_output_gate=True,
-               partial_rotary_default=0.25, head_dim_default=256)
+               partial_rotary_default=0.25, head_dim_default=256, mrope_default=(11, 11, 10))
 RULES["Qwen3_5ForConditionalGeneration"] = ArchitectureRule(model_type="qwen3_5", text_config_key="text_config",
                                                             **_QWEN35)  # type: ignore[arg-type]
 RULES["Qwen3_5ForCausalLM"] = ArchitectureRule(model_type="qwen3_5_text", **_QWEN35)  # type: ignore[arg-type]
@@ -255,13 +262,14 @@ def parse_spec(config: Mapping[str, Any], generation: Mapping[str, Any] | None =
         rms_eps=float(config.get("rms_norm_eps", 1e-6)),
         positions=int(config.get("max_position_embeddings", 32768)),
         qkv_bias=rule.qkv_bias(config), qk_norm=rule.qk_norm, tied=tied,
-        rope=_rope(config, where, rule.partial_rotary_default),
+        rope=_rope(config, where, rule.partial_rotary_default, rule.mrope_default),
         layer_kinds=kinds, rotary_module=rule.rotary_module, decoder_layer=rule.decoder_layer,
         generation=generation_ids,
         config=MappingProxyType(dict(top)), generation_config=MappingProxyType(dict(generation)),
         text_config_key=rule.text_config_key, norm_offset=rule.norm_offset, attn_output_gate=rule.attn_output_gate,
         linear_attention=linear, mtp_layers=int(config.get("mtp_num_hidden_layers", 0) or 0),
         vision=isinstance(top.get("vision_config"), Mapping),
+        vision_tokens=_vision_tokens(top, where) if isinstance(top.get("vision_config"), Mapping) else (),
     )
 
 
@@ -293,10 +301,12 @@ def _linear_attention(config: Mapping[str, Any], where: str) -> LinearAttentionS
     return spec
 
 
-def _rope(config: Mapping[str, Any], where: str, partial_default: float = 1.0) -> RopeSpec:
+def _rope(config: Mapping[str, Any], where: str, partial_default: float = 1.0,
+          mrope_default: tuple[int, ...] = ()) -> RopeSpec:
     """rope_parameters (transformers 5) or rope_scaling (4.x), with rope_theta beside it in either; the
     partial factor and multi-axis sections where transformers 5 reads them (inside rope_parameters, or
-    partial_rotary_factor at the top, as transformers standardises it)."""
+    partial_rotary_factor at the top, as transformers standardises it). ``mrope_default``: the architecture
+    always rotates by interleaved multi-axis sections, these where the config names none."""
     table = dict(config.get("rope_parameters") or config.get("rope_scaling") or {})
     if "rope_theta" in config:
         table.setdefault("rope_theta", config["rope_theta"])
@@ -306,11 +316,23 @@ def _rope(config: Mapping[str, Any], where: str, partial_default: float = 1.0) -
                         f"({', '.join(sorted(STATIC_ROPE_KINDS))})")
     factor = table.get("factor")
     partial = table.get("partial_rotary_factor", config.get("partial_rotary_factor", partial_default))
-    sections = tuple(int(s) for s in table.get("mrope_section") or ())
+    # only an architecture whose rotary is multi-axis reads the sections (Qwen2/Qwen3 ignore them)
+    sections = tuple(int(s) for s in table.get("mrope_section") or mrope_default) if mrope_default else ()
     return RopeSpec(kind=kind, theta=float(table.get("rope_theta", 10000.0)),
                     factor=None if factor is None else float(factor), partial_factor=float(partial),
                     table=MappingProxyType(table), sections=sections,
-                    interleaved=bool(table.get("mrope_interleaved", False)))
+                    interleaved=bool(mrope_default))
+
+
+# Qwen3_5Config's placeholder ids where a config leaves them out (image, video)
+VISION_TOKEN_DEFAULTS = {"image_token_id": 248056, "video_token_id": 248057}
+
+
+def _vision_tokens(top: Mapping[str, Any], where: str) -> tuple[int, ...]:
+    ids = tuple(top.get(k, v) for k, v in VISION_TOKEN_DEFAULTS.items())
+    if any(not isinstance(i, int) or isinstance(i, bool) or i < 0 for i in ids):
+        raise SpecError(f"{where}: {' and '.join(VISION_TOKEN_DEFAULTS)} must be non-negative integers")
+    return ids
 
 
 def read_spec(folder: Path, tensor_names: Collection[str] | None = None) -> ModelSpec:

@@ -148,8 +148,10 @@ def write(ckpt: Checkpoint, plan: GenaiPlan, out: Path, log: Callable[[str], Non
             inputs, outputs = _io(w)
             head = _head_weights(w)
             embedded = _embedding(w, head)
+            if w.shape.vision_tokens:
+                embedded = hybrid.place_visual_features(w, embedded)
             mask = _mask(w)
-            rope = _rope(w)
+            rope = hybrid.multi_axis_rotary(w) if w.shape.rope.sections else _rope(w)
             hidden, residual = embedded, embedded
             for i in range(w.shape.layers):
                 hidden, residual = _layer(w, i, hidden, residual, mask, rope)
@@ -179,6 +181,11 @@ def _io(w: Writer) -> tuple[list, list]:
                                             ["batch_size", "total_sequence_length"])]
     if w.plan.layout == "split":
         inputs.append(helper.make_tensor_value_info("position_ids", TensorProto.INT64, ["batch_size", "sequence_length"]))
+    elif s.rope.sections:  # mRoPE's t, h, w (edgeqwen.compiler.export.hybrid)
+        inputs.append(helper.make_tensor_value_info(hybrid.POSITION_IDS, TensorProto.INT64,
+                                                    [3, "batch_size", "sequence_length"]))
+    if s.vision_tokens:
+        inputs.append(helper.make_tensor_value_info(hybrid.VISUAL_EMBEDS, io, ["visual_tokens", s.hidden]))
     outputs = [helper.make_tensor_value_info("logits", io, ["batch_size", 1 if w.plan.prune_lm_head
                                                               else "sequence_length", s.vocab])]
     for i, kind in enumerate(s.layer_kinds):
@@ -276,9 +283,11 @@ def _rope(w: Writer) -> tuple[str, str]:
     return out[0], out[1]
 
 
-def _layer(w: Writer, i: int, hidden: str, residual: str, mask: tuple[str, str], rope: tuple[str, str]) -> tuple[str, str]:
+def _layer(w: Writer, i: int, hidden: str, residual: str, mask: tuple[str, str],
+           rope: tuple[str, str] | hybrid.TokenRotary) -> tuple[str, str]:
     """One decoder layer. ``hidden``: the previous layer's MLP output (the embedding for layer 0),
-    ``residual``: the running residual sum. Returns the same pair for the next layer."""
+    ``residual``: the running residual sum; ``rope``: the cos/sin tables, or each token's own (mRoPE).
+    Returns the same pair for the next layer."""
     t, q = w.names.layers[i], f"/model/layers.{i}"
     w_in = w.norm_weight(t.input_norm, t.input_norm)
     if i == 0:

@@ -10,7 +10,7 @@ from edgeqwen.compiler.checkpoint import Checkpoint, generation_token_ids
 def genai_config(ckpt: Checkpoint, plan, shape) -> dict[str, Any]:
     bos, eos, pad = generation_token_ids(ckpt)
     inputs = {"input_ids": "input_ids", "attention_mask": "attention_mask"}
-    if plan.layout == "split":
+    if plan.layout == "split" or shape.rope.sections:  # the split layout's rotary, or mRoPE's [3, B, S]
         inputs["position_ids"] = "position_ids"
     inputs |= {"past_key_names": "past_key_values.%d.key", "past_value_names": "past_key_values.%d.value"}
     providers = [] if plan.execution_provider == "cpu" else [{plan.execution_provider: {}}]

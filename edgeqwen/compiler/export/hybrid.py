@@ -19,16 +19,98 @@ plain ONNX ops (16 heads of 128, one thread: decode 0.05 vs 0.12 ms, a 512-token
 onnxruntime's fused GatedDeltaNet op is not used: its q/k norm is x / max(|x|, 1e-6), not transformers'.
 
 Gated full attention (every 4th layer): q_proj emits per head [query (head_dim) | gate (head_dim)]; q/k
-RMSNorm per head; GroupQueryAttention with the rotary on the first rotary_dim dims of each head (its cos
-cache is [positions, rotary_dim / 2]); output x sigmoid(gate); o_proj. Text-only mRoPE: the three
-position axes are equal, so the interleaved sections reduce to one plain rotary of rotary_dim dims.
+RMSNorm per head; the multi-axis rotary on the first rotary_dim dims of each head (RotaryEmbedding, fed
+each token's own cos/sin); GroupQueryAttention without rotary; output x sigmoid(gate); o_proj.
+
+Vision-ready inputs, so that a vision encoder plugs in without another decoder graph:
+    position_ids [3, B, S]     mRoPE's t, h, w positions (transformers' get_rope_index: equal for text,
+                               an image's tokens spread over h and w); rotary pair j reads axis h where
+                               j % 3 == 1 and j < 3 sections[1], w where j % 3 == 2 and j < 3 sections[2],
+                               else t (transformers' interleaved recomposition)
+    visual_embeds [N, H]       a vision encoder's features, written over the embeddings of the image and
+                               video placeholder tokens in order (row-major over [B, S]), as transformers'
+                               masked_scatter does; text feeds N = 0 and the table lookup stays as it is.
+Taking the features rather than a whole inputs_embeds keeps one graph and one session with the tied table
+stored once (a separate embedding graph would store it twice or cost a second session run a token).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
+from onnx import TensorProto, helper, numpy_helper
 
 from edgeqwen.compiler.export.weights import MS
+
+POSITION_IDS = "position_ids"  # [3, batch, sequence] int64
+VISUAL_EMBEDS = "visual_embeds"  # [visual_tokens, hidden], the io dtype
+
+
+@dataclass(frozen=True)
+class TokenRotary:
+    """Each token's own rotary: cos and sin [B * S, rotary_dim / 2] and the index [B, S] of every token's
+    row in them (RotaryEmbedding's position_ids)."""
+
+    cos: str
+    sin: str
+    index: str
+
+
+def pair_axes(sections: tuple[int, ...], pairs: int) -> np.ndarray:
+    """[pairs] int64: the position axis (0 t, 1 h, 2 w) whose position rotates each rotary pair."""
+    axes = np.zeros(pairs, np.int64)
+    for axis in (1, 2):
+        axes[axis:sections[axis] * 3:3] = axis
+    return axes
+
+
+def multi_axis_rotary(w) -> TokenRotary:
+    """cos/sin of each token from position_ids [3, B, S]: the pair's own axis's position times its inverse
+    frequency, in float64, rounded once to fp32 (the same numbers as the one-axis tables where the axes are
+    equal)."""
+    from edgeqwen.compiler.passes.rope_caches import rotary_parameters
+
+    inv_freq, scale, _ = rotary_parameters(w.shape)
+    pairs, q = len(inv_freq), "/model/mrope"
+    for name, value in {"inv_freq": inv_freq.astype(np.float64), "scale": np.array(scale, np.float64)}.items():
+        w.sink.inits.append(numpy_helper.from_array(value, f"mrope.{name}"))
+    w.sink.inits.append(numpy_helper.from_array(pair_axes(w.shape.rope.sections, pairs), "mrope.pair_axes"))
+    pos = w.node("Transpose", [POSITION_IDS], f"{q}/Transpose", perm=[1, 2, 0])[0]  # [B, S, 3]
+    pos = w.node("Gather", [pos, "mrope.pair_axes"], f"{q}/Gather", axis=2)[0]  # [B, S, pairs]
+    pos = w.node("Cast", [pos], f"{q}/Cast", to=TensorProto.DOUBLE)[0]
+    freqs = w.node("Mul", [pos, "mrope.inv_freq"], f"{q}/Mul")[0]
+    freqs = w.node("Reshape", [freqs, w.const([-1, pairs])], f"{q}/Flatten")[0]  # [B * S, pairs]
+    out = []
+    for fn in ("Cos", "Sin"):
+        y = w.node(fn, [freqs], f"{q}/{fn}")[0]
+        y = w.node("Mul", [y, "mrope.scale"], f"{q}/{fn}/Scale")[0]
+        y = w.node("Cast", [y], f"{q}/{fn}/Cast", to=TensorProto.FLOAT)[0]
+        if w.io != np.float32:
+            y = w.node("Cast", [y], f"{q}/{fn}/CastIO", to=helper.np_dtype_to_tensor_dtype(np.dtype(w.io)))[0]
+        out.append(y)
+    shape = w.node("Shape", [POSITION_IDS], f"{q}/Shape", start=1)[0]  # [B, S]
+    count = w.node("ReduceProd", [shape], f"{q}/ReduceProd", keepdims=0)[0]
+    rows = w.node("Range", [w.const(0), count, w.const(1)], f"{q}/Range")[0]  # [B * S]
+    index = w.node("Reshape", [rows, shape], f"{q}/Index")[0]
+    return TokenRotary(out[0], out[1], index)
+
+
+def place_visual_features(w, embedded: str) -> str:
+    """embedded [B, S, H] with visual_embeds' rows written over the placeholder tokens' rows, in order.
+    With no features (text) nothing is written, even where a placeholder id appears in the text (as
+    transformers, which embeds it as a token); a count that differs from the placeholders' fails the run."""
+    q = "/model/visual_embeds"
+    marks = [w.node("Equal", ["input_ids", w.const(t)], f"{q}/Equal_{t}")[0] for t in w.shape.vision_tokens]
+    mask = marks[0]
+    for j, m in enumerate(marks[1:]):
+        mask = w.node("Or", [mask, m], f"{q}/Or_{j}")[0]
+    rows = w.node("Gather", [w.node("Shape", [VISUAL_EMBEDS], f"{q}/Shape")[0], w.const(0)], f"{q}/Count", axis=0)[0]
+    some = w.node("Greater", [rows, w.const(0)], f"{q}/Some")[0]
+    mask = w.node("And", [mask, some], f"{q}/And")[0]  # [B, S] bool
+    where = w.node("NonZero", [mask], f"{q}/NonZero")[0]  # [2, n] row-major
+    where = w.node("Transpose", [where], f"{q}/Transpose", perm=[1, 0])[0]  # [n, 2]
+    return w.node("ScatterND", [embedded, where, VISUAL_EMBEDS], f"{q}/ScatterND")[0]
 
 L2_EPS = 1e-6  # transformers' l2norm (FLA's) epsilon
 
@@ -119,7 +201,7 @@ def _gated_norm(w, i: int, q: str, t, o: str, z: str) -> str:
     return w.node("Mul", [normed, gate], f"{q}/norm/Mul")[0]
 
 
-def gated_attention(w, i: int, x: str, mask: tuple[str, str], rope: tuple[str, str], head_norm) -> str:
+def gated_attention(w, i: int, x: str, mask: tuple[str, str], rope: TokenRotary, head_norm) -> str:
     """Qwen3.5's full attention on x [B, S, H] -> [B, S, H]; ``head_norm`` is the per-head q/k norm writer."""
     s, t = w.shape, w.names.layer(i)
     q = f"/model/layers.{i}/attn"
@@ -130,11 +212,15 @@ def gated_attention(w, i: int, x: str, mask: tuple[str, str], rope: tuple[str, s
     qs = w.node("Reshape", [qh, w.const([0, 0, s.q_dim])], f"{q}/q/Flatten")[0]
     gate = w.node("Reshape", [gate, w.const([0, 0, s.q_dim])], f"{q}/gate/Flatten")[0]
     qn, kn = head_norm(w, i, "q", qs, s.q_dim), head_norm(w, i, "k", ks, s.kv_dim)
+    rotary_dim = int(s.head_dim * s.rope.partial_factor)
+    qn, kn = (w.node("RotaryEmbedding", [y, rope.index, rope.cos, rope.sin], f"{q}/{n}_rotary/RotaryEmbedding",
+                     domain=MS, interleaved=0, num_heads=heads, rotary_embedding_dim=rotary_dim)[0]
+              for n, y, heads in (("q", qn, s.heads), ("k", kn, s.kv_heads)))
     out = [f"{q}/GroupQueryAttention/output_0", f"present.{i}.key", f"present.{i}.value"]
     w.sink.node("GroupQueryAttention",
-                [qn, kn, vs, f"past_key_values.{i}.key", f"past_key_values.{i}.value", *mask, *rope, "", "", ""],
+                [qn, kn, vs, f"past_key_values.{i}.key", f"past_key_values.{i}.value", *mask, "", "", "", "", ""],
                 out, f"{q}/GroupQueryAttention", MS, num_heads=s.heads, kv_num_heads=s.kv_heads,
-                scale=float(1 / np.sqrt(s.head_dim)), softcap=0.0, do_rotary=1, rotary_interleaved=0)
+                scale=float(1 / np.sqrt(s.head_dim)), softcap=0.0, do_rotary=0, rotary_interleaved=0)
     sig = w.node("Sigmoid", [gate], f"{q}/gate/Sigmoid")[0]
     gated = w.node("Mul", [out[0], sig], f"{q}/gate/Mul")[0]
     return w.linear(w.plan.weights, gated, f"{q}/o_proj", (t.o,))

@@ -15,7 +15,15 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from edgeqwen.artifact import BATCH, GENAI_KV_NAMES, LayerState, RuntimeSpec, StateTensor, kv_layer_states
+from edgeqwen.artifact import (
+    BATCH,
+    GENAI_KV_NAMES,
+    LayerState,
+    RuntimeSpec,
+    StateTensor,
+    VisualInput,
+    kv_layer_states,
+)
 from edgeqwen.compiler import package
 from edgeqwen.compiler.checkpoint import Checkpoint
 from edgeqwen.compiler.flows import FlowOutput
@@ -143,6 +151,12 @@ def runtime_spec(cfg: dict[str, Any], ckpt: Checkpoint, profile: TargetProfile, 
         layers = _hybrid_layers(ckpt, layers, dtype)
         # onnxruntime-genai does not run this graph's fixed states: edgeqwen's own backend on onnxruntime does
         common["backend"] = "batched"
+    if ckpt.spec.rope.sections:  # the graph takes mRoPE's three position axes (edgeqwen.compiler.export.hybrid)
+        common["positions"] = "mrope"
+    if ckpt.spec.vision_tokens:
+        from edgeqwen.compiler.export import hybrid
+
+        common["visual_input"] = VisualInput(hybrid.VISUAL_EMBEDS, ckpt.spec.hidden, dtype, ckpt.spec.vision_tokens)
     return RuntimeSpec(
         **common,
         model_file=package.MODEL_FILE,

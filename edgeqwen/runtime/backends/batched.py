@@ -15,7 +15,8 @@ A kv buffer is bound as both the past input and the present output (GroupQueryAt
 mode: each step writes the new positions in place, no copy). A fixed tensor is read from its buffer and
 written to a scratch buffer, copied back only for the rows that stepped. Rows of different lengths step
 together: the attention mask [rows, T] has row b's first len_b + 1 entries set, from which the graph
-derives each row's own sequence length, rotary positions and write slot.
+derives each row's own sequence length, rotary positions and write slot (a graph with mRoPE's position_ids
+input, runtime.positions "mrope", is fed the same positions on its three axes: text).
 
 A row that has no token in a decode step is masked, not re-run: it is fed a dummy token whose mask
 covers len_b + 1 positions, so its kv layers write the dummy's keys/values at position len_b, beyond the
@@ -160,6 +161,13 @@ class BatchedBackend(StateLoops):
         self._prompt_run.add_run_config_entry("memory.enable_memory_arena_shrinkage", SHRINK_AFTER_PROMPT)
         self.tensors = _state_tensors(folder, runtime.layers, self.session)
         kinds = {i.name: i.type for i in self.session.get_inputs()}
+        self.positions = runtime.positions == "mrope"  # feed position_ids [3, rows, S] (text: three equal axes)
+        self.visual = runtime.visual_input  # fed zero rows: this backend runs text
+        wanted = (["position_ids"] if self.positions else []) + ([self.visual.input] if self.visual else [])
+        for name in wanted:
+            if name not in kinds:
+                raise ArtifactError(f"artifact {folder}: the runtime section names graph input {name}, which the graph "
+                                    "does not have; rebuild the artifact")
         self.ids_dtype = np.int32 if kinds.get("input_ids") == "tensor(int32)" else np.int64
         self.mask_dtype = np.int32 if kinds.get("attention_mask") == "tensor(int32)" else np.int64
         self.max_batch, self.capacity = INITIAL  # both double when needed
@@ -409,6 +417,12 @@ class BatchedBackend(StateLoops):
         io = self.session.io_binding()
         io.bind_cpu_input("input_ids", np.ascontiguousarray(tokens, dtype=self.ids_dtype))
         io.bind_cpu_input("attention_mask", mask)
+        if self.positions:  # row b's tokens sit at its last S positions: totals[b] - S, ..., totals[b] - 1
+            steps = tokens.shape[1]
+            where = np.asarray(totals, np.int64)[:, None] - steps + np.arange(steps, dtype=np.int64)  # [rows, S]
+            io.bind_cpu_input("position_ids", np.ascontiguousarray(np.broadcast_to(where, (3, *where.shape))))
+        if self.visual is not None:
+            io.bind_cpu_input(self.visual.input, self.visual.empty())
         fixed: list[str] = []
         for t in self.tensors:
             rows = self.cache[t.input][lo:hi]  # a view: contiguous, rows are the leading axis
