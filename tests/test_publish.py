@@ -7,6 +7,8 @@ import sys
 import threading
 import time
 
+import pytest
+
 from edgeqwen.artifact import load_verified, lock_path, publish_lock, read_manifest
 
 
@@ -15,6 +17,7 @@ def _build(ckpt, target, out, *extra):
                              "--quiet", *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+@pytest.mark.slow  # two builds in subprocesses (~10 s); the quick tier keeps the held lock's refusal and --wait
 def test_two_builds_racing_into_one_folder(checkpoints, tmp_path):
     """A CI matrix writing two profiles to one place: exactly one build publishes, the other exits non-zero
     with one line saying why, and what is published is whole and is the winner's."""

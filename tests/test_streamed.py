@@ -88,6 +88,7 @@ print(total, hwm // 1024)
 """
 
 
+@pytest.mark.slow  # three writes in fresh interpreters (~10 s): the quick tier is at its 5-minute budget
 def test_writing_memory_does_not_grow_with_the_model(tmp_path):
     """Peak RSS is numpy plus one 16 MB block and its temporaries, for a 0.4 GB and a 0.6 GB checkpoint
     alike (measured in the closing note of this change)."""
