@@ -7,6 +7,8 @@ layers (1,371 MB against 676 MB in a process onnxruntime never ran in; neither M
 fixed mmap threshold changes it), and on the full 9B shape it grew to 5.9 GB over 32 layers where it holds
 ~1.1 GB alone. A fresh interpreter ("spawn", not "fork": a forked child inherits the same heap) starts
 clean and hands everything back when it exits; the parent meanwhile holds only what the artifact side left.
+The build of such a model also takes its rotary parameters from transformers in one (transformers and torch,
+once imported, would stay resident in the build process through its validation).
 
 The function and its arguments must be picklable (a module-level function, dataclasses, paths, arrays);
 it is called with ``log=`` a callable that sends a line to the parent's ``log``. Stdlib only.
@@ -26,7 +28,7 @@ def run_fresh(fn: Callable[..., Any], *args: Any, log: Callable[[str], None] = p
     """``fn(*args, log=...)`` in a fresh interpreter; its exception, if any, raised here."""
     ctx = multiprocessing.get_context("spawn")
     receive, send = ctx.Pipe(duplex=False)
-    child = ctx.Process(target=_child, args=(send, fn, args), daemon=True, name="edgeqwen-reference")
+    child = ctx.Process(target=_child, args=(send, fn, args), daemon=True, name=f"edgeqwen-{fn.__name__}")
     child.start()
     send.close()  # the child holds the only writer: recv() sees EOF when it dies
     try:
@@ -35,8 +37,8 @@ def run_fresh(fn: Callable[..., Any], *args: Any, log: Callable[[str], None] = p
                 kind, value = receive.recv()
             except EOFError:
                 child.join()
-                raise ChildFailed(f"the reference process ended with exit code {child.exitcode} before its result "
-                                  "(a kill from the out-of-memory killer shows as -9)") from None
+                raise ChildFailed(f"the process running {fn.__name__} ended with exit code {child.exitcode} before its "
+                                  "result (a kill from the out-of-memory killer shows as -9)") from None
             if kind == "log":
                 log(value)
             elif kind == "error":

@@ -124,6 +124,16 @@ class Writer:
         return self.node("SimplifiedLayerNormalization", [x, weight], name, epsilon=self.shape.rms_eps, axis=-1,
                          stash_type=1)[0]
 
+    def rotary(self) -> tuple[np.ndarray, float]:
+        """The rotary's inverse frequencies [rotary_dim / 2] (float64) and attention scaling, from transformers'
+        own rotary module: in a process of its own for a model whose validation runs its references apart
+        (edgeqwen.compiler.passes.rope_caches.rotary_parameters)."""
+        from edgeqwen.compiler.passes.rope_caches import rotary_parameters
+        from edgeqwen.quality.reference import fits_whole
+
+        inv_freq, scale, _ = rotary_parameters(self.shape, apart=not fits_whole(self.ckpt.parameter_count))
+        return inv_freq, scale
+
     def progress(self, what: str) -> None:
         done = sum(self.sink.src.nbytes(n) for n in self.sink.consumed)
         elapsed = time.perf_counter() - self.t0
@@ -261,9 +271,7 @@ def _rope(w: Writer) -> tuple[str, str]:
     (8.4 MB on the Qwen2.5-0.5B shape)."""
     from onnx import numpy_helper
 
-    from edgeqwen.compiler.passes.rope_caches import rotary_parameters
-
-    inv_freq, scale, _ = rotary_parameters(w.shape)
+    inv_freq, scale = w.rotary()
     q = "/model/rotary"
     values = {"start": 0.0, "limit": float(w.shape.positions), "delta": 1.0, "scale": scale}
     for name, v in values.items():

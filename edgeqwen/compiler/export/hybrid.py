@@ -69,9 +69,7 @@ def multi_axis_rotary(w) -> TokenRotary:
     """cos/sin of each token from position_ids [3, B, S]: the pair's own axis's position times its inverse
     frequency, in float64, rounded once to fp32 (the same numbers as the one-axis tables where the axes are
     equal)."""
-    from edgeqwen.compiler.passes.rope_caches import rotary_parameters
-
-    inv_freq, scale, _ = rotary_parameters(w.shape)
+    inv_freq, scale = w.rotary()
     pairs, q = len(inv_freq), "/model/mrope"
     for name, value in {"inv_freq": inv_freq.astype(np.float64), "scale": np.array(scale, np.float64)}.items():
         w.sink.inits.append(numpy_helper.from_array(value, f"mrope.{name}"))

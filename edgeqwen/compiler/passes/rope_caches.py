@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import importlib
+import sys
 from typing import Any
 
 import numpy as np
@@ -22,20 +23,31 @@ from edgeqwen.model.spec import ModelSpec
 _DYNAMIC = {"dynamic", "longrope"}
 
 
-def rotary_parameters(spec: ModelSpec) -> tuple[np.ndarray, float, str]:
+def rotary_parameters(spec: ModelSpec, apart: bool = False) -> tuple[np.ndarray, float, str]:
     """(inv_freq [head_dim/2] float64, attention scaling, rope type) from transformers' own rotary module
-    for the spec's architecture (YaRN's blended frequencies and scaling included)."""
-    from transformers import AutoConfig
-
+    for the spec's architecture (YaRN's blended frequencies and scaling included). ``apart``: computed in a
+    fresh process where this one has not imported torch yet, so that it never does for this: once imported,
+    transformers and torch stay resident (~315 MB) for the rest of a build, on top of a large model's
+    validation (its artifact side, the build's peak, needs neither; its references run apart)."""
     # a deep copy: transformers standardises the rope table in place, and the spec is read-only
     # the language model's config (Qwen3.5's text_config, whose rotary module reads it; else the top level)
-    text = spec.text_config
-    cfg = AutoConfig.for_model(**copy.deepcopy({k: v for k, v in text.items() if k not in ("architectures",)}))
+    text = copy.deepcopy({k: v for k, v in spec.text_config.items() if k not in ("architectures",)})
+    if apart and "torch" not in sys.modules:
+        from edgeqwen.quality.fresh_process import run_fresh
+
+        return run_fresh(_transformers_rotary, text, spec.rotary_module, log=lambda line: None)
+    return _transformers_rotary(text, spec.rotary_module)
+
+
+def _transformers_rotary(text: dict[str, Any], rotary_module: str, log=None) -> tuple[np.ndarray, float, str]:
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.for_model(**text)
     rope = getattr(cfg, "rope_parameters", None) or {}
     kind = rope.get("rope_type", "default")
     if kind in _DYNAMIC:
         raise RuntimeError(f"rope_type '{kind}' changes with sequence length; static rotary tables cannot express it")
-    module, cls = spec.rotary_module.split(":")
+    module, cls = rotary_module.split(":")
     rotary = getattr(importlib.import_module(module), cls)(cfg)
     return rotary.inv_freq.double().numpy(), float(rotary.attention_scaling), kind
 
