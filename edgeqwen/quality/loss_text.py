@@ -7,10 +7,11 @@ assistant's answer, rendered by the checkpoint's own template). About 2,700 toke
 vocabulary; all written for this file, so no model here was trained or calibrated on them.
 
 Memory stays bounded by a chunk of logits on each side (151,936-way logits of the whole text would be
-1.6 GB): the artifact scores a text a chunk at a time (the chunk's context goes in as one prefill step, then
-each token as a decode step) and its rows go to a float32 file on disk; the reference then scores a chunk at
-a time (``logits_chunks``), reading the artifact's rows for it back, and only per-token numbers are kept. A
-chunk is at most ``CHUNK`` positions and ``BUFFER_BYTES`` of logits (``chunk_rows``), on both sides.
+1.6 GB): the artifact scores a text token by token in one sequence (its first token, then each next one as a
+decode step), its rows staged a chunk at a time and written to a float32 file on disk; the reference then
+scores a chunk at a time (``logits_chunks``), reading the artifact's rows for it back, and only per-token
+numbers are kept. A chunk is at most ``CHUNK`` positions and ``BUFFER_BYTES`` of logits (``chunk_rows``), on
+both sides.
 """
 
 from __future__ import annotations
@@ -31,10 +32,8 @@ CHUNK = 512  # positions per chunk at most
 # A chunk's logits take at most this many bytes on each side: 220 rows at Qwen2/3's 151,936-way vocabulary,
 # 135 at Qwen3.5's 248,320 (512 rows would be 508 MB there, and the reference side holds its chunk, the
 # artifact's rows for it and one block of the output matrix at once, beside what the large model's
-# validation already holds). Smaller chunks cost a little more: the artifact prefills each chunk's context
-# again, the layered reference reads the output matrix once more per chunk. The rows are the same
-# positions' logits (on the artifact's side a chunk's first from a prefill step, the rest from decode
-# steps), so the figures move only by float rounding.
+# validation already holds). Smaller chunks cost a little more on the reference side (the layered reference
+# reads the output matrix once more per chunk); on the artifact's they only stage fewer rows per write.
 BUFFER_BYTES = 128 << 20
 TEXT_FILES = (("english", "english.txt"), ("chinese", "chinese.txt"), ("code", "code.py.txt"))
 CHAT_FILE = "chat.json"
@@ -96,15 +95,33 @@ def run_artifact_loss(engine, sequences: list[tuple[str, list[int]]], folder: Pa
     with open(art.path, "wb") as out:  # rows in order: text by text, chunk by chunk
         for name, ids in art.sequences:
             art.offsets[name] = row
-            for a, b in chunks(len(ids), size):
-                # context ids[:a + 1] as one prefill step: rows for positions a .. b - 1  [b - a, V]
-                logits = engine.backend.teacher_forced_logits(ids[:b], prefill=a + 1, out=buffer)[:, :art.vocab]
-                out.write(memoryview(np.ascontiguousarray(logits, dtype=np.float32)))  # no bytes copy of 311 MB
+            _score(engine.backend, ids, buffer, lambda rows: out.write(memoryview(rows)))  # no bytes copy
             row += len(ids) - 1
             elapsed = time.perf_counter() - t0
             log(f"    loss text {name}: {row} of {art.tokens} tokens scored by the artifact, {elapsed:.0f} s "
                 f"elapsed, ~{elapsed / row * (art.tokens - row):.0f} s left")
     return art
+
+
+def _score(backend, ids: list[int], buffer: np.ndarray, write: Callable[[np.ndarray], Any]) -> None:
+    """The logits after ids[:1], ids[:2], ... ids[:-1] (predicting ids[1:]), one sequence fed a token at a
+    time, staged in ``buffer`` [rows, V] and handed to ``write`` a full buffer at a time. No context is
+    prefilled twice, and no prefill's activations (a chunk of the context at once) come beside the session:
+    on the Qwen3.5-0.8B shape, re-prefilling each chunk's context grew the artifact side by ~140 MB beyond
+    the staging buffer."""
+    state = backend.new_state(len(ids))
+    try:
+        n = 0
+        for t in ids[:-1]:
+            buffer[n] = state.append([t])
+            n += 1
+            if n == len(buffer):
+                write(buffer)
+                n = 0
+        if n:
+            write(buffer[:n])
+    finally:
+        state.close()
 
 
 def compare_loss(reference, art: ArtifactLogits) -> dict[str, Any]:
