@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from edgeqwen import allocator
 from edgeqwen.artifact import staged_folder, write_manifest
 from edgeqwen.compiler.adapter import (
     Adapter,
@@ -104,6 +105,9 @@ def build(model: str, target: str, out: Path | None = None, *, validate: bool = 
         if flow.quantized_checkpoint is None:
             shutil.rmtree(work)  # Olive's cache and intermediate models: not part of the artifact
         if validate:
+            # what the export and packaging freed goes back to the system before the artifact loads (the
+            # Qwen3.5-0.8B shape's build process: 449 MB after packaging, 89 MB after this)
+            allocator.release()
             with progress.step("Validating against the transformers reference"):
                 quality = replace(profile.quality, max_kl_mean=max_kl) if max_kl is not None else profile.quality
                 manifest["validation"] = _validate(art, manifest, built_from, profile, progress, quality,
