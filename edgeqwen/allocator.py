@@ -12,8 +12,8 @@ per fresh allocation (numpy temporaries of 8 MB: 2.3x slower, measured), so it i
 from __future__ import annotations
 
 import ctypes
-import gc
 import ctypes.util
+import gc
 import sys
 from functools import cache
 

@@ -134,6 +134,19 @@ class Writer:
         inv_freq, scale, _ = rotary_parameters(self.shape, apart=not fits_whole(self.ckpt.parameter_count))
         return inv_freq, scale
 
+    def cos_sin(self, freqs: str, scale: str, q: str) -> tuple[str, str]:
+        """cos and sin of float64 angles ``freqs`` times the attention scaling ``scale`` (YaRN's; else 1),
+        rounded once to fp32, then to the io type."""
+        out = []
+        for fn in ("Cos", "Sin"):
+            y = self.node(fn, [freqs], f"{q}/{fn}")[0]
+            y = self.node("Mul", [y, scale], f"{q}/{fn}/Scale")[0]
+            y = self.node("Cast", [y], f"{q}/{fn}/Cast", to=TensorProto.FLOAT)[0]
+            if self.io != np.float32:
+                y = self.node("Cast", [y], f"{q}/{fn}/CastIO", to=helper.np_dtype_to_tensor_dtype(np.dtype(self.io)))[0]
+            out.append(y)
+        return out[0], out[1]
+
     def progress(self, what: str) -> None:
         done = sum(self.sink.src.nbytes(n) for n in self.sink.consumed)
         elapsed = time.perf_counter() - self.t0
@@ -280,15 +293,7 @@ def _rope(w: Writer) -> tuple[str, str]:
     pos = w.node("Range", ["rotary.start", "rotary.limit", "rotary.delta"], f"{q}/Range")[0]  # [P] float64
     pos = w.node("Unsqueeze", [pos, w.const([1])], f"{q}/Unsqueeze")[0]  # [P, 1]
     freqs = w.node("Mul", [pos, "rotary.inv_freq"], f"{q}/Mul")[0]  # [P, head_dim/2]
-    out = []
-    for fn in ("Cos", "Sin"):
-        y = w.node(fn, [freqs], f"{q}/{fn}")[0]
-        y = w.node("Mul", [y, "rotary.scale"], f"{q}/{fn}/Scale")[0]  # YaRN's attention scaling (else 1)
-        y = w.node("Cast", [y], f"{q}/{fn}/Cast", to=TensorProto.FLOAT)[0]  # rounded once to fp32, as before
-        if w.io != np.float32:
-            y = w.node("Cast", [y], f"{q}/{fn}/CastIO", to=helper.np_dtype_to_tensor_dtype(np.dtype(w.io)))[0]
-        out.append(y)
-    return out[0], out[1]
+    return w.cos_sin(freqs, "rotary.scale", q)
 
 
 def _layer(w: Writer, i: int, hidden: str, residual: str, mask: tuple[str, str],

@@ -39,7 +39,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, numpy_helper
 
 from edgeqwen.compiler.export.weights import MS
 
@@ -79,19 +79,12 @@ def multi_axis_rotary(w) -> TokenRotary:
     pos = w.node("Cast", [pos], f"{q}/Cast", to=TensorProto.DOUBLE)[0]
     freqs = w.node("Mul", [pos, "mrope.inv_freq"], f"{q}/Mul")[0]
     freqs = w.node("Reshape", [freqs, w.const([-1, pairs])], f"{q}/Flatten")[0]  # [B * S, pairs]
-    out = []
-    for fn in ("Cos", "Sin"):
-        y = w.node(fn, [freqs], f"{q}/{fn}")[0]
-        y = w.node("Mul", [y, "mrope.scale"], f"{q}/{fn}/Scale")[0]
-        y = w.node("Cast", [y], f"{q}/{fn}/Cast", to=TensorProto.FLOAT)[0]
-        if w.io != np.float32:
-            y = w.node("Cast", [y], f"{q}/{fn}/CastIO", to=helper.np_dtype_to_tensor_dtype(np.dtype(w.io)))[0]
-        out.append(y)
+    cos, sin = w.cos_sin(freqs, "mrope.scale", q)
     shape = w.node("Shape", [POSITION_IDS], f"{q}/Shape", start=1)[0]  # [B, S]
     count = w.node("ReduceProd", [shape], f"{q}/ReduceProd", keepdims=0)[0]
     rows = w.node("Range", [w.const(0), count, w.const(1)], f"{q}/Range")[0]  # [B * S]
     index = w.node("Reshape", [rows, shape], f"{q}/Index")[0]
-    return TokenRotary(out[0], out[1], index)
+    return TokenRotary(cos, sin, index)
 
 
 def place_visual_features(w, embedded: str) -> str:

@@ -163,6 +163,7 @@ class BatchedBackend(StateLoops):
         kinds = {i.name: i.type for i in self.session.get_inputs()}
         self.positions = runtime.positions == "mrope"  # feed position_ids [3, rows, S] (text: three equal axes)
         self.visual = runtime.visual_input  # fed zero rows: this backend runs text
+        self.no_features = None if self.visual is None else self.visual.empty()  # [0, hidden], made once
         wanted = (["position_ids"] if self.positions else []) + ([self.visual.input] if self.visual else [])
         for name in wanted:
             if name not in kinds:
@@ -422,7 +423,7 @@ class BatchedBackend(StateLoops):
             where = np.asarray(totals, np.int64)[:, None] - steps + np.arange(steps, dtype=np.int64)  # [rows, S]
             io.bind_cpu_input("position_ids", np.ascontiguousarray(np.broadcast_to(where, (3, *where.shape))))
         if self.visual is not None:
-            io.bind_cpu_input(self.visual.input, self.visual.empty())
+            io.bind_cpu_input(self.visual.input, self.no_features)
         fixed: list[str] = []
         for t in self.tensors:
             rows = self.cache[t.input][lo:hi]  # a view: contiguous, rows are the leading axis
