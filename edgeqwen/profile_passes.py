@@ -31,6 +31,13 @@ CALIBRATION_OPTIONS = {"calibration_samples": 32, "calibration_tokens": 512}
 # pass on the whole model in memory; the only one for Rtn and KQuant).
 IMPLEMENTATION = "implementation"
 IMPLEMENTATIONS = ("layerwise", "olive")
+# The layer-wise Gptq's arithmetic: "fast" (bf16 matmuls in the calibration forwards where the CPU has them,
+# symmetric Hessian products, one inverse-Hessian factor per input, the solve on the transposed weight:
+# edgeqwen.compiler.gptq.own_solve), "fast-fp32" (the same in fp32 everywhere: the same weights on every
+# machine, Olive's on the fixtures) or "olive" (Olive's own accumulation and solver, operation for operation).
+ARITHMETIC = "arithmetic"
+ARITHMETICS = ("fast", "fast-fp32", "olive")
+OWN_OPTIONS = (*CALIBRATION_OPTIONS, IMPLEMENTATION, ARITHMETIC)  # popped before Olive reads the options
 
 
 @dataclass(frozen=True)
@@ -194,6 +201,20 @@ def step_implementation(type_: str, options: dict[str, Any]) -> str:
     return impl
 
 
+def step_arithmetic(type_: str, options: dict[str, Any]) -> str:
+    """The layer-wise Gptq's arithmetic ("fast" unless the step says "olive"); refused on a step that is not
+    the layer-wise Gptq (Olive's own passes have only Olive's)."""
+    if ARITHMETIC not in options:
+        return "fast"
+    value = str(options[ARITHMETIC])
+    if step_implementation(type_, options) != "layerwise":
+        raise ProfileError(f"{type_}: arithmetic applies to the layer-wise Gptq only; drop it or drop "
+                           f"implementation = \"olive\"")
+    if value not in ARITHMETICS:
+        raise ProfileError(f"{type_}: arithmetic '{value}' is not one of {', '.join(ARITHMETICS)}")
+    return value
+
+
 def step_calibration(options: dict[str, Any]) -> tuple[int, int]:
     """(samples, tokens) of a PyTorch pass's calibration windows."""
     samples, tokens = (int(options.get(k, v)) for k, v in CALIBRATION_OPTIONS.items())
@@ -206,6 +227,7 @@ def quantise_steps(profile: TargetProfile) -> tuple[QuantiseStep, ...]:
     for p in profile.olive_passes:
         if p.type not in TORCH_PASSES:
             break
+        step_arithmetic(p.type, p.options)  # a bad value is refused with the profile, not mid-build
         out.append(QuantiseStep(p.type, step_implementation(p.type, p.options), *step_calibration(p.options)))
     return tuple(out)
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 OPTIONS = {"bits": 4, "group_size": 256, "sym": False, "calibration_samples": 4, "calibration_tokens": 64}
+EXACT = ("olive", "fast-fp32")  # the arithmetics that give Olive's packed codes on these fixtures
 
 
 def _tensors(folder: Path) -> dict:
@@ -28,13 +29,15 @@ def _tensors(folder: Path) -> dict:
     return out
 
 
-def _both(checkpoint: Path, work: Path, options: dict = OPTIONS) -> tuple[Path, Path]:
-    """(layer-wise output, Olive's output) of one Gptq step with ``options``."""
+def _both(checkpoint: Path, work: Path, options: dict = OPTIONS) -> tuple[list[Path], Path]:
+    """(layer-wise outputs, one per exact arithmetic; Olive's output) of one Gptq step with ``options``."""
     from edgeqwen.compiler.torch_quant import TorchQuantStep, run
 
-    out = {impl: run([TorchQuantStep("Gptq", {**options, "implementation": impl})], checkpoint, work / impl,
-                     lambda s: None) for impl in ("layerwise", "olive")}
-    return out["layerwise"], out["olive"]
+    def step(**extra) -> TorchQuantStep:
+        return TorchQuantStep("Gptq", {**options, **extra})
+
+    mine = [run([step(arithmetic=a)], checkpoint, work / a, lambda s: None) for a in EXACT]
+    return mine, run([step(implementation="olive")], checkpoint, work / "olive-pass", lambda s: None)
 
 
 def _k200(root: Path) -> Path:
@@ -55,22 +58,112 @@ def test_layerwise_gptq_packs_exactly_what_olives_pass_packs(checkpoints, tmp_pa
     act order; tiny-qwen3.5: Gated DeltaNet layers calibrated through transformers' chunked delta rule, gated
     attention, the multimodal checkpoint's model.language_model. names (Olive's overrides name the text
     model's modules: model.layers.). Every tensor equal (packed codes, zero points, scales, the float
-    tensors) and the same quantization_config (quant_method olive, the group overrides)."""
+    tensors) and the same quantization_config (quant_method olive, the group overrides). Both the layer-wise
+    step with Olive's own accumulation and solver and the fp32 fast arithmetic (symmetric Hessian products,
+    one inverse factor per input, the transposed solve): the latter differs only in the order of sums."""
     import torch
 
     ckpt = _k200(tmp_path) if fixture == "tiny-k200" else checkpoints(fixture)
-    mine, olive = _both(ckpt, tmp_path)
-    a, b = _tensors(mine), _tensors(olive)
-    assert sorted(a) == sorted(b)
-    differing = [n for n in b if a[n].dtype != b[n].dtype or not torch.equal(a[n], b[n])]
-    assert not differing, differing
-    qa, qb = (json.loads((f / "config.json").read_text())["quantization_config"] for f in (mine, olive))
-    assert qa == qb and qa["quant_method"] == "olive"
+    outputs, olive = _both(ckpt, tmp_path)
+    b = _tensors(olive)
+    qb = json.loads((olive / "config.json").read_text())["quantization_config"]
+    for arithmetic, mine in zip(EXACT, outputs):
+        a = _tensors(mine)
+        assert sorted(a) == sorted(b)
+        differing = [n for n in b if a[n].dtype != b[n].dtype or not torch.equal(a[n], b[n])]
+        if arithmetic == "fast-fp32":  # codes and zero points equal; a scale taken after a block's update
+            # may sit an ulp off (that update's sums run in another order: 1.5e-8 on tiny-qwen2.5's down_proj)
+            differing = [n for n in differing if not (n.endswith(".scales") and torch.allclose(a[n], b[n], rtol=1e-5, atol=0))]
+        assert not differing, (arithmetic, differing)
+        qa = json.loads((mine / "config.json").read_text())["quantization_config"]
+        assert qa == qb and qa["quant_method"] == "olive"
     if fixture == "tiny-k200":
-        assert qa["overrides"]["model.layers.1.mlp.down_proj"] == {"group_size": -1}
+        assert qb["overrides"]["model.layers.1.mlp.down_proj"] == {"group_size": -1}
     if fixture == "tiny-qwen3.5":
-        assert "model.language_model.layers.0.linear_attn.in_proj_qkv.qweight" in a
-        assert qa["overrides"]["model.layers.0.linear_attn.in_proj_qkv"] == {"group_size": 64}
+        assert "model.language_model.layers.0.linear_attn.in_proj_qkv.qweight" in b
+        assert qb["overrides"]["model.layers.0.linear_attn.in_proj_qkv"] == {"group_size": 64}
+
+
+@pytest.mark.parametrize("group, desc_act", [(128, None), (64, None), (-1, None), (-1, False)])
+def test_the_transposed_solve_is_olives_solve(group, desc_act):
+    """own_solve on a hand-made Hessian with a dead input (one that never fired) and uneven input scales:
+    the same fake-quantised weight, scales and zero points as Olive's Gptq.process_module, for groups inside
+    a block (64), across blocks (128) and one per row with and without act order."""
+    import torch
+
+    from edgeqwen.compiler.gptq.hessian import Hessian
+    from edgeqwen.compiler.gptq.options import ModuleFormat
+    from edgeqwen.compiler.gptq.own_solve import factor_of, solve
+    from edgeqwen.compiler.gptq.solve import quantize_linear
+
+    torch.manual_seed(0)
+    k, n = 384, 96
+    x = torch.randn(6, 64, k) * torch.linspace(0.1, 3, k)  # 6 windows of 64 tokens
+    x[..., 7] = 0
+    h = Hessian(torch.zeros(k, k))
+    for w in x:
+        h.add(w[None])
+    fmt = ModuleFormat(4, False, group)
+    linear = torch.nn.Linear(k, n, bias=False)
+    weight = linear.weight.data.clone()
+    packed = quantize_linear(linear, Hessian(h.h.clone(), h.n), fmt, 0.01, desc_act)
+    q, scales, zeros = solve(weight, factor_of(Hessian(h.h.clone(), h.n), fmt, 0.01, desc_act), fmt)
+    assert torch.equal(q, linear.weight.data)
+    assert torch.equal(scales, packed.scales)
+    assert q[:, 7].abs().max() == 0  # the dead input's weights are zeroed, as Olive does
+
+
+def test_the_symmetric_hessian_is_olives_up_to_the_order_of_sums():
+    """Only the upper blocks multiplied, windows batched: Olive's 2/N sum x x^T within fp32 rounding, and
+    exactly symmetric (the lower blocks are copies)."""
+    import torch
+
+    from edgeqwen.compiler.gptq.hessian import HESSIAN_BLOCK, Hessian, SymmetricHessian
+
+    torch.manual_seed(1)
+    k = HESSIAN_BLOCK + 300  # a partial last block
+    olive, mine = Hessian(torch.zeros(k, k)), SymmetricHessian(k)
+    for _ in range(5):
+        x = torch.randn(1, 700, k)
+        olive.add(x)
+        mine.add(x)
+    got = mine.finish()
+    assert got.n == olive.n == 5
+    assert torch.equal(got.h, got.h.t())
+    assert ((got.h - olive.h).abs().max() / olive.h.abs().max()) < 1e-5  # measured 3e-7
+
+
+def test_bf16_linears_change_only_the_linear_layers():
+    """linears_in(bf16): each linear multiplies a bf16 copy of its weight (the output within bf16's
+    rounding of the fp32 one), its bias added in fp32, its input hooks see fp32; leaving the block restores
+    the module's own forward."""
+    import torch
+
+    from edgeqwen.compiler.gptq.precision import linears_in
+
+    torch.manual_seed(2)
+    layer = torch.nn.Sequential(torch.nn.Linear(256, 512), torch.nn.ReLU(), torch.nn.Linear(512, 64, bias=False))
+    x = torch.randn(8, 256)
+    seen = []
+    layer[0].register_forward_hook(lambda m, i, o: seen.append(i[0].dtype))
+    want = layer(x)
+    with linears_in(layer, torch.bfloat16):
+        got = layer(x)
+    assert got.dtype == torch.float32 and seen == [torch.float32, torch.float32]
+    assert 0 < (got - want).abs().max() <= 2 ** -7 * want.abs().max()
+    assert "forward" not in vars(layer[0]) and torch.equal(layer(x), want)
+
+
+def test_the_arithmetic_option_is_checked_with_the_profile():
+    from edgeqwen.errors import ProfileError
+    from edgeqwen.profile_passes import step_arithmetic
+
+    assert step_arithmetic("Gptq", {}) == "fast"
+    assert step_arithmetic("Gptq", {"arithmetic": "olive"}) == "olive"
+    with pytest.raises(ProfileError, match="not one of fast, fast-fp32, olive"):
+        step_arithmetic("Gptq", {"arithmetic": "bf16"})
+    with pytest.raises(ProfileError, match="layer-wise Gptq only"):
+        step_arithmetic("Gptq", {"arithmetic": "fast", "implementation": "olive"})
 
 
 def test_the_layerwise_checkpoint_is_complete_and_sharded(checkpoints, tmp_path):

@@ -21,14 +21,14 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
 from edgeqwen.build_memory import WHOLE_MODEL_BASE, WHOLE_MODEL_BYTES_PER_PARAMETER, QuantiseStep, layer_dims, \
     available_memory, step_bytes, whole_model_bytes
 from edgeqwen.errors import CheckpointError, ProfileError
-from edgeqwen.profile_passes import CALIBRATION_OPTIONS, IMPLEMENTATION, step_calibration, step_implementation
+from edgeqwen.profile_passes import OWN_OPTIONS, step_arithmetic, step_calibration, step_implementation
 from edgeqwen.model.spec import ModelSpec, read_spec
 from edgeqwen.model.tensors import linear_shapes, tensor_map
 from edgeqwen.targets import TORCH_PASSES, targets_dir
@@ -174,7 +174,7 @@ def group_overrides(spec: ModelSpec, group: int) -> dict[str, dict[str, int]]:
 def step_options(step: TorchQuantStep, checkpoint: Path, say: Callable[[str], None]) -> dict[str, Any]:
     """The options Olive's pass (or the layer-wise Gptq, which reads Olive's names) gets: ours removed, the
     group overrides of layers whose K the profile's group does not divide added."""
-    opts = {k: v for k, v in step.options.items() if k not in CALIBRATION_OPTIONS and k != IMPLEMENTATION}
+    opts = {k: v for k, v in step.options.items() if k not in OWN_OPTIONS}
     fixed = group_overrides(read_spec(checkpoint), int(opts.get("group_size", 128)))
     if fixed:
         opts["overrides"] = {**fixed, **(opts.get("overrides") or {})}
@@ -202,13 +202,13 @@ def olive_pass(step_type: str, opts: dict[str, Any], src: Path, out: Path) -> Pa
 
 
 def layerwise_gptq(opts: dict[str, Any], src: Path, out: Path, rows: list[list[int]],
-                   say: Callable[[str], None]) -> Path:
+                   say: Callable[[str], None], arithmetic: str = "fast") -> Path:
     """GPTQ layer by layer (edgeqwen.compiler.gptq) with Olive's Gptq options ``opts`` on ``src``."""
     from edgeqwen.compiler.gptq import GptqOptions, quantize
 
     if quantization_config(src):
         raise ProfileError("Gptq quantises float weights; it cannot follow another quantisation pass")
-    return quantize(src, out, GptqOptions.parse(opts), rows, say)
+    return quantize(src, out, replace(GptqOptions.parse(opts), arithmetic=arithmetic), rows, say)
 
 
 def local_calibration_rows(checkpoint: Path, samples: int, tokens: int) -> list[list[int]]:
@@ -231,7 +231,8 @@ def run(steps: list[TorchQuantStep], checkpoint: Path, work: Path, say: Callable
             say(f"    {step.type}: calibrating on {samples} x {tokens} tokens of local text, layer by layer"
                 + ("" if impl == "layerwise" else " (Olive's pass, the whole model in memory)"))
         if impl == "layerwise":
-            src = layerwise_gptq(opts, src, out, local_calibration_rows(checkpoint, samples, tokens), say)
+            src = layerwise_gptq(opts, src, out, local_calibration_rows(checkpoint, samples, tokens), say,
+                                 step_arithmetic(step.type, step.options))
         else:
             if step.type == "Gptq":
                 _register_dataset()
@@ -244,11 +245,22 @@ def run(steps: list[TorchQuantStep], checkpoint: Path, work: Path, say: Callable
 def describe(step: TorchQuantStep) -> str:
     """Who did ``step``, for the build manifest's pass records."""
     if implementation(step) == "layerwise":
-        return ("edgeqwen.compiler.gptq: Olive's GPTQ solver and packer, one decoder layer at a time built from "
+        arithmetic = step_arithmetic(step.type, step.options)
+        how = {"olive": "Olive's GPTQ solver and packer",
+               "fast-fp32": "Olive's GPTQ algorithm (transposed solve, symmetric Hessians, fp32) and packer",
+               "fast": f"Olive's GPTQ algorithm (transposed solve, symmetric Hessians, calibration matmuls in "
+                       f"{str(_matmul_dtype()).removeprefix('torch.')}) and packer"}[arithmetic]
+        return (f"edgeqwen.compiler.gptq ({arithmetic} arithmetic): {how}, one decoder layer at a time built from "
                 "the checkpoint (not the model in memory); its packed weights are repacked into MatMulNBits, "
                 "not quantised again")
     return (f"Olive's {step.type} pass on the transformers model (in memory, edgeqwen.compiler.torch_quant); "
             f"its packed weights are repacked into MatMulNBits, not quantised again")
+
+
+def _matmul_dtype():
+    from edgeqwen.compiler.gptq.precision import matmul_dtype
+
+    return matmul_dtype()
 
 
 def quantization_config(folder: Path) -> dict[str, Any]:

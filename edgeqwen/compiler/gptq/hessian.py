@@ -37,18 +37,65 @@ class Hessian:
 
 
 @dataclass
+class SymmetricHessian:
+    """The same 2/N sum of x x^T, for the fast arithmetic: the windows' rows gathered ``BATCH_ROWS`` at a time
+    and only the blocks on and above the diagonal multiplied (x^T x is symmetric: 56-62 % of the products
+    for K of 4,096-12,288), mirrored once at the end. Equal to Hessian's up to the order of the sums."""
+
+    k: int
+    n: int = 0
+    rows: list[torch.Tensor] = field(default_factory=list)  # pending inputs, each [T, K] fp32
+    pending: int = 0
+    h: torch.Tensor = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.h = torch.zeros(self.k, self.k)
+
+    def add(self, x: torch.Tensor) -> None:
+        """One batch ``x`` [B, T, K] (B windows)."""
+        self.n += x.shape[0]
+        self.rows.append(x.reshape(-1, self.k).float())
+        self.pending += self.rows[-1].shape[0]
+        if self.pending >= BATCH_ROWS:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self.rows:
+            return
+        x = torch.cat(self.rows) if len(self.rows) > 1 else self.rows[0]  # [T, K]
+        self.rows, self.pending = [], 0
+        for i0 in range(0, self.k, HESSIAN_BLOCK):
+            i1 = min(self.k, i0 + HESSIAN_BLOCK)
+            self.h[i0:i1, i0:].addmm_(x[:, i0:i1].t(), x[:, i0:])  # [b, K - i0] += [b, T] @ [T, K - i0]
+
+    def finish(self) -> Hessian:
+        """The full [K, K] matrix (lower blocks copied from the upper ones), scaled by 2/N."""
+        self._flush()
+        for i0 in range(HESSIAN_BLOCK, self.k, HESSIAN_BLOCK):
+            self.h[i0:, i0 - HESSIAN_BLOCK:i0].copy_(self.h[i0 - HESSIAN_BLOCK:i0, i0:].t())
+        self.h.mul_(2 / self.n)
+        return Hessian(self.h, self.n)
+
+
+BATCH_ROWS = 2048  # tokens per update: 4 windows of 512 (the product's inner size; [2048, 12288] fp32 is 100 MB)
+HESSIAN_BLOCK = 1024
+
+
+@dataclass
 class LayerHessians:
     """The Hessians of one decoder layer, filled by forward hooks while the calibration windows pass."""
 
     groups: Groups
-    by_input: dict[str, Hessian] = field(default_factory=dict)  # first module path of a group -> Hessian
+    symmetric: bool = False  # the fast arithmetic's SymmetricHessian, else Olive's accumulation
+    by_input: dict[str, Hessian | SymmetricHessian] = field(default_factory=dict)  # first module path of a group
     handles: list = field(default_factory=list)
 
     def attach(self, layer: torch.nn.Module) -> None:
         """A forward hook on the first linear layer of each input group (its input is the group's)."""
         for group in self.groups:
             linear = layer.get_submodule(group[0])
-            self.by_input[group[0]] = Hessian(torch.zeros(linear.in_features, linear.in_features))
+            k = linear.in_features
+            self.by_input[group[0]] = SymmetricHessian(k) if self.symmetric else Hessian(torch.zeros(k, k))
             self.handles.append(linear.register_forward_hook(self._hook(group[0])))
 
     def _hook(self, key: str):
@@ -60,6 +107,11 @@ class LayerHessians:
         for h in self.handles:
             h.remove()
         self.handles.clear()
+        self.by_input = {k: h.finish() if isinstance(h, SymmetricHessian) else h for k, h in self.by_input.items()}
+
+    def take_group(self, group: tuple[str, ...]) -> Hessian:
+        """The Hessian every module of ``group`` reads, dropped from here (the fast solve factors it once)."""
+        return self.by_input.pop(group[0])
 
     def take(self, linear: str) -> Hessian:
         """The Hessian of module path ``linear``: a copy while another module of its group still needs it,

@@ -46,6 +46,7 @@ class GptqOptions:
     damp_percent: float = 0.01
     desc_act: bool | None = None  # None: act order exactly when group_size is -1 (Gptq.process_module)
     overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # module path -> OVERRIDE_KEYS
+    arithmetic: str = "fast"  # ours, not Olive's: "fast", "fast-fp32" or "olive" (profile_passes.ARITHMETICS)
 
     @classmethod
     def parse(cls, options: Mapping[str, Any]) -> GptqOptions:

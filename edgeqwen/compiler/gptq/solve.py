@@ -46,7 +46,6 @@ def quantize_linear(linear: torch.nn.Linear, hessian: Hessian, fmt: ModuleFormat
     """GPTQ on ``linear`` [N, K] with ``hessian`` [K, K] (consumed): ``linear.weight`` becomes the
     fake-quantised weight the next layers' calibration sees (as in Olive), and the packed tensors are
     returned."""
-    from olive.common.quant.nn import QuantLinear
     from olive.common.quant.utils import WeightQuantizer
     from olive.passes.pytorch.gptq import Gptq
     from olive.passes.pytorch.quant_utils import QuantInfo
@@ -57,5 +56,16 @@ def quantize_linear(linear: torch.nn.Linear, hessian: Hessian, fmt: ModuleFormat
     Gptq.process_module(linear, percdamp=damp, actorder=desc_act)  # the blocksize is Olive's default, 128
     info = linear.quant_info
     del linear.quant_info
-    q = QuantLinear.from_module(linear, scales=info.scales, zero_points=info.zero_points, **fmt.qargs())
+    return pack(linear, linear.weight.data, info.scales, info.zero_points, fmt)
+
+
+@torch.no_grad()
+def pack(linear: torch.nn.Linear, weight: torch.Tensor, scales: torch.Tensor, zero_points: torch.Tensor,
+         fmt: ModuleFormat) -> PackedLinear:
+    """``weight`` [N, K] (fake-quantised) becomes ``linear``'s weight (what the next layers' calibration
+    sees), and Olive's QuantLinear.from_module packs it with ``scales`` / ``zero_points`` [N, groups]."""
+    from olive.common.quant.nn import QuantLinear
+
+    linear.weight.data = weight.to(linear.weight.dtype)
+    q = QuantLinear.from_module(linear, scales=scales, zero_points=zero_points, **fmt.qargs())
     return PackedLinear(q.qweight, q.scales, q.qzeros)

@@ -48,6 +48,7 @@ from typing import Sequence
 
 import numpy as np
 
+from edgeqwen import allocator
 from edgeqwen.artifact import BATCH, LayerState, RuntimeSpec, StateTensor
 from edgeqwen.errors import ArtifactError, ContextOverflow
 from edgeqwen.runtime.backends import Snapshot, StateLoops, check_rewind
@@ -159,6 +160,9 @@ class BatchedBackend(StateLoops):
                                             providers=["CPUExecutionProvider"])
         self._prompt_run = ort.RunOptions()
         self._prompt_run.add_run_config_entry("memory.enable_memory_arena_shrinkage", SHRINK_AFTER_PROMPT)
+        # Loading read every weight through the mapped file; what onnxruntime prepacked lives in its own
+        # buffers now, and the rest is read in place a row at a time (the embedding table): not kept resident
+        allocator.page_out(str(folder))
         self.tensors = _state_tensors(folder, runtime.layers, self.session)
         kinds = {i.name: i.type for i in self.session.get_inputs()}
         self.positions = runtime.positions == "mrope"  # feed position_ids [3, rows, S] (text: three equal axes)

@@ -1,0 +1,108 @@
+"""GPTQ's solve written for the CPU: Olive's algorithm (Gptq.process_module) on the transposed weight, and
+one inverse-Hessian factor per input group instead of one per linear layer.
+
+Olive's loop walks the weight [N, K] column by column: every column read and every rank-1 update is strided
+(N cache lines a column), and it also computes a loss matrix nobody reads. Here the weight is held as
+W^T [K, N], so a column is a contiguous row, and the Cholesky chain (the solve's largest single cost: three
+K^3/3 factorisations, 12,288^3 for an 8B down_proj) is done once for q, k and v (and once for gate and up),
+which read the same Hessian. The steps, the damping, dead inputs, the group parameters (taken at each
+group's first column from the weight as the previous blocks left it), act order and the quantiser's
+arithmetic are Olive's; only the order of the sums in each block's update differs (the product W^T's
+layout asks for), so a code can differ where a value sits on a rounding boundary
+(tests/test_gptq_layerwise.py measures how often).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from edgeqwen.compiler.gptq.hessian import Hessian
+from edgeqwen.compiler.gptq.options import ModuleFormat
+
+BLOCK = 128  # Olive's default blocksize: columns solved before the lazy update of the rest
+
+
+@dataclass(frozen=True)
+class InverseFactor:
+    """The upper Cholesky factor of the damped inverse Hessian, [K, K], in the (possibly permuted) column
+    order the solve walks; ``dead`` marks inputs that never fired (their weights are zeroed)."""
+
+    u: torch.Tensor  # [K, K] upper triangular
+    dead: torch.Tensor  # [K] bool, original order
+    perm: torch.Tensor | None  # act order's column order (largest Hessian diagonal first), or None
+
+
+@torch.no_grad()
+def inverse_factor(h: torch.Tensor, percdamp: float, actorder: bool) -> InverseFactor:
+    """Olive's preparation of H (consumed, [K, K] fp32): dead inputs get a unit diagonal, act order permutes,
+    the diagonal is damped by ``percdamp`` of its mean, then cholesky -> cholesky_inverse -> upper cholesky."""
+    dead = torch.diag(h) == 0
+    h[dead, dead] = 1
+    perm = None
+    if actorder:
+        perm = torch.argsort(torch.diag(h), descending=True)
+        h = h[perm][:, perm]
+    diag = torch.arange(h.shape[0])
+    h[diag, diag] += percdamp * torch.mean(torch.diag(h))
+    factor = torch.linalg.cholesky(h)
+    del h
+    factor = torch.cholesky_inverse(factor)
+    return InverseFactor(torch.linalg.cholesky(factor, upper=True), dead, perm)
+
+
+def _qparams(cols: torch.Tensor, fmt: ModuleFormat) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and zero point [N, 1] of ``cols`` [N, G] (one group of every row): Olive's WeightQuantizer
+    with a per-row group, so the parameters are its values exactly."""
+    from olive.common.quant.utils import WeightQuantizer
+
+    return WeightQuantizer(bits=fmt.bits, symmetric=fmt.symmetric, group_size=-1).find_qparams(cols)
+
+
+@torch.no_grad()
+def solve(weight: torch.Tensor, inv: InverseFactor, fmt: ModuleFormat) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """GPTQ on ``weight`` [N, K]: (fake-quantised weight [N, K] fp32, scales [N, groups] fp32, zero points
+    [N, groups] int32), the values Olive's process_module returns up to the block update's summation order."""
+    maxq = 2 ** fmt.bits - 1
+    w = weight.detach().float().clone()  # [N, K]
+    w[:, inv.dead] = 0
+    if inv.perm is not None:
+        w = w[:, inv.perm]
+    wt = w.t().contiguous()  # [K, N]: column k of the weight is row k here
+    del w
+    k_in = wt.shape[0]
+    group = fmt.group_size if fmt.group_size > 0 else k_in
+    u = inv.u
+    qt = torch.empty_like(wt)
+    scales, zeros = [], []
+    scale = zero = None
+    for i1 in range(0, k_in, BLOCK):
+        i2 = min(i1 + BLOCK, k_in)
+        w1 = wt[i1:i2].clone()  # [c, N], updated column by column
+        err = torch.empty_like(w1)
+        for i in range(i2 - i1):
+            col = i1 + i
+            if col % group == 0:  # from the weight as the earlier blocks left it (Olive reads W, not W1)
+                scale, zero = _qparams(wt[col:col + group].t(), fmt)  # [N, 1] each
+                scale, zero = scale.flatten(), zero.flatten()
+                scales.append(scale)
+                zeros.append(zero)
+            x = w1[i]
+            q = (torch.round(x / scale + zero).clamp_(0, maxq) - zero) * scale
+            qt[col] = q
+            e = (x - q) / u[col, col]
+            w1[i + 1:] -= torch.outer(u[col, col + 1:i2], e)
+            err[i] = e
+        if i2 < k_in:
+            wt[i2:] -= u[i1:i2, i2:].t().matmul(err)  # [K - i2, c] @ [c, N]
+    q = qt.t()
+    if inv.perm is not None:
+        q = q[:, torch.argsort(inv.perm)]
+    return q.contiguous(), torch.stack(scales, 1), torch.stack(zeros, 1).to(torch.int32)
+
+
+def factor_of(hessian: Hessian, fmt: ModuleFormat, percdamp: float, desc_act: bool | None) -> InverseFactor:
+    """The factor for a module of format ``fmt`` (act order, Olive's default, exactly for one group a row)."""
+    actorder = fmt.group_size == -1 if desc_act is None else desc_act
+    return inverse_factor(hessian.h, percdamp, actorder)
