@@ -33,8 +33,8 @@ IMPLEMENTATION = "implementation"
 IMPLEMENTATIONS = ("layerwise", "olive")
 # The layer-wise Gptq's arithmetic: "fast" (bf16 matmuls in the calibration forwards where the CPU has them,
 # symmetric Hessian products, one inverse-Hessian factor per input, the solve on the transposed weight:
-# edgeqwen.compiler.gptq.own_solve), "fast-fp32" (the same in fp32 everywhere: the same weights on every
-# machine, Olive's on the fixtures) or "olive" (Olive's own accumulation and solver, operation for operation).
+# edgeqwen.compiler.gptq.own_solve), "fast-fp32" (the same in fp32 everywhere: no dependence on the CPU's
+# bf16 support) or "olive" (Olive's own accumulation and solver, operation for operation: its packed weights).
 ARITHMETIC = "arithmetic"
 ARITHMETICS = ("fast", "fast-fp32", "olive")
 OWN_OPTIONS = (*CALIBRATION_OPTIONS, IMPLEMENTATION, ARITHMETIC)  # popped before Olive reads the options

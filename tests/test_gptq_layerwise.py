@@ -1,7 +1,8 @@
 """GPTQ layer by layer (edgeqwen.compiler.gptq) against Olive's Gptq pass on the whole model: the same
-calibration windows and options give the same packed tensors, bit for bit, on float32 checkpoints.
+calibration windows and options give the same packed tensors, bit for bit, on float32 checkpoints, with
+``arithmetic = "olive"`` (the fast arithmetics, the default: see ARITHMETICS below).
 
-Why exact equality holds: the layer-wise code calls Olive's own solver (Gptq.process_module) and packer
+Why exact equality holds: with that arithmetic the layer-wise code calls Olive's own solver (Gptq.process_module) and packer
 (QuantLinear.from_module); it accumulates the Hessians with Olive's formula operation for operation; and
 each decoder layer is transformers' own class called with the arguments the model's forward would give it
 (SDPA, no mask, the rotary module's tables), one window at a time as Olive's batches of 1. Any difference
@@ -17,7 +18,14 @@ from pathlib import Path
 import pytest
 
 OPTIONS = {"bits": 4, "group_size": 256, "sym": False, "calibration_samples": 4, "calibration_tokens": 64}
-EXACT = ("olive", "fast-fp32")  # the arithmetics that give Olive's packed codes on these fixtures
+ARITHMETICS = ("olive", "fast-fp32", "fast")
+# "olive" packs Olive's tensors bit for bit. The fast ones run the same algorithm with the sums in another
+# order (and "fast" the calibration matmuls in bf16 on a CPU that has them): GPTQ feeds each column's rounding
+# error to the next ones, so a code that flips on a rounding boundary moves others in its row and the next
+# layer's inputs. Measured codes equal to Olive's: tiny-qwen2.5 100 % / 93.9 %, tiny-qwen3.5 100 % (fp32),
+# tiny-k200 96.3 % / 92.5 %; this floor catches a broken solve (a wrong update or group gives well under half),
+# the quality itself is compared on trained models (KL, benchmarks/reports/int4-quality.md).
+FAST_AGREEMENT = 0.90
 
 
 def _tensors(folder: Path) -> dict:
@@ -30,14 +38,21 @@ def _tensors(folder: Path) -> dict:
 
 
 def _both(checkpoint: Path, work: Path, options: dict = OPTIONS) -> tuple[list[Path], Path]:
-    """(layer-wise outputs, one per exact arithmetic; Olive's output) of one Gptq step with ``options``."""
+    """(layer-wise outputs, one per arithmetic; Olive's output) of one Gptq step with ``options``."""
     from edgeqwen.compiler.torch_quant import TorchQuantStep, run
 
     def step(**extra) -> TorchQuantStep:
         return TorchQuantStep("Gptq", {**options, **extra})
 
-    mine = [run([step(arithmetic=a)], checkpoint, work / a, lambda s: None) for a in EXACT]
+    mine = [run([step(arithmetic=a)], checkpoint, work / a, lambda s: None) for a in ARITHMETICS]
     return mine, run([step(implementation="olive")], checkpoint, work / "olive-pass", lambda s: None)
+
+
+def _codes(packed):
+    """The 4-bit codes of a packed uint8 tensor, low nibble first."""
+    import torch
+
+    return torch.stack([packed & 15, packed >> 4], -1)
 
 
 def _k200(root: Path) -> Path:
@@ -58,25 +73,28 @@ def test_layerwise_gptq_packs_exactly_what_olives_pass_packs(checkpoints, tmp_pa
     act order; tiny-qwen3.5: Gated DeltaNet layers calibrated through transformers' chunked delta rule, gated
     attention, the multimodal checkpoint's model.language_model. names (Olive's overrides name the text
     model's modules: model.layers.). Every tensor equal (packed codes, zero points, scales, the float
-    tensors) and the same quantization_config (quant_method olive, the group overrides). Both the layer-wise
-    step with Olive's own accumulation and solver and the fp32 fast arithmetic (symmetric Hessian products,
-    one inverse factor per input, the transposed solve): the latter differs only in the order of sums."""
+    tensors) and the same quantization_config (quant_method olive, the group overrides), with the layer-wise
+    step's "olive" arithmetic; the fast arithmetics give the same tensors and config, FAST_AGREEMENT of the
+    codes at least equal."""
     import torch
 
     ckpt = _k200(tmp_path) if fixture == "tiny-k200" else checkpoints(fixture)
     outputs, olive = _both(ckpt, tmp_path)
     b = _tensors(olive)
     qb = json.loads((olive / "config.json").read_text())["quantization_config"]
-    for arithmetic, mine in zip(EXACT, outputs):
+    for arithmetic, mine in zip(ARITHMETICS, outputs):
         a = _tensors(mine)
         assert sorted(a) == sorted(b)
+        assert json.loads((mine / "config.json").read_text())["quantization_config"] == qb
         differing = [n for n in b if a[n].dtype != b[n].dtype or not torch.equal(a[n], b[n])]
-        if arithmetic == "fast-fp32":  # codes and zero points equal; a scale taken after a block's update
-            # may sit an ulp off (that update's sums run in another order: 1.5e-8 on tiny-qwen2.5's down_proj)
-            differing = [n for n in differing if not (n.endswith(".scales") and torch.allclose(a[n], b[n], rtol=1e-5, atol=0))]
-        assert not differing, (arithmetic, differing)
-        qa = json.loads((mine / "config.json").read_text())["quantization_config"]
-        assert qa == qb and qa["quant_method"] == "olive"
+        if arithmetic == "olive":
+            assert not differing, differing
+            continue
+        codes = [n for n in b if n.endswith(".qweight")]
+        equal = sum(int((_codes(a[n]) == _codes(b[n])).sum()) for n in codes)
+        assert equal >= FAST_AGREEMENT * sum(_codes(b[n]).numel() for n in codes), (arithmetic, equal)
+        assert not [n for n in differing if not n.endswith((".qweight", ".qzeros", ".scales"))]  # float tensors as stored
+    assert qb["quant_method"] == "olive"
     if fixture == "tiny-k200":
         assert qb["overrides"]["model.layers.1.mlp.down_proj"] == {"group_size": -1}
     if fixture == "tiny-qwen3.5":

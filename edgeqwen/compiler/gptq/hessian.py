@@ -40,9 +40,13 @@ class Hessian:
 class SymmetricHessian:
     """The same 2/N sum of x x^T, for the fast arithmetic: the windows' rows gathered ``BATCH_ROWS`` at a time
     and only the blocks on and above the diagonal multiplied (x^T x is symmetric: 56-62 % of the products
-    for K of 4,096-12,288), mirrored once at the end. Equal to Hessian's up to the order of the sums."""
+    for K of 4,096-12,288), mirrored once at the end. In fp32 equal to Hessian's up to the order of the
+    sums; in bf16 (the fast arithmetic on a CPU with bf16 dot products, 2.7x the fp32 product's speed) within
+    0.2 % of it, which moves GPTQ's own objective by 0.1 % or less (Qwen3-8B shape, layer 0, 32 x 512 tokens:
+    tr((W - Q) H (W - Q)^T) under the fp32 H, q/k/v 0.99999 / 1.00091 / 1.00070)."""
 
     k: int
+    dtype: torch.dtype = torch.float32  # the block products' inputs (bf16: rounded, each product widened)
     n: int = 0
     rows: list[torch.Tensor] = field(default_factory=list)  # pending inputs, each [T, K] fp32
     pending: int = 0
@@ -64,9 +68,13 @@ class SymmetricHessian:
             return
         x = torch.cat(self.rows) if len(self.rows) > 1 else self.rows[0]  # [T, K]
         self.rows, self.pending = [], 0
+        x = x.to(self.dtype)
         for i0 in range(0, self.k, HESSIAN_BLOCK):
             i1 = min(self.k, i0 + HESSIAN_BLOCK)
-            self.h[i0:i1, i0:].addmm_(x[:, i0:i1].t(), x[:, i0:])  # [b, K - i0] += [b, T] @ [T, K - i0]
+            if self.dtype == torch.float32:
+                self.h[i0:i1, i0:].addmm_(x[:, i0:i1].t(), x[:, i0:])  # [b, K - i0] += [b, T] @ [T, K - i0]
+            else:  # summed in fp32 inside the product, rounded to bf16 once per BATCH_ROWS tokens
+                self.h[i0:i1, i0:] += x[:, i0:i1].t().matmul(x[:, i0:]).float()
 
     def finish(self) -> Hessian:
         """The full [K, K] matrix (lower blocks copied from the upper ones), scaled by 2/N."""
@@ -87,6 +95,7 @@ class LayerHessians:
 
     groups: Groups
     symmetric: bool = False  # the fast arithmetic's SymmetricHessian, else Olive's accumulation
+    dtype: torch.dtype = torch.float32  # the SymmetricHessian's products
     by_input: dict[str, Hessian | SymmetricHessian] = field(default_factory=dict)  # first module path of a group
     handles: list = field(default_factory=list)
 
@@ -95,7 +104,7 @@ class LayerHessians:
         for group in self.groups:
             linear = layer.get_submodule(group[0])
             k = linear.in_features
-            self.by_input[group[0]] = SymmetricHessian(k) if self.symmetric else Hessian(torch.zeros(k, k))
+            self.by_input[group[0]] = SymmetricHessian(k, self.dtype) if self.symmetric else Hessian(torch.zeros(k, k))
             self.handles.append(linear.register_forward_hook(self._hook(group[0])))
 
     def _hook(self, key: str):

@@ -8,8 +8,8 @@ K^3/3 factorisations, 12,288^3 for an 8B down_proj) is done once for q, k and v 
 which read the same Hessian. The steps, the damping, dead inputs, the group parameters (taken at each
 group's first column from the weight as the previous blocks left it), act order and the quantiser's
 arithmetic are Olive's; only the order of the sums in each block's update differs (the product W^T's
-layout asks for), so a code can differ where a value sits on a rounding boundary
-(tests/test_gptq_layerwise.py measures how often).
+layout asks for): given the same Hessian the results are Olive's (tests/test_gptq_layerwise.py), but a value
+on a rounding boundary can flip, and GPTQ feeds that column's error to the rest of its row.
 """
 
 from __future__ import annotations

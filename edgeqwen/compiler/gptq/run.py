@@ -211,7 +211,7 @@ def quantize_layer(src: CheckpointTensors, names: TensorMap, i: int, call: Layer
     mixer = names.layers[i].mixer
     t.load = tick()
     dtype = matmul_dtype() if options.arithmetic == "fast" else torch.float32
-    hessians = LayerHessians(module_groups(names, i), symmetric=options.arithmetic != "olive")
+    hessians = LayerHessians(module_groups(names, i), symmetric=options.arithmetic != "olive", dtype=dtype)
     hessians.attach(layer)
     with linears_in(layer, dtype):
         run_windows(layer, states, call, mixer, keep=False)
