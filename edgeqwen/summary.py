@@ -81,13 +81,13 @@ def validation_lines(v: dict[str, Any]) -> list[str]:
 
 def weight_lines(w: dict[str, Any]) -> list[str]:
     """The byte half of the parity gate: RTN weights against the checkpoint, GPTQ ones against the values
-    Olive's pass chose (exact)."""
+    the GPTQ step chose (exact)."""
     pre = w.get("prequantized", 0)
     if not pre:
         return [f"  weights: all {w['tensors']} quantised tensors within {w['max_error_steps']:.3g} quantisation steps "
                 f"of the checkpoint's"]
     checked = pre - len(w.get("unchecked", []))
-    line = (f"  weights: {pre} of {w['tensors']} quantised tensors are the values Olive's pass chose"
+    line = (f"  weights: {pre} of {w['tensors']} quantised tensors are the values the GPTQ step chose"
             + (f" ({checked} checked, largest difference {w.get('prequantized_max_steps', 0):.2g} steps)" if checked else
                " (not checked: its quantised checkpoint was a build intermediate)"))
     return [line] + ([f"    the other {w['tensors'] - pre} within one quantisation step of the checkpoint's"]

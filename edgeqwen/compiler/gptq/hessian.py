@@ -41,12 +41,11 @@ class SymmetricHessian:
     """The same 2/N sum of x x^T, for the fast arithmetic: the windows' rows gathered ``BATCH_ROWS`` at a time
     and only the blocks on and above the diagonal multiplied (x^T x is symmetric: 56-62 % of the products
     for K of 4,096-12,288), mirrored once at the end. In fp32 equal to Hessian's up to the order of the
-    sums; in bf16 (the fast arithmetic on a CPU with bf16 dot products, 2.7x the fp32 product's speed) within
-    0.2 % of it, which moves GPTQ's own objective by 0.1 % or less (Qwen3-8B shape, layer 0, 32 x 512 tokens:
-    tr((W - Q) H (W - Q)^T) under the fp32 H, q/k/v 0.99999 / 1.00091 / 1.00070)."""
+    sums. Kept in fp32 even where the forwards run bf16: bf16 products (1.85x faster at [2048 x 12288]) put
+    the Hessian 0.13-0.18 % off, which cost GPTQ's own objective up to 1 % (Qwen3-8B shape, layer 0, 32 x 512
+    tokens, tr((W - Q) H (W - Q)^T) under the fp32 H: q 1.00, k/v 1.001, o 1.003, gate 1.010)."""
 
     k: int
-    dtype: torch.dtype = torch.float32  # the block products' inputs (bf16: rounded, each product widened)
     n: int = 0
     rows: list[torch.Tensor] = field(default_factory=list)  # pending inputs, each [T, K] fp32
     pending: int = 0
@@ -68,13 +67,9 @@ class SymmetricHessian:
             return
         x = torch.cat(self.rows) if len(self.rows) > 1 else self.rows[0]  # [T, K]
         self.rows, self.pending = [], 0
-        x = x.to(self.dtype)
         for i0 in range(0, self.k, HESSIAN_BLOCK):
             i1 = min(self.k, i0 + HESSIAN_BLOCK)
-            if self.dtype == torch.float32:
-                self.h[i0:i1, i0:].addmm_(x[:, i0:i1].t(), x[:, i0:])  # [b, K - i0] += [b, T] @ [T, K - i0]
-            else:  # summed in fp32 inside the product, rounded to bf16 once per BATCH_ROWS tokens
-                self.h[i0:i1, i0:] += x[:, i0:i1].t().matmul(x[:, i0:]).float()
+            self.h[i0:i1, i0:].addmm_(x[:, i0:i1].t(), x[:, i0:])  # [b, K - i0] += [b, T] @ [T, K - i0]
 
     def finish(self) -> Hessian:
         """The full [K, K] matrix (lower blocks copied from the upper ones), scaled by 2/N."""
@@ -89,27 +84,35 @@ BATCH_ROWS = 2048  # tokens per update: 4 windows of 512 (the product's inner si
 HESSIAN_BLOCK = 1024
 
 
+class Enough(Exception):
+    """Raised by the last Hessian's hook: this calibration window has given every Hessian its input."""
+
+
 @dataclass
 class LayerHessians:
     """The Hessians of one decoder layer, filled by forward hooks while the calibration windows pass."""
 
     groups: Groups
     symmetric: bool = False  # the fast arithmetic's SymmetricHessian, else Olive's accumulation
-    dtype: torch.dtype = torch.float32  # the SymmetricHessian's products
     by_input: dict[str, Hessian | SymmetricHessian] = field(default_factory=dict)  # first module path of a group
     handles: list = field(default_factory=list)
 
     def attach(self, layer: torch.nn.Module) -> None:
-        """A forward hook on the first linear layer of each input group (its input is the group's)."""
-        for group in self.groups:
+        """A forward pre-hook on the first linear layer of each input group (its input is the group's). The
+        last group's (the MLP's down projection, the layer's last linear) ends the window's pass there
+        (``Enough``): what follows it feeds no Hessian (a quarter of an 8B layer's linear work)."""
+        for n, group in enumerate(self.groups):
             linear = layer.get_submodule(group[0])
             k = linear.in_features
-            self.by_input[group[0]] = SymmetricHessian(k, self.dtype) if self.symmetric else Hessian(torch.zeros(k, k))
-            self.handles.append(linear.register_forward_hook(self._hook(group[0])))
+            self.by_input[group[0]] = SymmetricHessian(k) if self.symmetric else Hessian(torch.zeros(k, k))
+            last = n == len(self.groups) - 1
+            self.handles.append(linear.register_forward_pre_hook(self._hook(group[0], last)))
 
-    def _hook(self, key: str):
-        def hook(_module: torch.nn.Module, inputs: tuple, _output: torch.Tensor) -> None:
-            self.by_input[key].add(inputs[0])
+    def _hook(self, key: str, last: bool):
+        def hook(_module: torch.nn.Module, args: tuple) -> None:
+            self.by_input[key].add(args[0])
+            if last:
+                raise Enough
         return hook
 
     def detach(self) -> None:

@@ -7,9 +7,10 @@ W^T [K, N], so a column is a contiguous row, and the Cholesky chain (the solve's
 K^3/3 factorisations, 12,288^3 for an 8B down_proj) is done once for q, k and v (and once for gate and up),
 which read the same Hessian. The steps, the damping, dead inputs, the group parameters (taken at each
 group's first column from the weight as the previous blocks left it), act order and the quantiser's
-arithmetic are Olive's; only the order of the sums in each block's update differs (the product W^T's
-layout asks for): given the same Hessian the results are Olive's (tests/test_gptq_layerwise.py), but a value
-on a rounding boundary can flip, and GPTQ feeds that column's error to the rest of its row.
+arithmetic are Olive's; the updates run in place (fused multiply-adds, the block's product summed into the
+weight), so their rounding differs: given the same Hessian almost every value is Olive's
+(tests/test_gptq_layerwise.py), but one on a rounding boundary can flip, and GPTQ feeds that column's error
+to the rest of its row.
 """
 
 from __future__ import annotations
@@ -92,10 +93,10 @@ def solve(weight: torch.Tensor, inv: InverseFactor, fmt: ModuleFormat) -> tuple[
             q = (torch.round(x / scale + zero).clamp_(0, maxq) - zero) * scale
             qt[col] = q
             e = (x - q) / u[col, col]
-            w1[i + 1:] -= torch.outer(u[col, col + 1:i2], e)
+            w1[i + 1:].addr_(u[col, col + 1:i2], e, alpha=-1)  # in place: no [c, N] temporary a column
             err[i] = e
         if i2 < k_in:
-            wt[i2:] -= u[i1:i2, i2:].t().matmul(err)  # [K - i2, c] @ [c, N]
+            wt[i2:].addmm_(u[i1:i2, i2:].t(), err, alpha=-1)  # [K - i2, N] -= [K - i2, c] @ [c, N], in place
     q = qt.t()
     if inv.perm is not None:
         q = q[:, torch.argsort(inv.perm)]

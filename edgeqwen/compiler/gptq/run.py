@@ -22,7 +22,7 @@ from typing import Any, Callable
 import torch
 
 from edgeqwen import allocator
-from edgeqwen.compiler.gptq.hessian import Groups, Hessian, LayerHessians
+from edgeqwen.compiler.gptq.hessian import Enough, Groups, Hessian, LayerHessians
 from edgeqwen.compiler.gptq.layer import LayerCall, build_layer, layer_call, layer_tensor_names
 from edgeqwen.compiler.gptq.options import GptqOptions, ModuleFormat, module_formats, quantization_config
 from edgeqwen.compiler.gptq.own_solve import InverseFactor, inverse_factor, solve
@@ -111,7 +111,12 @@ def run_windows(layer: torch.nn.Module, states: list[torch.Tensor], call: LayerC
     window's states by the layer's output, in place (one set of states alive)."""
     kwargs = call.arguments(mixer)
     for s, hs in enumerate(states):
-        out = layer(hs, **kwargs)
+        try:
+            out = layer(hs, **kwargs)
+        except Enough:  # the calibration pass: every Hessian has this window's input
+            if keep:  # a pass whose outputs are needed must not have the Hessian hooks on
+                raise
+            continue
         if keep:
             states[s] = out[0] if isinstance(out, tuple) else out
 
@@ -211,7 +216,7 @@ def quantize_layer(src: CheckpointTensors, names: TensorMap, i: int, call: Layer
     mixer = names.layers[i].mixer
     t.load = tick()
     dtype = matmul_dtype() if options.arithmetic == "fast" else torch.float32
-    hessians = LayerHessians(module_groups(names, i), symmetric=options.arithmetic != "olive", dtype=dtype)
+    hessians = LayerHessians(module_groups(names, i), symmetric=options.arithmetic != "olive")
     hessians.attach(layer)
     with linears_in(layer, dtype):
         run_windows(layer, states, call, mixer, keep=False)
