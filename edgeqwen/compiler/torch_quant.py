@@ -6,9 +6,9 @@ uint8 (low bits first), ``scales`` [N, K/group] and, when asymmetric, ``qzeros``
 MatMulNBits' own layout, so the streaming exporter repacks it without quantising again
 (edgeqwen.compiler.export.prequantized).
 
-Gptq runs layer by layer by default (edgeqwen.compiler.gptq: Olive's algorithm, solver and packer on one
-decoder layer at a time built from the checkpoint; the same packed tensors as Olive's pass on a float32
-checkpoint), so its memory is one layer's, not the model's. ``implementation = "olive"`` in the step
+Gptq runs layer by layer by default (edgeqwen.compiler.gptq: Olive's algorithm and packer on one decoder
+layer at a time built from the checkpoint; with ``arithmetic = "olive"`` the same packed tensors as Olive's
+pass on a float32 checkpoint), so its memory is one layer's, not the model's. ``implementation = "olive"`` in the step
 runs Olive's own pass on the whole transformers model in memory instead, as Rtn and KQuant always do;
 those whole-model passes are checked against this machine's memory before anything runs, and a model it
 cannot hold is refused with the way out instead of running out of memory.

@@ -1,8 +1,8 @@
 """GPTQ layer by layer without holding the model: the cpu-int4 profiles' Gptq step.
 
 Olive's Gptq pass loads the whole transformers model (about 6.6 bytes a parameter at its peak); this runs
-the same algorithm, with Olive's own solver and packer, on one decoder layer at a time built from the
-checkpoint, and writes Olive's quantised format shard by shard. Its memory is one fp32 layer, that
+the same algorithm, with Olive's packer (and its solver, or one written for the CPU), on one decoder layer
+at a time built from the checkpoint, and writes Olive's quantised format shard by shard. Its memory is one fp32 layer, that
 layer's Hessians and the calibration hidden states (edgeqwen.build_memory): not the model's size.
 The step's ``arithmetic``: "olive" calls Olive's own accumulation and solver (on a float32 checkpoint the
 packed tensors are Olive's bit for bit, tests/test_gptq_layerwise.py); "fast-fp32" runs the same algorithm
