@@ -103,7 +103,12 @@ def solve(weight: torch.Tensor, inv: InverseFactor, fmt: ModuleFormat) -> tuple[
     return q.contiguous(), torch.stack(scales, 1), torch.stack(zeros, 1).to(torch.int32)
 
 
+def act_order(fmt: ModuleFormat, desc_act: bool | None) -> bool:
+    """Whether a module of format ``fmt`` is solved in act order: ``desc_act``, or when None (Olive's
+    default) exactly for one group a row."""
+    return fmt.group_size == -1 if desc_act is None else desc_act
+
+
 def factor_of(hessian: Hessian, fmt: ModuleFormat, percdamp: float, desc_act: bool | None) -> InverseFactor:
-    """The factor for a module of format ``fmt`` (act order, Olive's default, exactly for one group a row)."""
-    actorder = fmt.group_size == -1 if desc_act is None else desc_act
-    return inverse_factor(hessian.h, percdamp, actorder)
+    """The factor for a module of format ``fmt`` (``hessian`` consumed)."""
+    return inverse_factor(hessian.h, percdamp, act_order(fmt, desc_act))

@@ -25,7 +25,7 @@ from edgeqwen import allocator
 from edgeqwen.compiler.gptq.hessian import Enough, Groups, Hessian, LayerHessians
 from edgeqwen.compiler.gptq.layer import LayerCall, build_layer, layer_call, layer_tensor_names
 from edgeqwen.compiler.gptq.options import GptqOptions, ModuleFormat, module_formats, quantization_config
-from edgeqwen.compiler.gptq.own_solve import InverseFactor, inverse_factor, solve
+from edgeqwen.compiler.gptq.own_solve import act_order, inverse_factor, solve
 from edgeqwen.compiler.gptq.precision import linears_in, matmul_dtype
 from edgeqwen.compiler.gptq.solve import PackedLinear, pack, quantize_linear
 from edgeqwen.compiler.gptq.writer import ROWS_PER_COPY, ShardedCheckpoint, ShardTensor, copied, from_torch
@@ -137,18 +137,13 @@ def solve_group(layer: torch.nn.Module, group: tuple[str, ...], hessian: Hessian
     """The fast solve of the linear layers sharing ``hessian`` (consumed): one inverse factor for all of them
     (one per act-order setting, should their formats differ in it), each weight replaced by its fake-quantised
     one and packed."""
-    factors: dict[bool, InverseFactor] = {}
-    out = {}
-    for n, kind in enumerate(group):
-        fmt = formats[kind]
-        order = fmt.group_size == -1 if options.desc_act is None else options.desc_act
-        if order not in factors:
-            again = any((formats[k].group_size == -1 if options.desc_act is None else options.desc_act) != order
-                        for k in group[n + 1:])  # another setting still to come needs the Hessian
-            h = hessian.h.clone() if again else hessian.h
-            factors[order] = inverse_factor(h, options.damp_percent, order)
-        out[kind] = pack(layer.get_submodule(kind), *solve(layer.get_submodule(kind).weight, factors[order], fmt), fmt)
-    return out
+    orders = {kind: act_order(formats[kind], options.desc_act) for kind in group}
+    distinct = sorted(set(orders.values()))
+    # each setting factors the Hessian once; all but the last factor a copy (inverse_factor consumes it)
+    factors = {o: inverse_factor(hessian.h if o == distinct[-1] else hessian.h.clone(), options.damp_percent, o)
+               for o in distinct}
+    return {kind: pack(layer.get_submodule(kind), *solve(layer.get_submodule(kind).weight, factors[orders[kind]],
+                                                         formats[kind]), formats[kind]) for kind in group}
 
 
 def layer_shard(src: CheckpointTensors, names: TensorMap, i: int, packed: dict[str, PackedLinear]) -> list[ShardTensor]:
