@@ -31,3 +31,8 @@ class ProviderUnavailable(EdgeQwenError, RuntimeError):
 
 class ContextOverflow(EdgeQwenError):
     """Prompt plus requested output would pass the model's context length."""
+
+
+class QuantisationFailed(EdgeQwenError):
+    """A quantisation pass cannot go on with this checkpoint and these options (e.g. a GPTQ Hessian with no
+    Cholesky factor at any damping)."""

@@ -136,6 +136,64 @@ def test_the_transposed_solve_is_olives_solve(group, desc_act):
     assert q[:, 7].abs().max() == 0  # the dead input's weights are zeroed, as Olive does
 
 
+def test_a_hessian_not_positive_definite_is_damped_more_not_fatal():
+    """A Hessian with a negative eigenvalue of 3 % of its mean diagonal (what rounding gives a near-singular
+    one): the damping doubles from the profile's 1 % until the factorisation holds (4 %), and the factor is
+    that of (H + 0.04 mean(diag H) I)^-1; a positive definite one keeps the profile's damping; a non-finite
+    one is refused."""
+    import torch
+
+    from edgeqwen.compiler.gptq.own_solve import NotPositiveDefinite, inverse_factor
+
+    torch.manual_seed(0)
+    k = 64
+    basis, _ = torch.linalg.qr(torch.randn(k, k, dtype=torch.float64))
+    eig = torch.ones(k, dtype=torch.float64)
+    eig[0] = -0.03 * (k - 1) / (k + 0.03)  # -3 % of the mean diagonal, trace / k
+    h = (basis * eig) @ basis.t()
+    f = inverse_factor(h.float().clone(), 0.01, False)
+    assert f.damp == 0.04
+    damped = h + 0.04 * torch.diag(h).mean() * torch.eye(k, dtype=torch.float64)
+    assert torch.allclose((f.u.t() @ f.u).double(), torch.linalg.inv(damped), rtol=0, atol=1e-3)
+    assert inverse_factor((basis * eig.abs()) @ basis.t(), 0.01, False).damp == 0.01
+    bad = h.float().clone()
+    bad[3, 5] = float("nan")
+    with pytest.raises(NotPositiveDefinite, match="not finite"):
+        inverse_factor(bad, 0.01, False)
+
+
+def test_nan_weights_or_activations_are_refused_in_one_line(checkpoints, tmp_path):
+    """A NaN in layer 0's input norm makes q/k/v's input NaN: the build stops with one line naming those
+    modules, not torch's traceback (either arithmetic); a NaN in a weight GPTQ would quantise is named
+    as that weight."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from edgeqwen.compiler.torch_quant import TorchQuantStep, run
+    from edgeqwen.errors import QuantisationFailed
+
+    def damaged(name: str) -> Path:
+        folder = tmp_path / name
+        if folder.exists():
+            return folder
+        shutil.copytree(checkpoints("tiny-qwen2.5"), folder)
+        (weights,) = folder.glob("*.safetensors")
+        tensors = load_file(str(weights))
+        tensors[name].view(-1)[0] = float("nan")
+        save_file(tensors, str(weights), metadata={"format": "pt"})
+        return folder
+
+    cases = [("model.layers.0.input_layernorm.weight", "fast", r"model\.layers\.0\.self_attn\.q_proj/.*not finite"),
+             ("model.layers.0.input_layernorm.weight", "olive", r"model\.layers\.0\.self_attn\.q_proj/.*damp_percent"),
+             ("model.layers.1.mlp.up_proj.weight", "fast", r"model\.layers\.1\.mlp\.up_proj\.weight has NaN")]
+    for tensor, arithmetic, message in cases:
+        with pytest.raises(QuantisationFailed, match=message) as e:
+            run([TorchQuantStep("Gptq", {**OPTIONS, "arithmetic": arithmetic})], damaged(tensor),
+                tmp_path / f"{arithmetic}-{len(message)}", lambda s: None)
+        assert "\n" not in str(e.value)
+
+
 def test_the_symmetric_hessian_is_olives_up_to_the_order_of_sums():
     """Only the upper blocks multiplied, windows batched: Olive's 2/N sum x x^T within fp32 rounding, and
     exactly symmetric (the lower blocks are copies)."""

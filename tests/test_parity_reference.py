@@ -276,6 +276,21 @@ def test_a_fresh_process_relays_its_lines_and_raises_its_error():
     assert lines == ["about to fail"]
 
 
+def _killed(log):
+    import os
+    import signal
+
+    os.kill(os.getpid(), signal.SIGKILL)  # what the out-of-memory killer does
+
+
+def test_a_fresh_process_killed_is_one_line_for_the_cli():
+    """A child the out-of-memory killer ends: an EdgeQwenError (the CLI prints it as one line), saying so."""
+    from edgeqwen.errors import EdgeQwenError
+    from edgeqwen.quality.fresh_process import run_fresh
+
+    with pytest.raises(EdgeQwenError, match="exit code -9 .*out of memory"):
+        run_fresh(_killed)
+
 
 def test_a_builds_peak_counts_its_reference_process():
     """The build's recorded peak (per step, in the manifest) is its own or its largest child's, whichever is

@@ -11,7 +11,8 @@ The build of such a model also takes its rotary parameters from transformers in 
 once imported, would stay resident in the build process through its validation).
 
 The function and its arguments must be picklable (a module-level function, dataclasses, paths, arrays);
-it is called with ``log=`` a callable that sends a line to the parent's ``log``. Stdlib only.
+it is called with ``log=`` a callable that sends a line to the parent's ``log``. Stdlib only (and
+edgeqwen.errors, which is).
 """
 
 from __future__ import annotations
@@ -19,9 +20,14 @@ from __future__ import annotations
 import multiprocessing
 from typing import Any, Callable
 
+from edgeqwen.errors import EdgeQwenError
 
-class ChildFailed(RuntimeError):
-    """The child process ended without a result (killed, out of memory, or an error it could not send)."""
+
+class ChildFailed(EdgeQwenError, RuntimeError):
+    """The child process ended without a result (killed, out of memory, or an error it could not send):
+    reported by the CLI as one line, as the machine running out of memory is not a bug to trace."""
+
+    exit_code = 1
 
 
 def run_fresh(fn: Callable[..., Any], *args: Any, log: Callable[[str], None] = print) -> Any:
@@ -38,7 +44,9 @@ def run_fresh(fn: Callable[..., Any], *args: Any, log: Callable[[str], None] = p
             except EOFError:
                 child.join()
                 raise ChildFailed(f"the process running {fn.__name__} ended with exit code {child.exitcode} before its "
-                                  "result (a kill from the out-of-memory killer shows as -9)") from None
+                                  "result" + (" (killed: most likely out of memory; `edgeqwen plan` shows what the "
+                                              "build needs, close other programs or use a larger machine)"
+                                              if child.exitcode == -9 else "")) from None
             if kind == "log":
                 log(value)
             elif kind == "error":

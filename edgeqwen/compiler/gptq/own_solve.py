@@ -25,6 +25,13 @@ from edgeqwen.compiler.gptq.options import ModuleFormat
 BLOCK = 128  # Olive's default blocksize: columns solved before the lazy update of the rest
 
 
+DAMP_LIMIT = 1.0  # the damping (a share of H's mean diagonal) past which a Hessian is given up on
+
+
+class NotPositiveDefinite(Exception):
+    """H damped by up to DAMP_LIMIT of its mean diagonal still had no Cholesky factor."""
+
+
 @dataclass(frozen=True)
 class InverseFactor:
     """The upper Cholesky factor of the damped inverse Hessian, [K, K], in the (possibly permuted) column
@@ -33,24 +40,47 @@ class InverseFactor:
     u: torch.Tensor  # [K, K] upper triangular
     dead: torch.Tensor  # [K] bool, original order
     perm: torch.Tensor | None  # act order's column order (largest Hessian diagonal first), or None
+    damp: float  # the damping used: the profile's, or more where H was not positive definite at it
 
 
 @torch.no_grad()
 def inverse_factor(h: torch.Tensor, percdamp: float, actorder: bool) -> InverseFactor:
     """Olive's preparation of H (consumed, [K, K] fp32): dead inputs get a unit diagonal, act order permutes,
-    the diagonal is damped by ``percdamp`` of its mean, then cholesky -> cholesky_inverse -> upper cholesky."""
+    the diagonal is damped by ``percdamp`` of its mean, then cholesky -> cholesky_inverse -> upper cholesky.
+    Where a factorisation fails (H singular or nearly: few windows for a wide input, a rank-deficient
+    activation) the damping doubles, up to DAMP_LIMIT, as GPTQModel raises it, instead of ending the build;
+    the damping used is in the result. Olive's solver would stop with a LinAlgError there."""
     dead = torch.diag(h) == 0
     h[dead, dead] = 1
     perm = None
     if actorder:
         perm = torch.argsort(torch.diag(h), descending=True)
         h = h[perm][:, perm]
+    if not bool(torch.isfinite(h).all()):
+        raise NotPositiveDefinite("it is not finite (NaN or infinite activations reach this input)")
     diag = torch.arange(h.shape[0])
-    h[diag, diag] += percdamp * torch.mean(torch.diag(h))
-    factor = torch.linalg.cholesky(h)
-    del h
-    factor = torch.cholesky_inverse(factor)
-    return InverseFactor(torch.linalg.cholesky(factor, upper=True), dead, perm)
+    mean = torch.mean(torch.diag(h))
+    damp, added = percdamp, 0.0
+    while True:
+        h[diag, diag] += (damp - added) * mean  # the first pass adds exactly Olive's percdamp * mean
+        added = damp
+        u = _upper_inverse_factor(h)
+        if u is not None:
+            return InverseFactor(u, dead, perm, damp)
+        if damp >= DAMP_LIMIT:
+            raise NotPositiveDefinite(f"it has no Cholesky factor even damped by {damp:.0%} of its mean diagonal")
+        damp = min(DAMP_LIMIT, 2 * damp)
+
+
+def _upper_inverse_factor(h: torch.Tensor) -> torch.Tensor | None:
+    """The upper Cholesky factor of H^-1 [K, K], or None where either factorisation fails."""
+    low, info = torch.linalg.cholesky_ex(h)
+    if int(info) != 0:
+        return None
+    inv = torch.cholesky_inverse(low)
+    del low
+    u, info = torch.linalg.cholesky_ex(inv, upper=True)
+    return u if int(info) == 0 else None
 
 
 def _qparams(cols: torch.Tensor, fmt: ModuleFormat) -> tuple[torch.Tensor, torch.Tensor]:

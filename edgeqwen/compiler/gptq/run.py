@@ -25,10 +25,11 @@ from edgeqwen import allocator
 from edgeqwen.compiler.gptq.hessian import Enough, Groups, Hessian, LayerHessians
 from edgeqwen.compiler.gptq.layer import LayerCall, build_layer, layer_call, layer_tensor_names
 from edgeqwen.compiler.gptq.options import GptqOptions, ModuleFormat, module_formats, quantization_config
-from edgeqwen.compiler.gptq.own_solve import act_order, inverse_factor, solve
+from edgeqwen.compiler.gptq.own_solve import NotPositiveDefinite, act_order, inverse_factor, solve
 from edgeqwen.compiler.gptq.precision import linears_in, matmul_dtype
 from edgeqwen.compiler.gptq.solve import PackedLinear, pack, quantize_linear
 from edgeqwen.compiler.gptq.writer import ROWS_PER_COPY, ShardedCheckpoint, ShardTensor, copied, from_torch
+from edgeqwen.errors import QuantisationFailed
 from edgeqwen.model.generation import read_json
 from edgeqwen.model.spec import read_spec
 from edgeqwen.model.tensors import TensorMap, tensor_map
@@ -44,6 +45,7 @@ class LayerTimes:
     solve: float = 0.0
     forward: float = 0.0  # the fake-quantised pass giving the next layer's inputs
     write: float = 0.0
+    damping: dict[str, float] = field(default_factory=dict)  # input group -> damping, where raised above the profile's
 
     @property
     def total(self) -> float:
@@ -63,6 +65,9 @@ class Clock:
         left = elapsed / (i + 1) * (self.layers - i - 1)
         self.say(f"    GPTQ layer {i + 1}/{self.layers}: {t.total:.1f} s (calibration {t.calibrate:.1f}, solve "
                  f"{t.solve:.1f}, forward {t.forward:.1f}), {elapsed:.0f} s elapsed, ~{left:.0f} s left")
+        for group, damp in t.damping.items():
+            self.say(f"    GPTQ layer {i + 1}: {group}'s Hessian was not positive definite at the profile's damping; "
+                     f"solved damped by {damp:.0%} of its mean diagonal")
 
 
 def weight_files(folder: Path) -> list[str]:
@@ -122,26 +127,48 @@ def run_windows(layer: torch.nn.Module, states: list[torch.Tensor], call: LayerC
 
 
 def solve_layer(layer: torch.nn.Module, hessians: LayerHessians, formats: dict[str, ModuleFormat],
-                names: TensorMap, i: int, options: GptqOptions) -> dict[str, PackedLinear]:
-    """GPTQ on each linear layer of ``layer`` (module path inside the layer -> its packed result)."""
-    if options.arithmetic != "olive":
-        return {kind: p for g in hessians.groups
-                for kind, p in solve_group(layer, g, hessians.take_group(g), {k: formats[olive_name(names, i, k)] for k in g},
-                                           options).items()}
-    return {kind: quantize_linear(layer.get_submodule(kind), hessians.take(kind), formats[olive_name(names, i, kind)],
-                                  options.damp_percent, options.desc_act) for g in hessians.groups for kind in g}
+                names: TensorMap, i: int, options: GptqOptions, damping: dict[str, float]) -> dict[str, PackedLinear]:
+    """GPTQ on each linear layer of ``layer`` (module path inside the layer -> its packed result); a group
+    whose damping had to be raised is added to ``damping``. A Hessian that cannot be solved ends the build
+    with one line naming the layer, the modules and what to change."""
+    packed: dict[str, PackedLinear] = {}
+    for g in hessians.groups:
+        for kind in g:
+            if not bool(torch.isfinite(layer.get_submodule(kind).weight).all()):
+                raise QuantisationFailed(f"{module_name(names, i, kind)}.weight has NaN or infinite values: the "
+                                         "checkpoint is damaged; convert or download it again")
+        try:
+            if options.arithmetic != "olive":
+                packed.update(solve_group(layer, g, hessians.take_group(g),
+                                          {k: formats[olive_name(names, i, k)] for k in g}, options, damping))
+                continue
+            for kind in g:
+                packed[kind] = quantize_linear(layer.get_submodule(kind), hessians.take(kind),
+                                               formats[olive_name(names, i, kind)], options.damp_percent, options.desc_act)
+        except NotPositiveDefinite as e:
+            raise QuantisationFailed(f"GPTQ: the Hessian of {module_name(names, i, '/'.join(g))}'s input: {e}; "
+                                     "check the checkpoint's weights (this input's activations are degenerate)") from None
+        except torch.linalg.LinAlgError:
+            raise QuantisationFailed(f"GPTQ: the Hessian of {module_name(names, i, '/'.join(g))}'s input is not "
+                                     f"positive definite at damp_percent {options.damp_percent} (Olive's solver); "
+                                     "raise damp_percent in the target's Gptq step, or drop arithmetic = \"olive\" "
+                                     "(the fast arithmetic raises the damping itself)") from None
+    return packed
 
 
 def solve_group(layer: torch.nn.Module, group: tuple[str, ...], hessian: Hessian, formats: dict[str, ModuleFormat],
-                options: GptqOptions) -> dict[str, PackedLinear]:
+                options: GptqOptions, damping: dict[str, float]) -> dict[str, PackedLinear]:
     """The fast solve of the linear layers sharing ``hessian`` (consumed): one inverse factor for all of them
     (one per act-order setting, should their formats differ in it), each weight replaced by its fake-quantised
-    one and packed."""
+    one and packed. A damping raised above the profile's is recorded in ``damping`` under the group's name."""
     orders = {kind: act_order(formats[kind], options.desc_act) for kind in group}
     distinct = sorted(set(orders.values()))
     # each setting factors the Hessian once; all but the last factor a copy (inverse_factor consumes it)
     factors = {o: inverse_factor(hessian.h if o == distinct[-1] else hessian.h.clone(), options.damp_percent, o)
                for o in distinct}
+    for f in factors.values():
+        if f.damp != options.damp_percent:
+            damping["/".join(group)] = max(f.damp, damping.get("/".join(group), 0.0))
     return {kind: pack(layer.get_submodule(kind), *solve(layer.get_submodule(kind).weight, factors[orders[kind]],
                                                          formats[kind]), formats[kind]) for kind in group}
 
@@ -217,7 +244,7 @@ def quantize_layer(src: CheckpointTensors, names: TensorMap, i: int, call: Layer
         run_windows(layer, states, call, mixer, keep=False)
     hessians.detach()
     t.calibrate = tick()
-    packed = solve_layer(layer, hessians, formats, names, i, options)
+    packed = solve_layer(layer, hessians, formats, names, i, options, t.damping)
     t.solve = tick()
     if feed_next:
         with linears_in(layer, dtype):
