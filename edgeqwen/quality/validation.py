@@ -44,7 +44,6 @@ from edgeqwen.quality.reference import (
     Reference,
     checkpoint_tensor_map,
     fits_whole,
-    forget_tokenizers,
     load_tokenizer,
     open_reference,
     prompt_ids,
@@ -134,6 +133,11 @@ def tokenize_texts(tokenizer, loss: bool) -> Texts:
     return Texts(prompts, loss_sequences(tokenizer, 1 << 30) if loss else [])
 
 
+def tokenized(model_path: Path, loss_text: bool, log=print) -> Texts:
+    """tokenize_texts with the checkpoint's tokenizer (for run_fresh: a module-level function)."""
+    return tokenize_texts(load_tokenizer(model_path), loss_text)
+
+
 def run_artifact(engine, texts: Texts, greedy_tokens: int) -> ArtifactOutputs:
     """The prompts' ids are the reference tokenizer's (``texts``); the artifact's own tokenizer must give
     the same ids for the same text, checked first and then dropped (another ~290 MB at Qwen3.5's size)."""
@@ -213,11 +217,11 @@ def validate_apart(open_engine: Callable[[], Any], model_path: Path, parameters:
         raise ValueError("a KL bound (--max-kl or the profile's [quality]) needs the quantisation loss; "
                          "drop --no-loss-text or the bound")
     t0 = time.perf_counter()
-    texts = tokenize_texts(load_tokenizer(model_path), loss_text)
     large = not fits_whole(parameters)
-    if large:  # its references reload the tokenizer if they need it, seconds next to minutes
-        forget_tokenizers()
-        allocator.release()
+    # a large model's texts are tokenized in a process of their own: transformers' tokenizer imports torch,
+    # whose ~230 MB would stay resident in this process under the artifact's session (its load is the peak)
+    texts = run_fresh(tokenized, Path(model_path), loss_text) if large else \
+        tokenize_texts(load_tokenizer(model_path), loss_text)
     engine = open_engine()
     provider, manifest, folder = engine.provider, engine.manifest, engine.folder
     outputs = run_artifact(engine, texts, bounds.greedy_tokens)
