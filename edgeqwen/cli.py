@@ -276,6 +276,9 @@ def main(argv: list[str] | None = None) -> int:
     # Per-tensor progress bars from onnx-ir and transformers would bury our own progress lines;
     # tqdm reads this when it is first imported, so it must be set before any heavy import.
     os.environ.setdefault("TQDM_DISABLE", "1")
+    # transformers' warnings are about its own kernels and APIs (e.g. "install flash-linear-attention", a CUDA
+    # package, for every Qwen3.5 layer built on a CPU): not the user's to act on; an explicit setting wins
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     warnings.showwarning = _one_line_warning
     args = parser().parse_args(argv)
     try:
