@@ -37,6 +37,7 @@ IMPLEMENTATIONS = ("layerwise", "olive")
 # bf16 support) or "olive" (Olive's own accumulation and solver, operation for operation: its packed weights).
 ARITHMETIC = "arithmetic"
 ARITHMETICS = ("fast", "fast-fp32", "olive")
+DEFAULT_ARITHMETIC = ARITHMETICS[0]
 OWN_OPTIONS = (*CALIBRATION_OPTIONS, IMPLEMENTATION, ARITHMETIC)  # popped before Olive reads the options
 
 
@@ -205,7 +206,7 @@ def step_arithmetic(type_: str, options: dict[str, Any]) -> str:
     """The layer-wise Gptq's arithmetic ("fast" unless the step says "olive"); refused on a step that is not
     the layer-wise Gptq (Olive's own passes have only Olive's)."""
     if ARITHMETIC not in options:
-        return "fast"
+        return DEFAULT_ARITHMETIC
     value = str(options[ARITHMETIC])
     if step_implementation(type_, options) != "layerwise":
         raise ProfileError(f"{type_}: arithmetic applies to the layer-wise Gptq only; drop it or drop "

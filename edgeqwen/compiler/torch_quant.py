@@ -202,7 +202,7 @@ def olive_pass(step_type: str, opts: dict[str, Any], src: Path, out: Path) -> Pa
 
 
 def layerwise_gptq(opts: dict[str, Any], src: Path, out: Path, rows: list[list[int]],
-                   say: Callable[[str], None], arithmetic: str = "fast") -> Path:
+                   say: Callable[[str], None], arithmetic: str) -> Path:
     """GPTQ layer by layer (edgeqwen.compiler.gptq) with Olive's Gptq options ``opts`` on ``src``."""
     from edgeqwen.compiler.gptq import GptqOptions, quantize
 

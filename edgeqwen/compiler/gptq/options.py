@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edgeqwen.errors import ProfileError
+from edgeqwen.profile_passes import DEFAULT_ARITHMETIC
 
 # Olive's defaults (get_quantizer_config and Gptq._default_config)
 DEFAULTS: dict[str, Any] = {"bits": 4, "group_size": 128, "sym": False, "lm_head": False, "overrides": None,
@@ -46,7 +47,7 @@ class GptqOptions:
     damp_percent: float = 0.01
     desc_act: bool | None = None  # None: act order exactly when group_size is -1 (Gptq.process_module)
     overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # module path -> OVERRIDE_KEYS
-    arithmetic: str = "fast"  # ours, not Olive's: "fast", "fast-fp32" or "olive" (profile_passes.ARITHMETICS)
+    arithmetic: str = DEFAULT_ARITHMETIC  # ours, not Olive's: one of profile_passes.ARITHMETICS
 
     @classmethod
     def parse(cls, options: Mapping[str, Any]) -> GptqOptions:
