@@ -220,8 +220,7 @@ def validate_apart(open_engine: Callable[[], Any], model_path: Path, parameters:
     large = not fits_whole(parameters)
     # a large model's texts are tokenized in a process of their own: transformers' tokenizer imports torch,
     # whose ~230 MB would stay resident in this process under the artifact's session (its load is the peak)
-    texts = run_fresh(tokenized, Path(model_path), loss_text) if large else \
-        tokenize_texts(load_tokenizer(model_path), loss_text)
+    texts = run_fresh(tokenized, Path(model_path), loss_text) if large else tokenized(Path(model_path), loss_text)
     engine = open_engine()
     provider, manifest, folder = engine.provider, engine.manifest, engine.folder
     outputs = run_artifact(engine, texts, bounds.greedy_tokens)

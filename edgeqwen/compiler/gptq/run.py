@@ -137,22 +137,24 @@ def solve_layer(layer: torch.nn.Module, hessians: LayerHessians, formats: dict[s
             if not bool(torch.isfinite(layer.get_submodule(kind).weight).all()):
                 raise QuantisationFailed(f"{module_name(names, i, kind)}.weight has NaN or infinite values: the "
                                          "checkpoint is damaged; convert or download it again")
+        where = module_name(names, i, "/".join(g))
         try:
             if options.arithmetic != "olive":
                 packed.update(solve_group(layer, g, hessians.take_group(g),
                                           {k: formats[olive_name(names, i, k)] for k in g}, options, damping))
-                continue
-            for kind in g:
-                packed[kind] = quantize_linear(layer.get_submodule(kind), hessians.take(kind),
-                                               formats[olive_name(names, i, kind)], options.damp_percent, options.desc_act)
+            else:
+                for kind in g:
+                    packed[kind] = quantize_linear(layer.get_submodule(kind), hessians.take(kind),
+                                                   formats[olive_name(names, i, kind)], options.damp_percent,
+                                                   options.desc_act)
         except NotPositiveDefinite as e:
-            raise QuantisationFailed(f"GPTQ: the Hessian of {module_name(names, i, '/'.join(g))}'s input: {e}; "
-                                     "check the checkpoint's weights (this input's activations are degenerate)") from None
+            raise QuantisationFailed(f"GPTQ: the Hessian of {where}'s input: {e}; check the checkpoint's weights "
+                                     "(this input's activations are degenerate)") from None
         except torch.linalg.LinAlgError:
-            raise QuantisationFailed(f"GPTQ: the Hessian of {module_name(names, i, '/'.join(g))}'s input is not "
-                                     f"positive definite at damp_percent {options.damp_percent} (Olive's solver); "
-                                     "raise damp_percent in the target's Gptq step, or drop arithmetic = \"olive\" "
-                                     "(the fast arithmetic raises the damping itself)") from None
+            raise QuantisationFailed(f"GPTQ: the Hessian of {where}'s input is not positive definite at damp_percent "
+                                     f"{options.damp_percent} (Olive's solver); raise damp_percent in the target's Gptq "
+                                     "step, or drop arithmetic = \"olive\" (the fast arithmetic raises the damping "
+                                     "itself)") from None
     return packed
 
 
@@ -166,9 +168,9 @@ def solve_group(layer: torch.nn.Module, group: tuple[str, ...], hessian: Hessian
     # each setting factors the Hessian once; all but the last factor a copy (inverse_factor consumes it)
     factors = {o: inverse_factor(hessian.h if o == distinct[-1] else hessian.h.clone(), options.damp_percent, o)
                for o in distinct}
-    for f in factors.values():
-        if f.damp != options.damp_percent:
-            damping["/".join(group)] = max(f.damp, damping.get("/".join(group), 0.0))
+    raised = max(f.damp for f in factors.values())
+    if raised != options.damp_percent:
+        damping["/".join(group)] = raised
     return {kind: pack(layer.get_submodule(kind), *solve(layer.get_submodule(kind).weight, factors[orders[kind]],
                                                          formats[kind]), formats[kind]) for kind in group}
 
