@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeqwen import providers
+from edgeqwen.compiler.olive_import import load_olive
 from edgeqwen.compiler.progress import LayerCounter, LineFilter, Progress
 from edgeqwen.targets import TargetProfile
 
@@ -38,6 +39,7 @@ def run_olive(profile: TargetProfile, checkpoint: Path, work_dir: Path, progress
     # No network here or on most build machines: Olive's telemetry would only time out.
     os.environ.setdefault("OLIVE_DISABLE_TELEMETRY", "1")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    load_olive()
     from olive.workflows import run as olive_run
 
     config = workflow_config(profile, checkpoint, work_dir)
@@ -60,6 +62,7 @@ def run_olive_on_onnx(profile: TargetProfile, onnx_file: Path, work_dir: Path, p
     they get a data_config reading them through our registered Olive components.
     """
     os.environ.setdefault("OLIVE_DISABLE_TELEMETRY", "1")
+    load_olive()
     from olive.workflows import run as olive_run
 
     from edgeqwen.compiler.static import calibration as calib_module

@@ -27,6 +27,7 @@ from typing import Any, Callable
 
 from edgeqwen.build_memory import WHOLE_MODEL_BASE, WHOLE_MODEL_BYTES_PER_PARAMETER, QuantiseStep, layer_dims, \
     available_memory, step_bytes, whole_model_bytes
+from edgeqwen.compiler.olive_import import load_olive
 from edgeqwen.errors import CheckpointError, ProfileError
 from edgeqwen.profile_passes import OWN_OPTIONS, step_arithmetic, step_calibration, step_implementation
 from edgeqwen.model.spec import ModelSpec, read_spec
@@ -186,6 +187,7 @@ def olive_pass(step_type: str, opts: dict[str, Any], src: Path, out: Path) -> Pa
     """Olive's own pass ``step_type`` with ``opts`` on the checkpoint ``src`` (the whole model in memory);
     the folder it saved."""
     os.environ.setdefault("OLIVE_DISABLE_TELEMETRY", "1")
+    load_olive()
     from olive.hardware.accelerator import DEFAULT_CPU_ACCELERATOR
     from olive.model import HfModelHandler
     from olive.passes.olive_pass import create_pass_from_dict

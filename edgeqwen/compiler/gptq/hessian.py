@@ -35,6 +35,12 @@ class Hessian:
         x = math.sqrt(2 / self.n) * x.float()
         self.h += x.matmul(x.t())
 
+    def take(self) -> torch.Tensor:
+        """The [K, K] matrix, no longer held here: its taker's last reference frees it (a caller's argument
+        would keep it alive through the whole call)."""
+        h, self.h = self.h, torch.empty(0)
+        return h
+
 
 @dataclass
 class SymmetricHessian:

@@ -25,10 +25,11 @@ from edgeqwen import allocator
 from edgeqwen.compiler.gptq.hessian import Enough, Groups, Hessian, LayerHessians
 from edgeqwen.compiler.gptq.layer import LayerCall, build_layer, layer_call, layer_tensor_names
 from edgeqwen.compiler.gptq.options import GptqOptions, ModuleFormat, module_formats, quantization_config
-from edgeqwen.compiler.gptq.own_solve import NotPositiveDefinite, act_order, inverse_factor, solve
+from edgeqwen.compiler.gptq.own_solve import InverseFactor, NotPositiveDefinite, act_order, inverse_factor, solve
 from edgeqwen.compiler.gptq.precision import linears_in, matmul_dtype
 from edgeqwen.compiler.gptq.solve import PackedLinear, pack, quantize_linear
 from edgeqwen.compiler.gptq.writer import ROWS_PER_COPY, ShardedCheckpoint, ShardTensor, copied, from_torch
+from edgeqwen.compiler.olive_import import load_olive
 from edgeqwen.errors import QuantisationFailed
 from edgeqwen.model.generation import read_json
 from edgeqwen.model.spec import read_spec
@@ -165,9 +166,11 @@ def solve_group(layer: torch.nn.Module, group: tuple[str, ...], hessian: Hessian
     one and packed. A damping raised above the profile's is recorded in ``damping`` under the group's name."""
     orders = {kind: act_order(formats[kind], options.desc_act) for kind in group}
     distinct = sorted(set(orders.values()))
-    # each setting factors the Hessian once; all but the last factor a copy (inverse_factor consumes it)
-    factors = {o: inverse_factor(hessian.h if o == distinct[-1] else hessian.h.clone(), options.damp_percent, o)
-               for o in distinct}
+    h = hessian.take()  # [K, K]
+    factors: dict[bool, InverseFactor] = {}
+    for o in distinct:  # each setting factors the Hessian once; all but the last a copy (it is consumed)
+        factors[o] = inverse_factor(h if o == distinct[-1] else h.clone(), options.damp_percent, o)
+    del h  # freed before the solves, which read only the factors (Qwen3-8B's down_proj: 0.6 GB)
     raised = max(f.damp for f in factors.values())
     if raised != options.damp_percent:
         damping["/".join(group)] = raised
@@ -209,6 +212,7 @@ def quantize(checkpoint: Path, out: Path, options: GptqOptions, rows: list[list[
              say: Callable[[str], None] = lambda s: None) -> Path:
     """GPTQ every decoder linear layer of ``checkpoint`` on the calibration windows ``rows`` (token ids, all
     the same length), layer by layer; the quantised checkpoint is written to ``out``, which is returned."""
+    load_olive()  # before the first solve imports its quantiser: see olive_import
     with CheckpointTensors(checkpoint, weight_files(checkpoint)) as src:
         spec = read_spec(checkpoint, set(src.where))
         names = tensor_map(spec, set(src.where))
@@ -223,7 +227,7 @@ def quantize(checkpoint: Path, out: Path, options: GptqOptions, rows: list[list[
         for i in range(spec.layers):
             last = i == spec.layers - 1  # its outputs feed nothing: the head is not quantised here
             clock.report(i, quantize_layer(src, names, i, call, states, formats, options, sink, not last))
-            allocator.trim()
+            allocator.release()
         head = [names.final_norm] + ([] if spec.tied else [names.lm_head])
         sink.add([copied(src, n) for n in head])
     config: dict[str, Any] = {**spec.config, "quantization_config": quantization_config(options, formats)}
