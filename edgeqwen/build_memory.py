@@ -13,15 +13,16 @@ A build is a sequence of steps, each freeing what it held before the next starts
                  layer         its parameters x 4
                  Hessians      one K^2 x 4 per input group: hidden^2 (q/k/v; Gated DeltaNet's in_proj) + q_dim^2
                                (o; value channels^2 for out_proj) + hidden^2 (gate/up) + intermediate^2 (down)
-                 solve         GPTQ on the widest-input linear: the Cholesky factor and its inverse (2 K^2 x 4)
-                               and Olive's W / Q / Losses copies (3 N K x 4); the accumulation's x x^T
-                               temporary (K^2 x 4) is smaller and not at the same time
-               measured (/usr/bin/time -v, 32 x 512 windows): the Qwen2.5-0.5B shape (fp32) peaked at 1.28 GB,
-               0.76 GiB above the terms (0.43 GiB); LAYERWISE_BASE rounds that base up to 1 GiB as a margin.
-               The Qwen3-8B shape (bf16) peaked at 5.93 GiB where these terms give 4.41: resident memory
-               grows from layer to layer at that size (a 2-layer run: 4.03 GiB at layer 1's solve, 4.89 at
-               layer 2's; the cause, workspaces kept by the solver's linear algebra or the allocator, is not
-               pinned down), so the solve is counted SOLVE_RETAINED times (6.10 GiB for the 8B shape)
+                 solve         GPTQ on the widest-input linear: its Hessian's Cholesky factor, made in place into
+                               the inverse's upper factor (1 K^2 x 4; Olive's solver, arithmetic = "olive", holds
+                               the factor and the inverse apart: 2 K^2, counted so both are covered), and the
+                               weight's working copies (W^T, its codes, the result: 3 N K x 4); the
+                               accumulation's x x^T temporary is smaller and not at the same time
+               measured (/usr/bin/time -v, 32 x 512 windows, the fast arithmetic): the Qwen3-8B shape (bf16)
+               peaked at 3.39 GiB on its first 2 layers (the terms: 4.41), the Qwen2.5-0.5B shape's first 2
+               layers at 1.04 GB (the terms: 1.54); LAYERWISE_BASE rounds the libraries' 0.5-0.7 GB up to
+               1 GiB as a margin. Resident memory does not grow from layer to layer: an earlier 5.93 GiB at
+               8B was the first layer kept alive to the end by a traceback (edgeqwen.compiler.olive_import).
   whole model  an Olive PyTorch pass on the transformers model in memory (Rtn, KQuant; Gptq with
                implementation = "olive"): measured 4.87 GB on the 0.5B shape (fp32, 494M parameters) =
                1.5 GiB + 6.6 bytes per parameter; 8 leaves a margin for larger hidden sizes
@@ -45,7 +46,6 @@ EXPORT_BYTES = int(0.6 * 2**30)
 LAYERWISE_BASE = int(1.0 * 2**30)
 WHOLE_MODEL_BASE = int(1.5 * 2**30)  # torch, transformers, Olive and the tokenizer, loaded
 WHOLE_MODEL_BYTES_PER_PARAMETER = 8.0
-SOLVE_RETAINED = 2  # fitted to the 8B shape's measured peak (see above): never below what was measured
 
 
 @dataclass(frozen=True)
@@ -100,7 +100,7 @@ def layerwise_peak(kinds: Sequence[LayerDims], samples: int, tokens: int) -> Lay
         nk_max = max(n * k for n, k in shapes)
         return LayerwisePeak(base=LAYERWISE_BASE, states=samples * tokens * dims.hidden * FP32,
                              layer=dims.parameters() * FP32, hessians=sum(k * k for k, _ in dims.groups) * FP32,
-                             solve=SOLVE_RETAINED * (2 * k_max * k_max + 3 * nk_max) * FP32)
+                             solve=(2 * k_max * k_max + 3 * nk_max) * FP32)
 
     return max((one(d) for d in kinds), key=lambda p: p.total)
 

@@ -245,7 +245,7 @@ def test_plan_shows_the_builds_memory_from_the_compilers_own_model():
     steps = leading_torch_passes(list(load_profile("cpu-int4").olive_passes))
     gptq = rows[("Qwen3-8B", "cpu-int4")]
     assert gptq["build_bytes"] == memory_needed(0, steps, spec) and "layer by layer" in gptq["build_step"]
-    assert 2 * 2**30 < gptq["build_bytes"] < 8 * 2**30  # 5.93 GiB measured (build_memory.py)
+    assert 2 * 2**30 < gptq["build_bytes"] < 8 * 2**30  # 3.39 GiB measured on 2 layers (build_memory.py)
     fast = rows[("Qwen2.5-72B-Instruct", "cpu-int4-fast")]
     assert fast["build_bytes"] == EXPORT_BYTES and fast["build_step"] == "export"
 
