@@ -76,7 +76,7 @@ def test_group_overrides_follow_the_input_sizes():
 
 @pytest.mark.parametrize("target", ["cpu-int4", "android-cpu-int4"])
 def test_layerwise_gptq_is_refused_only_when_one_layer_does_not_fit(target):
-    """The profiles' Gptq runs layer by layer: Qwen3-8B's shape fits in 7 GiB (5.93 GiB measured; the
+    """The profiles' Gptq runs layer by layer: Qwen3-8B's shape fits in 7 GiB (3.42 GiB measured; the
     whole-model pass would need about 66 GiB); a machine that cannot hold one layer is refused before loading, naming the streaming
     profile beside it; implementation = "olive" is checked as the whole-model pass it is."""
     from dataclasses import replace

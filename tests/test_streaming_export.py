@@ -196,13 +196,15 @@ def _small_calibration_gptq(folder: Path) -> Path:
 
 
 # Peak growth allowed when the 0.5B shape's layer count doubles (each 15M-parameter layer is 60 MB in fp32; a
-# pass holding the model adds that per layer and more). The subprocesses run with glibc's mmap threshold fixed
-# at 1 MB: a freed block of 1 MB or more goes back to the system at once, so the peak is what the build holds,
-# not where the allocator's free lists happened to stand (with its default, the GPTQ peaks of the same run
-# varied by 50 MB from run to run here, and by 73 MB between 2 and 4 layers on CI).
-# Measured with it (AMD EPYC, 3 runs each): streaming export 590 / 592 / 592 MB -> 592 / 590 MB for 4 -> 8
-# layers; layer-wise GPTQ at 4 x 128 windows 831 / 826 / 827 -> 829 / 830 / 824 MB for 2 -> 4 layers.
-GROWTH_MB = {"cpu-int4-fast": 24, "gptq": 24}
+# pass holding the model adds that per layer and more). Streaming export, 4 -> 8 layers: measured 585, 576 and
+# 582 MB for 4, 8 and 16 layers (613-616 / 615 MB in a later run). The GPTQ subprocesses run with glibc's mmap
+# threshold fixed at 1 MB: a freed block of 1 MB or more goes back to the system at once, so the peak is what the
+# build holds, not where the allocator's free lists happened to stand (with its default, the GPTQ peaks of the
+# same run varied by 50 MB from run to run here, and by 73 MB between 2 and 4 layers on CI); measured with it
+# (AMD EPYC, 3 runs each) at 4 x 128 windows: 831 / 826 / 827 -> 829 / 830 / 824 MB for 2 -> 4 layers. The export
+# keeps the default: its many numpy temporaries take a page fault each with the fixed threshold (its test
+# 52 s -> 158 s), and its peak is steady without it.
+GROWTH_MB = {"cpu-int4-fast": 48, "gptq": 24}
 FIXED_MMAP = {"MALLOC_MMAP_THRESHOLD_": str(2**20)}
 
 
@@ -217,7 +219,8 @@ def test_build_memory_does_not_grow_with_the_layer_count(tmp_path, profile):
     few = 2 if profile == "gptq" else 4  # GPTQ's time is per layer: 2 -> 4 keeps the suite's budget
     for layers in (few, 2 * few):
         r = subprocess.run([sys.executable, "-c", PEAK, str(tmp_path / f"l{layers}"), str(layers), target],
-                           capture_output=True, text=True, check=True, env={**os.environ, **FIXED_MMAP})
+                           capture_output=True, text=True, check=True,
+                           env={**os.environ, **(FIXED_MMAP if profile == "gptq" else {})})
         peaks[layers] = int(r.stdout.split()[-1])
     print(f"peak RSS MB by layer count ({profile}): {peaks}")
     assert peaks[2 * few] - peaks[few] < GROWTH_MB[profile], peaks
