@@ -36,8 +36,7 @@ def workflow_config(profile: TargetProfile, checkpoint: Path, work_dir: Path) ->
 
 def run_olive(profile: TargetProfile, checkpoint: Path, work_dir: Path, progress: Progress, layers: int) -> Path:
     """Run the workflow; return the folder holding model.onnx, genai_config.json and tokenizer files."""
-    # No network here or on most build machines: Olive's telemetry would only time out.
-    os.environ.setdefault("OLIVE_DISABLE_TELEMETRY", "1")
+    # No network here or on most build machines: telemetry would only time out (Olive's: load_olive).
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     load_olive()
     from olive.workflows import run as olive_run
@@ -61,7 +60,6 @@ def run_olive_on_onnx(profile: TargetProfile, onnx_file: Path, work_dir: Path, p
     ``calibration``: recorded feeds (edgeqwen.compiler.static.calibration) for passes that need data;
     they get a data_config reading them through our registered Olive components.
     """
-    os.environ.setdefault("OLIVE_DISABLE_TELEMETRY", "1")
     load_olive()
     from olive.workflows import run as olive_run
 

@@ -12,13 +12,16 @@ loaded.
 from __future__ import annotations
 
 import importlib
+import os
 import threading
 from functools import cache
 
 
 @cache
 def load_olive() -> None:
-    """Import olive (and optuna under it) once, away from the caller's stack; an ImportError is the caller's."""
+    """Import olive (and optuna under it) once, away from the caller's stack, its telemetry off (no network on
+    most build machines: it would only time out); an ImportError is the caller's."""
+    os.environ.setdefault("OLIVE_DISABLE_TELEMETRY", "1")
     failure: list[BaseException] = []
 
     def run() -> None:

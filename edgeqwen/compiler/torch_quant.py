@@ -19,7 +19,6 @@ GPTQ's calibration text is local (the training split of edgeqwen.corpus: no netw
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -186,7 +185,6 @@ def step_options(step: TorchQuantStep, checkpoint: Path, say: Callable[[str], No
 def olive_pass(step_type: str, opts: dict[str, Any], src: Path, out: Path) -> Path:
     """Olive's own pass ``step_type`` with ``opts`` on the checkpoint ``src`` (the whole model in memory);
     the folder it saved."""
-    os.environ.setdefault("OLIVE_DISABLE_TELEMETRY", "1")
     load_olive()
     from olive.hardware.accelerator import DEFAULT_CPU_ACCELERATOR
     from olive.model import HfModelHandler

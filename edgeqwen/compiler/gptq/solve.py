@@ -52,7 +52,6 @@ def quantize_linear(linear: torch.nn.Linear, hessian: Hessian, fmt: ModuleFormat
 
     linear.quant_info = QuantInfo(quantizer=WeightQuantizer(**fmt.qargs()),
                                   data=_ReadOnce(H=hessian.take(), N=hessian.n))
-    del hessian
     Gptq.process_module(linear, percdamp=damp, actorder=desc_act)  # the blocksize is Olive's default, 128
     info = linear.quant_info
     del linear.quant_info
