@@ -38,7 +38,10 @@ IMPLEMENTATIONS = ("layerwise", "olive")
 ARITHMETIC = "arithmetic"
 ARITHMETICS = ("fast", "fast-fp32", "olive")
 DEFAULT_ARITHMETIC = ARITHMETICS[0]
-OWN_OPTIONS = (*CALIBRATION_OPTIONS, IMPLEMENTATION, ARITHMETIC)  # popped before Olive reads the options
+# The layer-wise Gptq's group parameters: false (Olive's: each group's min/max range) or true (the range shrunk
+# as far as it lowers the group's rounding error: edgeqwen.compiler.gptq.clip_search); not with "olive".
+CLIP_SEARCH = "clip_search"
+OWN_OPTIONS = (*CALIBRATION_OPTIONS, IMPLEMENTATION, ARITHMETIC, CLIP_SEARCH)  # popped before Olive reads them
 
 
 @dataclass(frozen=True)
@@ -216,6 +219,18 @@ def step_arithmetic(type_: str, options: dict[str, Any]) -> str:
     return value
 
 
+def step_clip_search(type_: str, options: dict[str, Any]) -> bool:
+    """Whether the layer-wise Gptq searches its groups' scales (false unless the step says true); refused where
+    Olive's own arithmetic or pass runs (they have Olive's quantiser only) and on a value that is not a bool."""
+    value = options.get(CLIP_SEARCH, False)
+    if not isinstance(value, bool):
+        raise ProfileError(f"{type_}: clip_search must be true or false, not {value!r}")
+    if value and (step_implementation(type_, options) != "layerwise" or step_arithmetic(type_, options) == "olive"):
+        raise ProfileError(f"{type_}: clip_search needs the layer-wise Gptq's own arithmetic; drop it, or drop "
+                           f"implementation = \"olive\" / arithmetic = \"olive\"")
+    return value
+
+
 def step_calibration(options: dict[str, Any]) -> tuple[int, int]:
     """(samples, tokens) of a PyTorch pass's calibration windows."""
     samples, tokens = (int(options.get(k, v)) for k, v in CALIBRATION_OPTIONS.items())
@@ -229,6 +244,7 @@ def quantise_steps(profile: TargetProfile) -> tuple[QuantiseStep, ...]:
         if p.type not in TORCH_PASSES:
             break
         step_arithmetic(p.type, p.options)  # a bad value is refused with the profile, not mid-build
+        step_clip_search(p.type, p.options)
         out.append(QuantiseStep(p.type, step_implementation(p.type, p.options), *step_calibration(p.options)))
     return tuple(out)
 

@@ -28,7 +28,7 @@ from edgeqwen.build_memory import WHOLE_MODEL_BASE, WHOLE_MODEL_BYTES_PER_PARAME
     available_memory, step_bytes, whole_model_bytes
 from edgeqwen.compiler.olive_import import load_olive
 from edgeqwen.errors import CheckpointError, ProfileError
-from edgeqwen.profile_passes import OWN_OPTIONS, step_arithmetic, step_calibration, step_implementation
+from edgeqwen.profile_passes import OWN_OPTIONS, step_arithmetic, step_calibration, step_clip_search, step_implementation
 from edgeqwen.model.spec import ModelSpec, read_spec
 from edgeqwen.model.tensors import linear_shapes, tensor_map
 from edgeqwen.targets import TORCH_PASSES, targets_dir
@@ -202,13 +202,14 @@ def olive_pass(step_type: str, opts: dict[str, Any], src: Path, out: Path) -> Pa
 
 
 def layerwise_gptq(opts: dict[str, Any], src: Path, out: Path, rows: list[list[int]],
-                   say: Callable[[str], None], arithmetic: str) -> Path:
+                   say: Callable[[str], None], arithmetic: str, clip_search: bool = False) -> Path:
     """GPTQ layer by layer (edgeqwen.compiler.gptq) with Olive's Gptq options ``opts`` on ``src``."""
     from edgeqwen.compiler.gptq import GptqOptions, quantize
 
     if quantization_config(src):
         raise ProfileError("Gptq quantises float weights; it cannot follow another quantisation pass")
-    return quantize(src, out, replace(GptqOptions.parse(opts), arithmetic=arithmetic), rows, say)
+    return quantize(src, out, replace(GptqOptions.parse(opts), arithmetic=arithmetic, clip_search=clip_search),
+                    rows, say)
 
 
 def local_calibration_rows(checkpoint: Path, samples: int, tokens: int) -> list[list[int]]:
@@ -232,7 +233,7 @@ def run(steps: list[TorchQuantStep], checkpoint: Path, work: Path, say: Callable
                 + ("" if impl == "layerwise" else " (Olive's pass, the whole model in memory)"))
         if impl == "layerwise":
             src = layerwise_gptq(opts, src, out, local_calibration_rows(checkpoint, samples, tokens), say,
-                                 step_arithmetic(step.type, step.options))
+                                 step_arithmetic(step.type, step.options), step_clip_search(step.type, step.options))
         else:
             if step.type == "Gptq":
                 _register_dataset()
@@ -250,6 +251,8 @@ def describe(step: TorchQuantStep) -> str:
                "fast-fp32": "Olive's GPTQ algorithm (transposed solve, symmetric Hessians, fp32) and packer",
                "fast": f"Olive's GPTQ algorithm (transposed solve, symmetric Hessians, calibration matmuls in "
                        f"{str(_matmul_dtype()).removeprefix('torch.')}) and packer"}[arithmetic]
+        if step_clip_search(step.type, step.options):
+            how += ", each group's scale searched for the least rounding error (clip_search)"
         return (f"edgeqwen.compiler.gptq ({arithmetic} arithmetic): {how}, one decoder layer at a time built from "
                 "the checkpoint (not the model in memory); its packed weights are repacked into MatMulNBits, "
                 "not quantised again")

@@ -48,6 +48,7 @@ class GptqOptions:
     desc_act: bool | None = None  # None: act order exactly when group_size is -1 (Gptq.process_module)
     overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # module path -> OVERRIDE_KEYS
     arithmetic: str = DEFAULT_ARITHMETIC  # ours, not Olive's: one of profile_passes.ARITHMETICS
+    clip_search: bool = False  # ours, not Olive's: each group's scale chosen by its rounding error (clip_search)
 
     @classmethod
     def parse(cls, options: Mapping[str, Any]) -> GptqOptions:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
+from edgeqwen.compiler.gptq.clip_search import searched_qparams
 from edgeqwen.compiler.gptq.hessian import Hessian
 from edgeqwen.compiler.gptq.options import ModuleFormat
 
@@ -94,9 +95,12 @@ def _qparams(cols: torch.Tensor, fmt: ModuleFormat) -> tuple[torch.Tensor, torch
 
 
 @torch.no_grad()
-def solve(weight: torch.Tensor, inv: InverseFactor, fmt: ModuleFormat) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def solve(weight: torch.Tensor, inv: InverseFactor, fmt: ModuleFormat,
+          clip_search: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """GPTQ on ``weight`` [N, K]: (fake-quantised weight [N, K] fp32, scales [N, groups] fp32, zero points
-    [N, groups] int32), the values Olive's process_module returns up to the block update's summation order."""
+    [N, groups] int32), the values Olive's process_module returns up to the block update's summation order;
+    with ``clip_search`` each group's parameters are chosen by their rounding error (clip_search)."""
+    qparams = searched_qparams if clip_search else _qparams
     maxq = 2 ** fmt.bits - 1
     w = weight.detach().float().clone()  # [N, K]
     w[:, inv.dead] = 0
@@ -117,7 +121,7 @@ def solve(weight: torch.Tensor, inv: InverseFactor, fmt: ModuleFormat) -> tuple[
         for i in range(i2 - i1):
             col = i1 + i
             if col % group == 0:  # from the weight as the earlier blocks left it (Olive reads W, not W1)
-                scale, zero = _qparams(wt[col:col + group].t(), fmt)  # [N, 1] each
+                scale, zero = qparams(wt[col:col + group].t(), fmt)  # [N, 1] each
                 scale, zero = scale.flatten(), zero.flatten()
                 scales.append(scale)
                 zeros.append(zero)

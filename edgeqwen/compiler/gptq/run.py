@@ -175,7 +175,8 @@ def solve_group(layer: torch.nn.Module, group: tuple[str, ...], hessian: Hessian
     if raised != options.damp_percent:
         damping["/".join(group)] = raised
     return {kind: pack(layer.get_submodule(kind), *solve(layer.get_submodule(kind).weight, factors[orders[kind]],
-                                                         formats[kind]), formats[kind]) for kind in group}
+                                                         formats[kind], options.clip_search), formats[kind])
+            for kind in group}
 
 
 def layer_shard(src: CheckpointTensors, names: TensorMap, i: int, packed: dict[str, PackedLinear]) -> list[ShardTensor]:
