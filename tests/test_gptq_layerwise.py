@@ -136,11 +136,11 @@ def test_the_transposed_solve_is_olives_solve(group, desc_act):
     assert q[:, 7].abs().max() == 0  # the dead input's weights are zeroed, as Olive does
 
 
-@pytest.mark.parametrize("k", [1, 2, 511, 513, 1025, 2001])  # around the triangular inverse's leaf (512), odd
+@pytest.mark.parametrize("k", [1, 2, 511, 513, 1025, 2001])
 def test_the_inverse_factor_is_the_upper_cholesky_factor_of_the_inverse(k):
-    """own_solve factors the reversed Hessian and inverts the factor (2/3 K^3) where Olive factors three times
-    (4/3 K^3): the result is still chol(H^-1, upper) (float64 reference; measured 1e-8 .. 2.2e-7 of its largest
-    value for these sizes, fp32's rounding grown by K), upper triangular, and built in one [K, K] buffer."""
+    """own_solve's in-place chain (cholesky -> cholesky_inverse -> upper cholesky in one [K, K] buffer) gives
+    chol(H^-1, upper) (float64 reference; measured 1e-8 .. 2.2e-7 of its largest value for these sizes, fp32's
+    rounding grown by K), upper triangular, and leaves H as it was (a retry damps it more)."""
     import torch
 
     from edgeqwen.compiler.gptq.own_solve import _upper_inverse_factor
@@ -154,7 +154,7 @@ def test_the_inverse_factor_is_the_upper_cholesky_factor_of_the_inverse(k):
     want = torch.linalg.cholesky(torch.linalg.inv(h), upper=True)
     assert torch.equal(u.tril(-1), torch.zeros_like(u))
     assert float((u.double() - want).abs().max()) <= 1e-5 * float(want.abs().max())
-    assert torch.equal(kept, h.float())  # H itself untouched: a retry damps it more
+    assert torch.equal(kept, h.float())
 
 
 def test_a_hessian_not_positive_definite_is_damped_more_not_fatal():

@@ -3,10 +3,9 @@ one inverse-Hessian factor per input group instead of one per linear layer.
 
 Olive's loop walks the weight [N, K] column by column: every column read and every rank-1 update is strided
 (N cache lines a column), and it also computes a loss matrix nobody reads. Here the weight is held as
-W^T [K, N], so a column is a contiguous row, and the inverse-Hessian factor (the solve's largest single
-cost: 2/3 K^3 here, one factorisation and one triangular inverse, where Olive's three factorisations are
-4/3 K^3; 12,288^3 for an 8B down_proj) is made once for q, k and v (and once for gate and up), which read
-the same Hessian. The steps, the damping, dead inputs, the group parameters (taken at each
+W^T [K, N], so a column is a contiguous row, and the Cholesky chain (the solve's largest single cost: three
+K^3/3 factorisations, 12,288^3 for an 8B down_proj) is done once for q, k and v (and once for gate and up),
+which read the same Hessian. The steps, the damping, dead inputs, the group parameters (taken at each
 group's first column from the weight as the previous blocks left it), act order and the quantiser's
 arithmetic are Olive's; the updates run in place (fused multiply-adds, the block's product summed into the
 weight), so their rounding differs: given the same Hessian almost every value is Olive's
@@ -75,58 +74,16 @@ def inverse_factor(h: torch.Tensor, percdamp: float, actorder: bool) -> InverseF
 
 
 def _upper_inverse_factor(h: torch.Tensor) -> torch.Tensor | None:
-    """The upper Cholesky factor U of H^-1 [K, K] (H^-1 = U^T U), or None where H has no Cholesky factor.
-
-    With J the reversal (J H J turns H end for end) and J H J = L L^T its lower factor, H = (J L J)(J L J)^T
-    with J L J upper, so U = (J L J)^-1 = J L^-1 J: one factorisation and one triangular inverse (2/3 K^3),
-    where potrf -> potri -> potrf (Olive's cholesky, cholesky_inverse, cholesky upper) is 4/3 K^3. The same
-    matrix up to rounding (5e-7 of its largest value at K = 12,288); Qwen3-8B's down_proj 11 s, not 18.
-    One [K, K] buffer besides ``h`` (kept whole for a retry): reversed into it, factored, inverted and
-    reversed back in place."""
-    low = torch.empty_like(h)
-    _reverse_into(low, h)
-    info = torch.empty((), dtype=torch.int32)
-    torch.linalg.cholesky_ex(low, out=(low, info))  # L, lower, in place
+    """The upper Cholesky factor of H^-1 [K, K], or None where either factorisation fails. One [K, K]
+    buffer besides ``h`` (kept whole for a retry): the inverse and the second factor overwrite the first
+    factor (LAPACK's potri and potrf work in place; the values are those of the out-of-place calls), so the
+    solve's peak is 2 K^2 floats, not 3 (Qwen3-8B's down_proj: 0.6 GB less)."""
+    low, info = torch.linalg.cholesky_ex(h)  # [K, K] lower
     if int(info) != 0:
         return None
-    _invert_lower(low)
-    _reverse_into(low, low)
-    return low if bool(torch.isfinite(low).all()) else None  # a factor that overflowed: damp more
-
-
-REVERSE_ROWS = 256  # rows moved at a time by _reverse_into: [256, K] temporaries (12 MB at K = 12,288)
-
-
-def _reverse_into(dst: torch.Tensor, src: torch.Tensor) -> None:
-    """dst [K, K] = src turned end for end (rows and columns reversed: J src J); ``dst`` may be ``src``.
-    Row i and row K-1-i swap, reversed, a band at a time (no [K, K] temporary)."""
-    k = src.shape[0]
-    half = (k + 1) // 2  # the middle row (odd K) swaps with itself
-    for i0 in range(0, half, REVERSE_ROWS):
-        i1 = min(i0 + REVERSE_ROWS, half)
-        top = src[i0:i1].flip(0, 1)  # a copy
-        dst[i0:i1] = src[k - i1:k - i0].flip(0, 1)
-        dst[k - i1:k - i0] = top
-
-
-INVERT_LEAF = 512  # blocks at most this wide are inverted by one triangular solve against I
-
-
-def _invert_lower(a: torch.Tensor) -> None:
-    """``a`` [n, n] lower triangular (zeros above), replaced by its inverse, in place: with a = [[A, 0], [C, D]],
-    a^-1 = [[A^-1, 0], [-D^-1 C A^-1, D^-1]]; the corner by two triangular solves in place (BLAS trsm), then
-    A and D recursively (n^3 / 3 multiply-adds, as LAPACK's trtri)."""
-    n = a.shape[0]
-    if n <= INVERT_LEAF:
-        a.copy_(torch.linalg.solve_triangular(a, torch.eye(n, dtype=a.dtype), upper=False))
-        return
-    m = n // 2
-    top, corner, bottom = a[:m, :m], a[m:, :m], a[m:, m:]  # [m, m], [n-m, m], [n-m, n-m]
-    torch.linalg.solve_triangular(bottom, corner, upper=False, out=corner)  # D^-1 C
-    torch.linalg.solve_triangular(top, corner, upper=False, left=False, out=corner)  # (D^-1 C) A^-1
-    corner.neg_()
-    _invert_lower(top)
-    _invert_lower(bottom)
+    torch.cholesky_inverse(low, out=low)  # H^-1, in place
+    torch.linalg.cholesky_ex(low, upper=True, out=(low, info))  # its upper factor, in place
+    return low if int(info) == 0 else None
 
 
 def _qparams(cols: torch.Tensor, fmt: ModuleFormat) -> tuple[torch.Tensor, torch.Tensor]:
