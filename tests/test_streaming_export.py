@@ -195,15 +195,15 @@ def _small_calibration_gptq(folder: Path) -> Path:
     return path
 
 
-# Peak growth allowed when the 0.5B shape's layer count doubles (each 15M-parameter layer is 60 MB in fp32; a
-# pass holding the model adds that per layer and more). Streaming export: measured 585, 576 and 582 MB for
-# 4, 8 and 16 layers (613-616 / 615 MB in a later run), 615 / 615 MB for the 2 -> 4 layers the test now runs.
-# The GPTQ subprocesses run with glibc's mmap threshold fixed at 1 MB: a freed block of 1 MB or more goes back to the system at once, so the peak is what the
-# build holds, not where the allocator's free lists happened to stand (with its default, the GPTQ peaks of the
-# same run varied by 50 MB from run to run here, and by 73 MB between 2 and 4 layers on CI); measured with it
-# (AMD EPYC, 3 runs each) at 4 x 128 windows: 831 / 826 / 827 -> 829 / 830 / 824 MB for 2 -> 4 layers. The export
-# keeps the default: its many numpy temporaries take a page fault each with the fixed threshold (its test
-# 52 s -> 158 s), and its peak is steady without it.
+# Peak growth allowed when the 0.5B shape's layer count doubles (each 15M-parameter layer is 60 MB in fp32; a pass
+# holding the model adds that per layer and more). Streaming export: measured 585, 576 and 582 MB for 4, 8 and 16
+# layers (613-616 / 615 MB in a later run), 615 / 615 MB for the 2 -> 4 layers the test now runs. The GPTQ
+# subprocesses run with glibc's mmap threshold fixed at 1 MB: a freed block of 1 MB or more goes back to the system
+# at once, so the peak is what the build holds, not where the allocator's free lists happened to stand (with its
+# default, the GPTQ peaks of the same run varied by 50 MB from run to run here, and by 73 MB between 2 and 4 layers
+# on CI); measured with it (AMD EPYC, 3 runs each) at 4 x 128 windows: 831 / 826 / 827 -> 829 / 830 / 824 MB for 2
+# -> 4 layers. The export keeps the default: its many numpy temporaries take a page fault each with the fixed
+# threshold (its test 52 s -> 158 s), and its peak is steady without it.
 GROWTH_MB = {"cpu-int4-fast": 48, "gptq": 24}
 FIXED_MMAP = {"MALLOC_MMAP_THRESHOLD_": str(2**20)}
 
